@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make demo` (install + run the pipeline on the
+# embedded demo data) and `make test` (install + lint + tests). CI runs `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.moaspace-installed
+DEMO_OUT ?= demo_out
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# CPU build of torch first (pinned), so nothing pulls a multi-GB CUDA wheel
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/moaspace demo --out $(DEMO_OUT)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+# pytest exits 5 when it collected no tests: that is a failure here, not a pass.
+test: install lint
+	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: install
+	$(BIN)/python benchmarks/bench_gctx.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

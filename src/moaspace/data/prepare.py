@@ -1,0 +1,336 @@
+"""Filter and join LINCS files into one AnnData (signatures x genes).
+
+The order of the filters is fixed and every step is logged and recorded in
+``adata.uns["moaspace"]["prepare"]["filters"]`` (signatures removed and
+remaining, compounds and MoAs remaining), so a user can see which filter
+removed what and which one emptied the selection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from .._utils import atomic_path, preview
+from ..errors import InputError
+from ..io.gctx import read_gctx as _read_gctx
+from ..io.gctx import read_gctx_meta
+from ..io.labels import read_moa_table
+from ..io.lincs import landmark_gene_ids, read_compoundinfo, read_geneinfo, read_siginfo
+
+logger = logging.getLogger(__name__)
+
+COMPOUND_TYPES = ("trt_cp",)
+KNOCKDOWN_TYPES = ("trt_xpr", "trt_sh", "trt_sh.cgs", "trt_oe")
+OBS_COLUMNS = (
+    "sig_id", "pert_id", "cmap_name", "moa", "cell_iname", "pert_dose", "pert_dose_unit",
+    "pert_idose", "pert_time", "tas", "pert_type", "is_hiq", "target_gene",
+)
+
+
+@dataclass
+class PrepareConfig:
+    """Filters applied by :func:`prepare` (defaults follow the reference study)."""
+
+    pert_type: Sequence[str] = ("trt_cp",)
+    times: Sequence[float] | None = (6.0, 24.0)
+    hiq_only: bool = True
+    min_tas: float | None = None
+    min_sigs_per_compound: int = 10
+    min_compounds_per_moa: int = 10
+    genes: str = "landmark"
+    max_missing_sig_report: int = 10
+
+    def __post_init__(self):
+        if isinstance(self.pert_type, str):
+            self.pert_type = tuple(p.strip() for p in self.pert_type.split(",") if p.strip())
+        self.pert_type = tuple(self.pert_type)
+        if self.genes not in ("landmark", "all"):
+            raise InputError(f"genes must be 'landmark' or 'all', got {self.genes!r}")
+        if self.times is not None:
+            self.times = tuple(float(t) for t in self.times)
+
+    @property
+    def is_compound(self) -> bool:
+        return all(p in COMPOUND_TYPES for p in self.pert_type)
+
+
+@dataclass
+class FilterLog:
+    steps: list[dict] = field(default_factory=list)
+
+    def record(self, step: str, before: pd.DataFrame, after: pd.DataFrame, moa: bool) -> None:
+        entry = {
+            "step": step,
+            "removed_signatures": int(len(before) - len(after)),
+            "signatures": len(after),
+            "compounds": int(after["pert_id"].nunique()) if len(after) else 0,
+        }
+        if moa and "moa" in after.columns:
+            entry["moas"] = int(after["moa"].nunique()) if len(after) else 0
+        self.steps.append(entry)
+        logger.info(
+            "%-28s removed %7d signatures; %7d signatures, %5d compounds%s remain",
+            step, entry["removed_signatures"], entry["signatures"], entry["compounds"],
+            f", {entry['moas']} MoAs" if "moas" in entry else "",
+        )
+        if len(after) == 0:
+            raise InputError(
+                f"no signatures left after filter '{step}' "
+                f"({len(before)} before it); relax that filter"
+            )
+
+
+def _compound_moa(compoundinfo: pd.DataFrame) -> pd.DataFrame:
+    """One MoA per compound from compoundinfo; compounds with several MoAs are dropped."""
+    frame = compoundinfo.dropna(subset=["moa"])
+    frame = frame[frame["moa"].astype(str).str.strip() != ""]
+    moas = frame.groupby("pert_id")["moa"].agg(lambda s: sorted(set(map(str, s))))
+    single = moas[moas.map(len) == 1].map(lambda v: v[0])
+    if (moas.map(len) > 1).any():
+        logger.info(
+            "compoundinfo: %d compounds with several MoAs ignored (ambiguous label)",
+            int((moas.map(len) > 1).sum()),
+        )
+    out = pd.DataFrame({"pert_id": single.index, "moa": single.values})
+    return out.set_index("pert_id", drop=False)
+
+
+def _select_genes(
+    geneinfo: pd.DataFrame, matrix_genes: pd.Index, genes: str, gctx: Path, geneinfo_path
+) -> list[str]:
+    wanted = landmark_gene_ids(geneinfo) if genes == "landmark" else geneinfo.index.tolist()
+    if genes == "landmark" and not wanted:
+        raise InputError(f"{geneinfo_path}: no gene has feature_space == 'landmark'")
+    present = matrix_genes.intersection(pd.Index(wanted))
+    if len(present) == 0:
+        symbols = set(geneinfo["gene_symbol"].astype(str))
+        as_symbols = matrix_genes.isin(list(symbols)).sum()
+        hint = (
+            f"; {as_symbols} of them look like gene symbols: the matrix must be keyed by "
+            "Entrez gene id (geneinfo gene_id)" if as_symbols else ""
+        )
+        raise InputError(
+            f"{gctx}: none of the {len(wanted)} {genes} gene ids of {geneinfo_path} are "
+            f"row ids of the matrix (row ids look like {preview(matrix_genes, 5)}){hint}"
+        )
+    missing = pd.Index(wanted).difference(matrix_genes)
+    if genes == "landmark" and len(missing):
+        raise InputError(
+            f"{gctx}: {len(missing)} landmark genes of {geneinfo_path} are missing from the "
+            f"matrix: {preview(missing)}"
+        )
+    if len(missing):
+        logger.warning("%d genes of geneinfo are not in the matrix; skipped", len(missing))
+    # keep geneinfo order (landmarks first in the published file)
+    return [g for g in wanted if g in set(present)]
+
+
+def prepare(
+    gctx: str | os.PathLike,
+    siginfo: str | os.PathLike,
+    geneinfo: str | os.PathLike,
+    compoundinfo: str | os.PathLike | None = None,
+    moa_labels: str | os.PathLike | None = None,
+    config: PrepareConfig | None = None,
+    *,
+    progress: bool = True,
+    **overrides,
+) -> ad.AnnData:
+    """Filter LINCS signatures and return an AnnData with ``X`` float32 z-scores.
+
+    Parameters
+    ----------
+    gctx, siginfo, geneinfo, compoundinfo, moa_labels
+        Paths to the level-5 ``.gctx``, ``siginfo_beta.txt``,
+        ``geneinfo_beta.txt``, ``compoundinfo_beta.txt`` and a compound -> MoA
+        table. For compounds the MoA comes from ``moa_labels`` when given,
+        else from compoundinfo's ``moa`` column.
+    config, overrides
+        Filters, see :class:`PrepareConfig`; keyword overrides replace fields.
+
+    For knockdowns (``pert_type`` ``trt_xpr``/``trt_sh``) the knocked-down gene
+    is written to ``obs["target_gene"]`` and no MoA filter is applied.
+    """
+    config = config or PrepareConfig()
+    if overrides:
+        config = PrepareConfig(**{**asdict(config), **overrides})
+    gctx = Path(gctx)
+    sig = read_siginfo(siginfo)
+    genes_df = read_geneinfo(geneinfo)
+    cinfo = read_compoundinfo(compoundinfo) if compoundinfo is not None else None
+    labels = read_moa_table(moa_labels) if moa_labels is not None else None
+    row_meta, col_meta = read_gctx_meta(gctx)
+
+    # --- ids: matrix vs metadata, both ways --------------------------------
+    matrix_sigs = col_meta.index
+    if len(matrix_sigs) == 0:
+        raise InputError(f"{gctx}: the matrix has no signatures")
+    if matrix_sigs.has_duplicates:
+        raise InputError(
+            f"{gctx}: duplicated signature ids: {preview(matrix_sigs[matrix_sigs.duplicated()])}"
+        )
+    unknown = matrix_sigs.difference(sig.index)
+    if len(unknown):
+        overlap_rows = row_meta.index.isin(sig.index).sum()
+        hint = (
+            " (the matrix's row ids are signature ids: rows and columns look swapped)"
+            if overlap_rows else ""
+        )
+        raise InputError(
+            f"{gctx}: {len(unknown)} of {len(matrix_sigs)} signature ids in the matrix are "
+            f"not in {siginfo}: {preview(unknown)}{hint}"
+        )
+    # genes first: a matrix keyed by symbols should fail before any filtering
+    gene_ids = _select_genes(genes_df, row_meta.index, config.genes, gctx, geneinfo)
+    log = FilterLog()
+    is_cp = config.is_compound
+    frame = sig.loc[matrix_sigs]
+    log.record("signatures in matrix", sig, frame, moa=False)
+
+    before = frame
+    frame = frame[frame["pert_type"].astype(str).isin(config.pert_type)]
+    log.record(f"pert_type in {list(config.pert_type)}", before, frame, moa=False)
+    absent = sig.index[sig["pert_type"].astype(str).isin(config.pert_type)].difference(matrix_sigs)
+    if len(absent):
+        raise InputError(
+            f"{siginfo}: {len(absent)} signatures of pert_type {list(config.pert_type)} are "
+            f"not in the matrix {gctx}: {preview(absent)}"
+        )
+
+    if config.hiq_only:
+        if "is_hiq" not in frame.columns:
+            raise InputError(f"{siginfo}: column 'is_hiq' is missing (needed by hiq_only)")
+        before = frame
+        frame = frame[pd.to_numeric(frame["is_hiq"], errors="coerce") == 1]
+        log.record("is_hiq == 1", before, frame, moa=False)
+
+    if config.times is not None:
+        if "pert_time" not in frame.columns:
+            raise InputError(f"{siginfo}: column 'pert_time' is missing (needed by times)")
+        before = frame
+        times = pd.to_numeric(frame["pert_time"], errors="coerce")
+        frame = frame[times.isin(config.times)]
+        log.record(f"pert_time in {list(config.times)}", before, frame, moa=False)
+
+    if config.min_tas is not None:
+        if "tas" not in frame.columns:
+            raise InputError(f"{siginfo}: column 'tas' is missing (needed by min_tas)")
+        before = frame
+        frame = frame[pd.to_numeric(frame["tas"], errors="coerce") >= config.min_tas]
+        log.record(f"tas >= {config.min_tas}", before, frame, moa=False)
+
+    frame = frame.copy()
+    if "cmap_name" not in frame.columns and cinfo is not None:
+        names = cinfo.drop_duplicates("pert_id").set_index("pert_id")["cmap_name"]
+        frame["cmap_name"] = frame["pert_id"].map(names)
+
+    if is_cp:
+        if labels is not None:
+            moa_map = labels["moa"]
+            source = str(moa_labels)
+        elif cinfo is not None:
+            moa_map = _compound_moa(cinfo)["moa"]
+            source = f"{compoundinfo} (moa column)"
+        else:
+            raise InputError("compounds need MoA labels: pass moa_labels or compoundinfo")
+        if labels is not None:
+            unknown_ids = labels.index.difference(sig["pert_id"].astype(str).unique())
+            if len(unknown_ids) == len(labels):
+                raise InputError(
+                    f"{moa_labels}: none of its {len(labels)} compound ids are pert_ids of "
+                    f"{siginfo} (e.g. {preview(labels.index, 5)})"
+                )
+            if len(unknown_ids):
+                logger.info("%d compounds of the MoA table have no signatures", len(unknown_ids))
+        frame["moa"] = frame["pert_id"].astype(str).map(moa_map)
+        before = frame
+        frame = frame[frame["moa"].notna()]
+        log.record(f"compound has a MoA ({Path(source).name})", before, frame, moa=True)
+
+        before = frame
+        counts = frame["pert_id"].value_counts()
+        keep = counts.index[counts >= config.min_sigs_per_compound]
+        frame = frame[frame["pert_id"].isin(keep)]
+        log.record(f">= {config.min_sigs_per_compound} signatures per compound", before, frame,
+                   moa=True)
+
+        before = frame
+        per_moa = frame.groupby("moa")["pert_id"].nunique()
+        keep_moa = per_moa.index[per_moa >= config.min_compounds_per_moa]
+        frame = frame[frame["moa"].isin(keep_moa)]
+        log.record(f">= {config.min_compounds_per_moa} compounds per MoA", before, frame, moa=True)
+        if frame["moa"].nunique() < 2:
+            raise InputError(
+                f"only one MoA ({frame['moa'].iloc[0]!r}) left after filtering: a classifier "
+                "needs at least two; lower --min-compounds-per-moa or check the MoA table"
+            )
+    else:
+        # knockdowns: the knocked-down gene is the perturbagen name
+        target = frame["cmap_name"] if "cmap_name" in frame.columns else frame["pert_id"]
+        frame["target_gene"] = target.astype(str)
+        frame["moa"] = pd.NA
+
+    logger.info("reading %d signatures x %d genes from %s", len(frame), len(gene_ids), gctx)
+    adata = _read_gctx(gctx, rids=gene_ids, cids=frame.index.tolist(), progress=progress)
+
+    obs = pd.DataFrame(index=frame.index)
+    for column in OBS_COLUMNS:
+        if column in frame.columns:
+            obs[column] = frame[column].values
+    for column in ("pert_dose", "pert_time", "tas", "is_hiq"):
+        if column in obs.columns:
+            obs[column] = pd.to_numeric(obs[column], errors="coerce")
+    for column in obs.columns:
+        if obs[column].dtype == object:
+            obs[column] = obs[column].astype("string").fillna("").astype(str)
+    adata.obs = obs
+    var = pd.DataFrame(index=pd.Index(gene_ids))
+    var["gene_symbol"] = genes_df.loc[gene_ids, "gene_symbol"].astype(str).values
+    var["feature_space"] = genes_df.loc[gene_ids, "feature_space"].astype(str).values
+    adata.var = var
+    adata.uns["moaspace"] = {
+        "prepare": {
+            "version": __version__,
+            "config": json.loads(json.dumps(asdict(config))),
+            "files": {
+                "gctx": str(gctx), "siginfo": str(siginfo), "geneinfo": str(geneinfo),
+                "compoundinfo": str(compoundinfo) if compoundinfo else "",
+                "moa_labels": str(moa_labels) if moa_labels else "",
+            },
+            # a table (not a list of dicts) so that it survives the .h5ad round trip
+            "filters": pd.DataFrame(log.steps).astype({"step": str}),
+        }
+    }
+    return adata
+
+
+def write_h5ad(adata: ad.AnnData, path: str | os.PathLike, compression: str | None = None) -> Path:
+    """Write an AnnData atomically (temp file + rename): never a partial ``.h5ad``."""
+    path = Path(path)
+    with atomic_path(path, suffix=".h5ad.tmp") as tmp:
+        adata.write_h5ad(tmp, compression=compression)
+    return path
+
+
+def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
+    """Read an ``.h5ad`` with a clear error when it is missing or not an AnnData file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"AnnData file not found: {path}")
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for corrupt files
+        raise InputError(f"{path}: cannot read as .h5ad ({type(exc).__name__}: {exc})") from exc
+    if adata.X is not None and not np.issubdtype(np.asarray(adata.X[:1]).dtype, np.floating):
+        raise InputError(f"{path}: X must hold floating-point z-scores")
+    return adata

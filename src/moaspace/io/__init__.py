@@ -1,0 +1,26 @@
+"""Readers and writers for LINCS files, MoA tables and gene sets."""
+
+from .gctx import read_gctx, read_gctx_meta, write_gctx
+from .genesets import bundled_gmt, read_gmt
+from .labels import read_moa_table
+from .lincs import (
+    compound_targets,
+    landmark_gene_ids,
+    read_compoundinfo,
+    read_geneinfo,
+    read_siginfo,
+)
+
+__all__ = [
+    "bundled_gmt",
+    "compound_targets",
+    "landmark_gene_ids",
+    "read_compoundinfo",
+    "read_gctx",
+    "read_gctx_meta",
+    "read_geneinfo",
+    "read_gmt",
+    "read_moa_table",
+    "read_siginfo",
+    "write_gctx",
+]

@@ -1,0 +1,80 @@
+"""Compound -> MoA tables (e.g. the Huang et al. label table used by the reference).
+
+Accepted: CSV/TSV or the original ``.xlsx`` (whose first row is a title, so
+the header is found automatically). Column names are matched case-insensitively
+among common spellings: ``pert_id``/``BRD-ID`` for the compound, ``moa``/``MOA``
+for the mechanism, ``cmap_name``/``Drug name`` for the name (optional).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from .._utils import preview, require_file
+from ..errors import InputError
+
+ID_COLUMNS = ("pert_id", "brd-id", "brd_id", "brd id", "broad_id", "compound_id")
+MOA_COLUMNS = ("moa", "mechanism", "mechanism_of_action")
+NAME_COLUMNS = ("cmap_name", "drug name", "drug_name", "pert_iname", "name")
+
+
+def _find(columns, options) -> str | None:
+    lower = {str(c).strip().lower(): c for c in columns}
+    for option in options:
+        if option in lower:
+            return lower[option]
+    return None
+
+
+def _load(path) -> pd.DataFrame:
+    suffix = "".join(path.suffixes).lower()
+    try:
+        if suffix.endswith((".xlsx", ".xls")):
+            frame = pd.read_excel(path, header=0, dtype=str)
+            if _find(frame.columns, ID_COLUMNS) is None:
+                frame = pd.read_excel(path, header=1, dtype=str)  # title row first
+            return frame
+        sep = "\t" if suffix.endswith((".tsv", ".txt", ".tsv.gz", ".txt.gz")) else ","
+        return pd.read_csv(path, sep=sep, dtype=str)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: cannot read MoA table ({exc})") from exc
+
+
+def read_moa_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Return a table indexed by ``pert_id`` with columns ``moa`` and ``cmap_name``.
+
+    A compound listed twice with the same MoA is kept once; with different
+    MoAs it is an error (the label would be ambiguous).
+    """
+    path = require_file(path, "MoA table")
+    frame = _load(path)
+    id_col = _find(frame.columns, ID_COLUMNS)
+    moa_col = _find(frame.columns, MOA_COLUMNS)
+    missing = [n for n, c in (("pert_id (or BRD-ID)", id_col), ("moa", moa_col)) if c is None]
+    if missing:
+        raise InputError(
+            f"{path}: MoA table lacks required columns {missing}; found {preview(frame.columns)}"
+        )
+    name_col = _find(frame.columns, NAME_COLUMNS)
+    out = pd.DataFrame(
+        {
+            "pert_id": frame[id_col].astype("string").str.strip(),
+            "moa": frame[moa_col].astype("string").str.strip(),
+            "cmap_name": frame[name_col].astype("string").str.strip() if name_col else pd.NA,
+        }
+    )
+    out = out.dropna(subset=["pert_id", "moa"])
+    out = out[(out["pert_id"] != "") & (out["moa"] != "")]
+    if out.empty:
+        raise InputError(f"{path}: MoA table has no rows with both a compound id and a MoA")
+    out = out.drop_duplicates(subset=["pert_id", "moa"])
+    conflict = out["pert_id"][out["pert_id"].duplicated()]
+    if len(conflict):
+        raise InputError(
+            f"{path}: compounds with more than one MoA: {preview(conflict.unique())}"
+        )
+    out = out.set_index("pert_id", drop=False)
+    out.index.name = None
+    return out
