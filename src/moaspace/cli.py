@@ -191,6 +191,262 @@ def simulate(
     _summary("simulate", [(name, path) for name, path in paths.items()])
 
 
+def _load_h5ad(path: Path):
+    from .data.prepare import read_h5ad
+
+    return read_h5ad(path)
+
+
+@app.command("split")
+@handle_errors
+def split_cmd(
+    data: Annotated[Path, typer.Argument(help="Prepared .h5ad.")],
+    out: Annotated[Path, typer.Option(help="Output .h5ad with obs['split'].")],
+    scheme: Annotated[
+        str, typer.Option(help="compound | cell | compound+cell | moa | random (leaky).")
+    ] = "compound",
+    holdout_cells: Annotated[
+        str | None, typer.Option(help="Cell lines to hold out, comma list (cell schemes).")
+    ] = None,
+    test_size: Annotated[float, typer.Option(help="Share of compounds (or MoAs) in test.")] = 0.2,
+    val_size: Annotated[float, typer.Option(help="Share of training compounds for val.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Assign signatures to train / val / test without leakage.
+
+    Example:
+
+        moaspace split data.h5ad --scheme compound --seed 0 --out data_split.h5ad
+    """
+    from .data.prepare import write_h5ad
+    from .data.split import split
+
+    adata = split(_load_h5ad(data), scheme, holdout_cells=holdout_cells, test_size=test_size,
+                  val_size=val_size, seed=seed)
+    write_h5ad(adata, out)
+    counts = adata.obs["split"].astype(str).value_counts()
+    rows = [("output", out), ("scheme", scheme)]
+    for part in ("train", "val", "test", "unused"):
+        if part in counts:
+            cpds = adata.obs.loc[adata.obs["split"].astype(str) == part, "pert_id"].nunique()
+            rows.append((part, f"{counts[part]} signatures, {cpds} compounds"))
+    _summary("split", rows)
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[Path, typer.Argument(help=".h5ad with obs['split'] (moaspace split).")],
+    out: Annotated[Path, typer.Option(help="Model directory to write.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_epochs: Annotated[int, typer.Option(help="Upper bound on epochs.")] = 60,
+    batch_size: Annotated[int, typer.Option(help="Batch size per device.")] = 256,
+    patience: Annotated[int, typer.Option(help="Epochs without val-F1 gain before stop.")] = 10,
+    genes: Annotated[
+        str | None, typer.Option(help="Restrict to 'landmark' genes (var feature_space).")
+    ] = None,
+    loss: Annotated[
+        str, typer.Option(help="dual_arcface | arcface_moa | softmax | supcon.")
+    ] = "dual_arcface",
+    accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
+    devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",
+    strategy: Annotated[str, typer.Option(help="auto | ddp | ddp_spawn ...")] = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from MODEL_DIR/checkpoints/last.ckpt.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a model already in --out.")] = False,
+) -> None:
+    """Train the dual-ArcFace encoder; early-stops on validation kNN macro-F1.
+
+    Example:
+
+        moaspace train data_split.h5ad --out model --seed 0 --max-epochs 60
+    """
+    from .model import MoaModel
+
+    adata = _load_h5ad(data)
+    if genes == "landmark":
+        if "feature_space" not in adata.var.columns:
+            raise MoaspaceError(f"{data}: var has no 'feature_space' column to pick landmarks")
+        adata = adata[:, adata.var["feature_space"].astype(str) == "landmark"].copy()
+    elif genes not in (None, "all"):
+        raise typer.BadParameter("--genes must be 'landmark' or 'all'")
+    model = MoaModel(adata, loss=loss)
+    model.train(max_epochs=max_epochs, batch_size=batch_size, seed=seed, resume=resume,
+                model_dir=out, patience=patience, accelerator=accelerator,
+                devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
+                progress_bar=not _state["quiet"])
+    model.save(out, overwrite=overwrite or resume)
+    _summary("train", [("model directory", out), ("signatures x genes", adata.shape),
+                       ("MoAs", len(model.moas)), ("compounds", len(model.compounds)),
+                       ("best epoch", model.best_epoch),
+                       ("best val macro-F1", f"{model.best_val_f1 or float('nan'):.3f}")])
+
+
+@app.command()
+@handle_errors
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Trained model directory.")],
+    query: Annotated[Path, typer.Argument(help="Query .h5ad (signatures x genes).")],
+    out: Annotated[Path, typer.Option(help="Output .h5ad with predictions.")],
+    k: Annotated[int, typer.Option(help="Neighbours in the kNN vote.")] = 10,
+    method: Annotated[str, typer.Option(help="knn | prototype.")] = "knn",
+    top_k: Annotated[int, typer.Option(help="MoAs kept per signature in the table.")] = 5,
+    compound_level: Annotated[
+        bool, typer.Option("--compound-level", help="Also call one MoA per compound.")
+    ] = False,
+    compound_key: Annotated[str, typer.Option(help="obs column naming compounds.")] = "pert_id",
+    backend: Annotated[str, typer.Option(help="torch (exact, chunked) | faiss.")] = "torch",
+) -> None:
+    """Embed signatures and call their MoA by nearest neighbours in the atlas.
+
+    Writes obsm['X_moa'], obs['moa_pred'], obs['moa_pred_score'] (and with
+    --compound-level a per-compound table next to OUT as .compounds.csv).
+
+    Example:
+
+        moaspace predict model query.h5ad --out pred.h5ad --compound-level
+    """
+    from .data.prepare import write_h5ad
+    from .model import MoaModel
+    from .tl.predict import predict as run_predict
+
+    model = MoaModel.load(model_dir)
+    adata = _load_h5ad(query)
+    if compound_level and compound_key not in adata.obs.columns:
+        raise MoaspaceError(f"{query}: obs has no column {compound_key!r} for --compound-level")
+    result = run_predict(model, adata, k=k, method=method, top_k=top_k, backend=backend,
+                         compound_key=compound_key if compound_level else None)
+    top = result.uns.pop("moa_top_k")
+    calls = result.uns.pop("moa_compound_calls", None)
+    # tables go to CSV next to the .h5ad; uns keeps plain values only
+    from ._utils import atomic_path
+
+    with atomic_path(out.with_suffix(".top_k.csv")) as tmp:
+        top.to_csv(tmp, index=False)
+    if calls is not None:
+        with atomic_path(out.with_suffix(".compounds.csv")) as tmp:
+            calls.to_csv(tmp, index=False)
+        result.uns["moa_compound_calls"] = calls.reset_index(drop=True)
+    write_h5ad(result, out)
+    rows = [("output", out), ("signatures", result.n_obs),
+            ("top MoA calls", ", ".join(
+                f"{m} ({n})" for m, n in result.obs["moa_pred"].value_counts().head(3).items()))]
+    if calls is not None:
+        rows.append(("compounds called", len(calls)))
+        rows.append(("compound table", out.with_suffix(".compounds.csv")))
+    _summary("predict", rows)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="Trained model directory.")],
+    data: Annotated[Path, typer.Argument(help=".h5ad with obs['split'] and obs['moa'].")],
+    out: Annotated[Path, typer.Option(help="Metrics JSON (a .md twin is written too).")],
+    split_name: Annotated[str, typer.Option("--split", help="Which split to score.")] = "test",
+    k: Annotated[int, typer.Option(help="Neighbours in the kNN vote.")] = 10,
+) -> None:
+    """Score a model on held-out signatures: signature and compound level, hierarchy.
+
+    Example:
+
+        moaspace evaluate model data_split.h5ad --out metrics.json
+    """
+    from .model import MoaModel
+    from .tl.evaluate import evaluate as run_evaluate
+    from .tl.evaluate import write_metrics
+
+    model = MoaModel.load(model_dir)
+    metrics = run_evaluate(model, _load_h5ad(data), split=split_name, k=k)
+    write_metrics(metrics, out)
+    _summary("evaluate", [("output", out), ("signatures", metrics["n"]),
+                          ("accuracy", f"{metrics['accuracy']:.3f}"),
+                          ("macro-F1", f"{metrics['macro_f1']:.3f}"),
+                          ("top-5 accuracy", f"{metrics['top5_accuracy']:.3f}"),
+                          ("compound macro-F1",
+                           f"{metrics.get('compound_level', {}).get('macro_f1', float('nan')):.3f}")])
+
+
+@app.command()
+@handle_errors
+def benchmark(
+    data: Annotated[Path, typer.Argument(help="Prepared .h5ad (split per seed here).")],
+    out: Annotated[Path, typer.Option(help="Output directory (results.json/.md/.png).")],
+    scheme: Annotated[str, typer.Option(help="Split scheme(s), comma list.")] = "compound",
+    seeds: Annotated[str, typer.Option(help="Comma list of seeds.")] = "0,1,2",
+    methods: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
+    holdout_cells: Annotated[str | None, typer.Option(help="For the cell schemes.")] = None,
+    max_epochs: Annotated[int, typer.Option(help="Epoch budget of every neural model.")] = 40,
+) -> None:
+    """Our model and all baselines on the same splits and seeds.
+
+    Example:
+
+        moaspace benchmark data.h5ad --out bench --scheme compound,cell --seeds 0,1,2
+    """
+    from .tl.benchmark import METHODS, run_benchmark, write_benchmark
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds must be integers, got {seeds!r}") from None
+    method_list = [m.strip() for m in methods.split(",")] if methods else list(METHODS)
+    adata = _load_h5ad(data)
+    records = []
+    for sch in [s.strip() for s in scheme.split(",") if s.strip()]:
+        records += run_benchmark(adata, scheme=sch, seeds=seed_list, methods=method_list,
+                                 holdout_cells=holdout_cells, max_epochs=max_epochs)
+    meta = {"command": " ".join(sys.argv), "data": str(data), "seeds": seed_list,
+            "max_epochs": max_epochs}
+    write_benchmark(records, out, meta)
+    from .tl.benchmark import summarize
+
+    summary = summarize(records)
+    if not _state["quiet"]:
+        table = Table(title="benchmark (macro-F1 on test, mean ± sd)")
+        for col in ("scheme", "method", "macro-F1", "accuracy"):
+            table.add_column(col)
+        for _, row in summary.iterrows():
+            table.add_row(row["scheme"], row["method"],
+                          f"{row['macro_f1_mean']:.3f} ± {0 if pd_isna(row['macro_f1_std']) else row['macro_f1_std']:.3f}",
+                          f"{row['accuracy_mean']:.3f}")
+        out_console.print(table)
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("demo_out"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_epochs: Annotated[int, typer.Option(help="Upper bound on training epochs.")] = 40,
+) -> None:
+    """Run the whole pipeline on the embedded demo data (no arguments, no network).
+
+    Example:
+
+        moaspace demo --out demo_out
+    """
+    from .workflow import run_demo
+
+    result = run_demo(out, seed=seed, max_epochs=max_epochs)
+    s = result["summary"]
+    _summary("demo", [
+        ("data", f"{s['signatures']} signatures, {s['compounds']} compounds, {s['moas']} MoAs, "
+                 f"{s['cell_lines']} cell lines"),
+        ("split", f"{s['scheme']} (unseen compounds)"),
+        ("best epoch / val macro-F1", f"{s['best_epoch']} / {s['best_val_macro_f1']:.3f}"),
+        ("test macro-F1 (signatures)", f"{s['test_macro_f1']:.3f}"),
+        ("test macro-F1 (compounds)", f"{s['test_compound_macro_f1']:.3f}"),
+        ("outputs", out),
+    ])
+    typer.echo(str(Path(result["paths"]["summary"]).resolve()))
+
+
+def pd_isna(value) -> bool:
+    return value is None or value != value
+
+
 def main() -> None:
     """Entry point of the ``moaspace`` console script."""
     try:

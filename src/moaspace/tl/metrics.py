@@ -41,7 +41,7 @@ def classification_metrics(
         y_true, y_pred, labels=labels, zero_division=0
     )
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro",
                                    zero_division=0)),

@@ -204,3 +204,95 @@ def aggregate_scores(scores: np.ndarray, groups: Sequence, how: str = "mean") ->
     else:
         raise InputError(f"unknown aggregation {how!r}; use 'mean' or 'vote'")
     return out
+
+
+def nearest_compounds(
+    idx: np.ndarray, sims: np.ndarray, ref_compounds: np.ndarray, n: int = 3
+) -> list[str]:
+    """The ``n`` distinct reference compounds nearest to each query, as 'id:sim;...'."""
+    out = []
+    for row_idx, row_sims in zip(idx, sims, strict=True):
+        seen: dict[str, float] = {}
+        for j, s in zip(row_idx, row_sims, strict=True):
+            c = str(ref_compounds[j])
+            if c not in seen:
+                seen[c] = float(s)
+            if len(seen) == n:
+                break
+        out.append(";".join(f"{c}:{s:.3f}" for c, s in seen.items()))
+    return out
+
+
+def predict(
+    model,
+    adata,
+    *,
+    k: int = 10,
+    method: str = "knn",
+    weighting: str = "distance",
+    top_k: int = 5,
+    compound_key: str | None = "pert_id",
+    backend: str = "torch",
+    copy: bool = True,
+):
+    """Embed ``adata`` with a trained model and call MoAs against its training atlas.
+
+    Writes ``obsm["X_moa"]`` (embedding), ``obsm["moa_scores"]`` (per-MoA
+    scores, columns in ``uns["moa_classes"]``), ``obs["moa_pred"]``,
+    ``obs["moa_pred_score"]``, ``obs["nearest_compounds"]`` and a top-k table
+    in ``uns["moa_top_k"]``. With a ``compound_key`` column present, compound-
+    level calls (mean of the signature scores) go to ``uns["moa_compound_calls"]``.
+
+    ``method``: ``knn`` (distance-weighted cosine kNN, k configurable) or
+    ``prototype`` (nearest MoA centre).
+    """
+    adata = adata.copy() if copy else adata
+    reference = model.reference
+    z = model.embed(adata)
+    ref_z = np.asarray(reference.X, dtype=np.float32)
+    ref_moa = reference.obs["moa"].astype(str).to_numpy()
+    classes = sorted(set(ref_moa))
+    sims, idx = knn_search(z, ref_z, max(k, 25), backend=backend)
+    if method == "knn":
+        codes, _ = encode_labels(ref_moa, classes)
+        scores = knn_scores(sims[:, :k], idx[:, :k], codes, len(classes), weighting=weighting)
+    elif method == "prototype":
+        centres, _ = prototypes(ref_z, ref_moa, classes)
+        scores = prototype_scores(z, centres)
+    else:
+        raise InputError(f"unknown method {method!r}; use 'knn' or 'prototype'")
+    best = scores.argmax(axis=1)
+    adata.obsm["X_moa"] = z
+    adata.obsm["moa_scores"] = scores
+    adata.uns["moa_classes"] = list(classes)
+    adata.obs["moa_pred"] = pd.Categorical(np.asarray(classes, dtype=object)[best],
+                                           categories=classes)
+    adata.obs["moa_pred_score"] = scores[np.arange(len(best)), best].astype(np.float32)
+    if "pert_id" in reference.obs.columns:
+        adata.obs["nearest_compounds"] = nearest_compounds(
+            idx, sims, reference.obs["pert_id"].astype(str).to_numpy())
+    adata.uns["moa_top_k"] = top_k_table(scores, classes, top_k, index=adata.obs_names)
+    adata.uns["moa_predict"] = {"method": method, "k": k, "weighting": weighting}
+    if compound_key and compound_key in adata.obs.columns:
+        adata.uns["moa_compound_calls"] = compound_calls(
+            scores, classes, adata.obs[compound_key].astype(str).to_numpy())
+    return adata
+
+
+def compound_calls(scores: np.ndarray, classes: Sequence, compounds: Sequence) -> pd.DataFrame:
+    """One MoA call per compound: mean of its signatures' scores (soft vote)."""
+    agg = aggregate_scores(scores, compounds, how="mean")
+    values = agg.to_numpy()
+    best = values.argmax(axis=1)
+    order = np.argsort(-values, axis=1)[:, :3]
+    classes = np.asarray(classes, dtype=object)
+    counts = pd.Series(np.asarray(compounds).astype(str)).value_counts()
+    return pd.DataFrame(
+        {
+            "compound": agg.index.astype(str),
+            "n_signatures": counts.reindex(agg.index).to_numpy(),
+            "moa_pred": classes[best],
+            "moa_pred_score": values[np.arange(len(best)), best],
+            "top3": [";".join(classes[o]) for o in order],
+        }
+    ).set_index("compound", drop=False).rename_axis(None)

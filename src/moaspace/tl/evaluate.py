@@ -1,0 +1,110 @@
+"""Score a trained model on the held-out rows of a split: signature and compound level,
+retrieval and the shape of the hierarchy. Writes JSON and a Markdown table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .._utils import atomic_write_text
+from ..errors import InputError
+from .metrics import classification_metrics, neighbour_label_shares, retrieval_map, silhouette
+from .predict import aggregate_scores, predict
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate(
+    model, adata, *, split: str = "test", split_key: str = "split", k: int = 10,
+    moa_key: str = "moa", compound_key: str = "pert_id", seed: int = 0,
+) -> dict:
+    """Metrics of ``model`` on the rows with ``obs[split_key] == split``.
+
+    Top-level keys: ``accuracy``, ``macro_f1``, ``weighted_f1``, ``top3_accuracy``,
+    ``top5_accuracy``, ``per_moa`` (signature level), ``compound_level`` (same
+    metrics on per-compound calls), ``hierarchy`` (kNN label shares and
+    silhouettes among the held-out signatures), ``retrieval`` (mAP).
+    """
+    for key in (split_key, moa_key):
+        if key not in adata.obs.columns:
+            raise InputError(f"obs has no column {key!r}; run `moaspace split` first"
+                             if key == split_key else f"obs has no column {key!r}")
+    rows = (adata.obs[split_key].astype(str) == split).to_numpy()
+    if not rows.any():
+        raise InputError(f"no rows with {split_key} == {split!r}")
+    held = predict(model, adata[rows], k=k, compound_key=None)
+    scores, classes = held.obsm["moa_scores"], held.uns["moa_classes"]
+    y = held.obs[moa_key].astype(str).to_numpy()
+    out = classification_metrics(y, scores, classes)
+    out["split"] = split
+    unseen = sorted(set(y) - set(classes))
+    if unseen:
+        out["moas_not_in_training"] = unseen
+    if compound_key in held.obs.columns:
+        compounds = held.obs[compound_key].astype(str).to_numpy()
+        agg = aggregate_scores(scores, compounds)
+        truth = held.obs.groupby(compound_key, observed=True)[moa_key].first().astype(str)
+        out["compound_level"] = classification_metrics(
+            truth.loc[agg.index].to_numpy(), agg.to_numpy(np.float32), classes)
+    z = held.obsm["X_moa"]
+    labels = {"moa": y}
+    if compound_key in held.obs.columns:
+        labels["compound"] = held.obs[compound_key].astype(str).to_numpy()
+    out["hierarchy"] = {
+        "knn_share": neighbour_label_shares(z, labels, k=min(k, len(y) - 1)),
+        "silhouette_moa": silhouette(z, y, seed=seed),
+    }
+    if "compound" in labels:
+        out["hierarchy"]["silhouette_compound"] = silhouette(z, labels["compound"], seed=seed)
+    ref = model.reference
+    out["retrieval"] = {
+        "moa_map_vs_atlas": retrieval_map(z, y, np.asarray(ref.X), ref.obs["moa"], seed=seed),
+    }
+    if "compound" in labels:
+        out["retrieval"]["compound_map"] = retrieval_map(z, labels["compound"], seed=seed)
+    return out
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """A short Markdown report of :func:`evaluate`'s output."""
+    lines = [f"## Evaluation on split `{metrics.get('split', 'test')}` (n = {metrics['n']})", "",
+             "| level | accuracy | macro-F1 | weighted-F1 | top-3 | top-5 |",
+             "|---|---|---|---|---|---|"]
+    for name, m in (("signature", metrics), ("compound", metrics.get("compound_level"))):
+        if m:
+            lines.append(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | "
+                         f"{m['weighted_f1']:.3f} | {m['top3_accuracy']:.3f} | "
+                         f"{m['top5_accuracy']:.3f} |")
+    h = metrics.get("hierarchy", {})
+    if h:
+        lines += ["", "| hierarchy | value |", "|---|---|"]
+        for key, value in h.get("knn_share", {}).items():
+            lines.append(f"| share of 10-NN with same {key} | {value:.3f} |")
+        for key in ("silhouette_moa", "silhouette_compound"):
+            if key in h:
+                lines.append(f"| {key.replace('_', ' by ')} | {h[key]:.3f} |")
+    lines += ["", "| MoA | precision | recall | F1 | n |", "|---|---|---|---|---|"]
+    for moa, m in sorted(metrics["per_moa"].items()):
+        lines.append(f"| {moa} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+                     f"{m['support']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(metrics: dict, path: str | os.PathLike) -> Path:
+    """Write metrics JSON (and a Markdown twin with suffix .md) atomically."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(metrics, indent=2, default=_jsonable))
+    atomic_write_text(path.with_suffix(".md"), metrics_markdown(metrics))
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")

@@ -1,0 +1,112 @@
+"""predict / evaluate / benchmark with a small trained model, API and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from _synthetic import make_synthetic
+from moaspace.cli import app
+from moaspace.data.split import split
+from moaspace.model import MoaModel
+from moaspace.tl.benchmark import results_markdown, run_benchmark, write_benchmark
+from moaspace.tl.evaluate import evaluate, write_metrics
+from moaspace.tl.predict import predict
+
+TINY = {"hidden_dims": (64, 32), "embedding_dim": 16}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    adata = make_synthetic(n_moas=4, compounds_per_moa=6, n_genes=48, seed=3)
+    adata = split(adata, "compound", seed=0)
+    model = MoaModel(adata, **TINY)
+    model.train(max_epochs=8, seed=0, progress_bar=False)
+    return model, adata
+
+
+def test_predict_writes_conventional_fields(trained):
+    model, adata = trained
+    test = adata[adata.obs["split"] == "test"].copy()
+    out = predict(model, test, k=5, compound_key="pert_id")
+    assert out.obsm["X_moa"].shape == (test.n_obs, 16)
+    np.testing.assert_allclose(np.linalg.norm(out.obsm["X_moa"], axis=1), 1, atol=1e-5)
+    assert set(out.obs["moa_pred"].astype(str)) <= set(model.moas)
+    assert ((out.obs["moa_pred_score"] > 0) & (out.obs["moa_pred_score"] <= 1)).all()
+    calls = out.uns["moa_compound_calls"]
+    assert set(calls.index) == set(test.obs["pert_id"])
+    assert (calls["n_signatures"].sum()) == test.n_obs
+    # compound-level call is the argmax of the mean of its signatures' scores
+    first = calls.index[0]
+    rows = (test.obs["pert_id"] == first).to_numpy()
+    mean = out.obsm["moa_scores"][rows].mean(axis=0)
+    assert calls.loc[first, "moa_pred"] == out.uns["moa_classes"][int(mean.argmax())]
+    proto = predict(model, test, method="prototype")
+    assert proto.obs["moa_pred"].notna().all()
+    top = out.uns["moa_top_k"]
+    assert len(top) == test.n_obs * min(5, len(model.moas))
+
+
+def test_evaluate_keys_and_sanity(trained, tmp_path):
+    model, adata = trained
+    m = evaluate(model, adata)
+    for key in ("accuracy", "macro_f1", "weighted_f1", "top5_accuracy", "per_moa",
+                "compound_level", "hierarchy", "retrieval"):
+        assert key in m
+    assert m["macro_f1"] > 1 / len(model.moas) + 0.1  # well above chance on unseen compounds
+    assert m["top5_accuracy"] >= m["top3_accuracy"] >= m["accuracy"]
+    path = write_metrics(m, tmp_path / "metrics.json")
+    assert json.loads(path.read_text())["macro_f1"] == m["macro_f1"]
+    assert "| MoA |" in path.with_suffix(".md").read_text()
+
+
+def test_benchmark_records_and_outputs(tmp_path):
+    adata = make_synthetic(n_moas=4, compounds_per_moa=6, n_genes=48, seed=4)
+    records = run_benchmark(adata, scheme="compound", seeds=(0, 1),
+                            methods=("moaspace", "raw_knn", "pca_lda"), max_epochs=3,
+                            n_components=10, model_kwargs=TINY)
+    assert len(records) == 6
+    assert {r["method"] for r in records} == {"moaspace", "raw_knn", "pca_lda"}
+    for r in records:
+        assert 0 <= r["macro_f1"] <= 1 and r["scheme"] == "compound"
+    # same split per seed: every method scored the same test rows
+    for seed in (0, 1):
+        assert len({r["n_test"] for r in records if r["seed"] == seed}) == 1
+    write_benchmark(records, tmp_path / "bench")
+    assert json.loads((tmp_path / "bench" / "results.json").read_text()) == records
+    assert "± " in results_markdown(records)
+    assert (tmp_path / "bench" / "results.png").stat().st_size > 1000
+
+
+def test_cli_split_train_predict_evaluate(tmp_path):
+    runner = CliRunner()
+    adata = make_synthetic(n_moas=3, compounds_per_moa=5, n_genes=40, seed=5)
+    adata.write_h5ad(tmp_path / "data.h5ad")
+    r = runner.invoke(app, ["split", str(tmp_path / "data.h5ad"), "--scheme", "compound",
+                            "--seed", "1", "--out", str(tmp_path / "s.h5ad")])
+    assert r.exit_code == 0, r.output
+    assert set(ad.read_h5ad(tmp_path / "s.h5ad").obs["split"]) == {"train", "val", "test"}
+    r = runner.invoke(app, ["train", str(tmp_path / "s.h5ad"), "--out", str(tmp_path / "m"),
+                            "--max-epochs", "2", "--seed", "0"])
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in (tmp_path / "m").iterdir()} >= {"model.pt", "config.json"}
+    r = runner.invoke(app, ["predict", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
+                            "--out", str(tmp_path / "p.h5ad"), "--compound-level"])
+    assert r.exit_code == 0, r.output
+    pred = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert {"moa_pred", "moa_pred_score"} <= set(pred.obs.columns) and "X_moa" in pred.obsm
+    assert (tmp_path / "p.compounds.csv").exists()
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
+                            "--out", str(tmp_path / "metrics.json")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "weighted_f1", "top5_accuracy", "per_moa",
+            "compound_level"} <= set(metrics)
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "data.h5ad"),
+                            "--out", str(tmp_path / "x.json")])
+    assert r.exit_code == 1 and "split" in r.output
+    assert not (tmp_path / "x.json").exists()
