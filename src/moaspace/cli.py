@@ -277,6 +277,9 @@ def train(
                 devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
                 progress_bar=not _state["quiet"])
     model.save(out, overwrite=overwrite or resume)
+    from .crispr import save_raw_reference
+
+    save_raw_reference(adata, out)  # raw-signature comparison for `moaspace crispr`
     _summary("train", [("model directory", out), ("signatures x genes", adata.shape),
                        ("MoAs", len(model.moas)), ("compounds", len(model.compounds)),
                        ("best epoch", model.best_epoch),
@@ -440,7 +443,110 @@ def demo(
         ("test macro-F1 (compounds)", f"{s['test_compound_macro_f1']:.3f}"),
         ("outputs", out),
     ])
-    typer.echo(str(Path(result["paths"]["summary"]).resolve()))
+    typer.echo(str(Path(result["paths"].get("report", result["paths"]["summary"])).resolve()))
+
+
+@app.command()
+@handle_errors
+def explain(
+    model_dir: Annotated[Path, typer.Argument(help="Trained model directory.")],
+    data: Annotated[Path, typer.Argument(help=".h5ad with obs['moa'] (e.g. the training data).")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    gene_sets: Annotated[
+        Path | None, typer.Option(help="Local .gmt / .gmt.gz (default: bundled Reactome).")
+    ] = None,
+    split_name: Annotated[
+        str | None, typer.Option("--split", help="Only rows of this split (default: all).")
+    ] = None,
+    ranking: Annotated[str, typer.Option(help="absolute | signed attribution ranking.")] = (
+        "absolute"),
+    permutations: Annotated[int, typer.Option(help="GSEA permutations.")] = 1000,
+    max_per_moa: Annotated[int, typer.Option(help="Signatures explained per MoA.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Gene importance per MoA (integrated gradients) and GSEA prerank on pathways.
+
+    Writes gene_importance.csv (genes x MoAs), enrichment.csv (moa, pathway,
+    nes, pval, fdr) and pathway_heatmap.png.
+
+    Example:
+
+        moaspace explain model data_split.h5ad --out explain
+    """
+    from .explain import explain as run_explain
+    from .model import MoaModel
+
+    model = MoaModel.load(model_dir)
+    adata = _load_h5ad(data)
+    if split_name is not None:
+        if "split" not in adata.obs.columns:
+            raise MoaspaceError(f"{data}: obs has no 'split' column for --split")
+        adata = adata[adata.obs["split"].astype(str) == split_name].copy()
+    result = run_explain(model, adata, out, gene_sets=gene_sets, ranking=ranking,
+                         permutations=permutations, max_per_moa=max_per_moa, seed=seed,
+                         progress=not _state["quiet"])
+    enr = result["enrichment"]
+    top = (enr[enr["fdr"] < 0.05].sort_values("nes", ascending=False).groupby("moa").head(1))
+    rows = [("output", out), ("MoAs explained", result["summary"]["n_moas"]),
+            ("seconds per MoA", f"{result['summary']['seconds_per_moa']:.1f}")]
+    for _, row in top.head(12).iterrows():
+        rows.append((str(row["moa"]), f"{row['pathway']} (NES {row['nes']:.2f})"))
+    _summary("explain", rows)
+
+
+@app.command()
+@handle_errors
+def crispr(
+    model_dir: Annotated[Path, typer.Argument(help="Trained model directory.")],
+    kd: Annotated[Path, typer.Argument(help="Knockdowns .h5ad (prepare --pert-type trt_xpr).")],
+    compoundinfo: Annotated[Path, typer.Option(help="compoundinfo_beta.txt (targets).")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    k: Annotated[int, typer.Option(help="Neighbours in the kNN vote.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffled null.")] = 0,
+) -> None:
+    """Place knockdown signatures in the drug space and score the expected MoAs.
+
+    Writes crispr_scores.csv (one row per knocked-down gene) and summary.json
+    (hit_at_1, hit_at_5, hit_at_5_raw, hit_at_5_null, n_genes_scored).
+
+    Example:
+
+        moaspace crispr model kd.h5ad --compoundinfo compoundinfo_beta.txt --out crispr
+    """
+    from .crispr import RAW_REFERENCE, score_knockdowns, write_crispr
+    from .model import MoaModel
+
+    model = MoaModel.load(model_dir)
+    raw = _load_h5ad(model_dir / RAW_REFERENCE) if (model_dir / RAW_REFERENCE).exists() else None
+    result = score_knockdowns(model, _load_h5ad(kd), compoundinfo, raw_reference=raw, k=k,
+                              seed=seed)
+    write_crispr(result, out)
+    s = result["summary"]
+    _summary("crispr", [("output", out), ("knocked-down genes", s["n_genes"]),
+                        ("genes with an expected MoA", s["n_genes_scored"]),
+                        ("hit@1 / hit@5", f"{s['hit_at_1']:.3f} / {s['hit_at_5']:.3f}"),
+                        ("hit@5 raw signatures", f"{s['hit_at_5_raw']:.3f}"),
+                        ("hit@5 shuffled null", f"{s['hit_at_5_null']:.3f}")])
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (e.g. from moaspace demo).")],
+    out: Annotated[Path | None, typer.Option(help="HTML file (default RUN_DIR/report.html).")] = (
+        None),
+) -> None:
+    """Write one self-contained HTML report (plots embedded, no network) for a run.
+
+    Example:
+
+        moaspace report demo_out
+    """
+    from .report import write_report
+
+    path = write_report(run_dir, out)
+    _summary("report", [("report", path)])
+    typer.echo(str(path.resolve()))
 
 
 def pd_isna(value) -> bool:

@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ._utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -27,8 +29,13 @@ def run_pipeline(
     max_epochs: int = 40,
     prepare_kwargs: dict | None = None,
     model_kwargs: dict | None = None,
+    benchmark_seeds: tuple[int, ...] = (0,),
+    explain_permutations: int = 500,
+    stages: tuple[str, ...] = ("crispr", "explain", "benchmark", "report"),
 ) -> dict:
-    """prepare -> split -> train -> evaluate -> predict; returns the paths written."""
+    """prepare -> split -> train -> evaluate -> predict (-> crispr -> explain ->
+    benchmark -> report); returns the paths written and a summary."""
+    from .crispr import save_raw_reference
     from .data.prepare import prepare, write_h5ad
     from .data.split import split
     from .model import MoaModel
@@ -57,6 +64,7 @@ def run_pipeline(
     model_dir = out_dir / "model"
     model.train(max_epochs=max_epochs, seed=seed, model_dir=model_dir)
     model.save(model_dir, overwrite=True)
+    save_raw_reference(adata, model_dir)
     written["model"] = model_dir
     timings["train"] = time.perf_counter() - t0
 
@@ -76,6 +84,34 @@ def run_pipeline(
     written["compound_calls"] = out_dir / "compound_calls.csv"
     timings["predict"] = time.perf_counter() - t0
 
+    if "crispr" in stages and paths.get("gctx_xpr"):
+        t0 = time.perf_counter()
+        written.update(_crispr_stage(paths, model, adata, out_dir))
+        timings["crispr"] = time.perf_counter() - t0
+
+    if "explain" in stages:
+        from .explain import explain
+
+        t0 = time.perf_counter()
+        train_rows = adata[adata.obs["split"].astype(str) == "train"].copy()
+        explain(model, train_rows, out_dir / "explain", permutations=explain_permutations,
+                seed=seed)
+        written["explain"] = out_dir / "explain"
+        timings["explain"] = time.perf_counter() - t0
+
+    if "benchmark" in stages:
+        from .tl.benchmark import run_benchmark, write_benchmark
+
+        t0 = time.perf_counter()
+        data = adata.copy()
+        del data.obs["split"]
+        records = run_benchmark(data, scheme=scheme, seeds=benchmark_seeds,
+                                max_epochs=max_epochs, model_kwargs=model_kwargs)
+        written["benchmark"] = write_benchmark(
+            records, out_dir / "benchmark",
+            meta={"scheme": scheme, "seeds": list(benchmark_seeds), "max_epochs": max_epochs})
+        timings["benchmark"] = time.perf_counter() - t0
+
     summary = {
         "signatures": int(adata.n_obs), "genes": int(adata.n_vars),
         "compounds": int(adata.obs["pert_id"].nunique()),
@@ -88,9 +124,38 @@ def run_pipeline(
         "seconds": timings,
         "outputs": {k: str(v) for k, v in written.items()},
     }
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     written["summary"] = out_dir / "summary.json"
+    if "report" in stages:
+        from .report import write_report
+
+        written["report"] = write_report(out_dir)
     return {"paths": written, "summary": summary, "metrics": metrics}
+
+
+def _crispr_stage(paths: dict, model, adata, out_dir: Path) -> dict:
+    """Prepare the knockdowns, score them against the drug atlas, draw the map."""
+    from .crispr import RAW_REFERENCE, score_knockdowns, write_crispr
+    from .data.prepare import prepare, read_h5ad, write_h5ad
+    from .pl import crispr_map
+
+    kd = prepare(paths["gctx_xpr"], paths["siginfo"], paths["geneinfo"],
+                 pert_type="trt_xpr", times=None, progress=False)
+    kd_path = write_h5ad(kd, out_dir / "knockdowns.h5ad")
+    raw = read_h5ad(Path(out_dir) / "model" / RAW_REFERENCE)
+    result = score_knockdowns(model, kd, paths["compoundinfo"], raw_reference=raw)
+    crispr_dir = write_crispr(result, out_dir / "crispr")
+    first = {g: (m[0] if m else "no expected MoA") for g, m in result["expected"].items()}
+    genes = kd.obs["target_gene"].astype(str)
+    ref = model.reference
+    fig = crispr_map(np.asarray(ref.X), ref.obs["moa"], result["embedding"],
+                     genes.map(lambda g: first.get(g, "no expected MoA")).to_numpy(),
+                     kd_labels=genes.to_numpy())
+    fig.savefig(crispr_dir / "crispr_map.png", dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return {"knockdowns": kd_path, "crispr": crispr_dir}
 
 
 def run_demo(out_dir: str | os.PathLike = "demo_out", *, seed: int = 0,
