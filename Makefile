@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.moaspace-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ lint: install
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
 test: install lint
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Debian packages for the report rendering test (needs root; skipped when present).
+system-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver present"; \
+	else \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 bench: install
 	$(BIN)/python benchmarks/bench_gctx.py

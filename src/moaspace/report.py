@@ -103,8 +103,8 @@ def build_report(run_dir: str | os.PathLike) -> str:
         found_any = True
         pred = ad.read_h5ad(pred_path)
         parts.append("<h2>Latent space</h2><p class='note'>Held-out (test) signatures of unseen "
-                     "compounds, PCA of the 256-d embedding; circles mark compound centres "
-                     "(sub-clusters inside each MoA).</p>")
+                     f"compounds, PCA of the {pred.obsm['X_moa'].shape[1]}-d embedding; circles "
+                     "mark compound centres (sub-clusters inside each MoA).</p>")
         parts.append(_img(pl.latent_map(pred.obsm["X_moa"], pred.obs["moa"],
                                          pred.obs.get("pert_id"))))
         parts.append("<h2>Confusion matrix</h2>")

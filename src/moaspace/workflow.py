@@ -30,6 +30,7 @@ def run_pipeline(
     prepare_kwargs: dict | None = None,
     model_kwargs: dict | None = None,
     benchmark_seeds: tuple[int, ...] = (0,),
+    benchmark_methods: tuple[str, ...] | None = None,
     explain_permutations: int = 500,
     stages: tuple[str, ...] = ("crispr", "explain", "benchmark", "report"),
 ) -> dict:
@@ -105,7 +106,10 @@ def run_pipeline(
         t0 = time.perf_counter()
         data = adata.copy()
         del data.obs["split"]
+        from .tl.benchmark import METHODS
+
         records = run_benchmark(data, scheme=scheme, seeds=benchmark_seeds,
+                                methods=benchmark_methods or METHODS,
                                 max_epochs=max_epochs, model_kwargs=model_kwargs)
         written["benchmark"] = write_benchmark(
             records, out_dir / "benchmark",
