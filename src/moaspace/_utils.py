@@ -42,6 +42,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent
     )
     os.close(fd)
+    # mkstemp makes the file private (0600); give it the permissions a plain open() would
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
