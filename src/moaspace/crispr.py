@@ -56,26 +56,29 @@ def expected_moas(
 
 
 def save_raw_reference(adata: ad.AnnData, model_dir: str | os.PathLike,
-                       split_key: str = "split") -> Path:
-    """Store per-compound mean raw signatures of the training drugs next to a model.
+                       split_key: str = "split", max_signatures: int = 50_000,
+                       seed: int = 0) -> Path:
+    """Store the raw z-scores of the training drug signatures next to a model.
 
-    Needed for the raw-signature (no model) comparison of :func:`score_knockdowns`;
-    small (compounds x genes) and written atomically.
+    The raw-signature (no model) comparison of :func:`score_knockdowns` runs
+    the same kNN vote as the model, over these signatures instead of their
+    embeddings. At most ``max_signatures`` (a seeded subsample) are kept to
+    bound the file size; written atomically.
     """
     from .data.prepare import write_h5ad
 
     rows = np.ones(adata.n_obs, bool)
     if split_key in adata.obs.columns:
         rows = (adata.obs[split_key].astype(str) == "train").to_numpy()
-    sub = adata[rows]
+    idx = np.flatnonzero(rows)
+    if len(idx) > max_signatures:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_signatures, replace=False))
+    sub = adata[idx]
     X = np.asarray(sub.X.toarray() if hasattr(sub.X, "toarray") else sub.X, dtype=np.float32)
-    compounds = sub.obs["pert_id"].astype(str).to_numpy()
-    frame = pd.DataFrame(X, index=compounds).groupby(level=0).mean()
-    moa = sub.obs.groupby("pert_id", observed=True)["moa"].first().astype(str)
-    ref = ad.AnnData(frame.to_numpy(np.float32),
-                     obs=pd.DataFrame({"pert_id": frame.index, "moa": moa.loc[frame.index].values},
-                                      index=frame.index.astype(str)),
-                     var=pd.DataFrame(index=sub.var_names.astype(str)))
+    obs = pd.DataFrame({"pert_id": sub.obs["pert_id"].astype(str).to_numpy(),
+                        "moa": sub.obs["moa"].astype(str).to_numpy()},
+                       index=sub.obs_names.astype(str))
+    ref = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=sub.var_names.astype(str)))
     return write_h5ad(ref, Path(model_dir) / RAW_REFERENCE)
 
 
