@@ -32,12 +32,16 @@ RAW_REFERENCE = "raw_reference.h5ad"
 
 
 def expected_moas(
-    compoundinfo: pd.DataFrame, compound_moa: dict[str, str], known_moas
+    compoundinfo: pd.DataFrame, compound_moa: dict[str, str], known_moas,
+    min_fraction: float = 0.2,
 ) -> dict[str, list[str]]:
-    """Gene symbol -> sorted MoAs (among ``known_moas``) of the compounds that target it.
+    """Gene symbol -> sorted MoAs (among ``known_moas``) whose compounds target it.
 
     ``compound_moa`` maps ``pert_id`` -> MoA (the model's training labels);
     compounds absent from it fall back to compoundinfo's own ``moa`` column.
+    Target lists include off-targets, so an MoA is expected for gene G only when
+    at least ``min_fraction`` of its target-annotated compounds list G: one
+    promiscuous compound does not make G a target of its whole MoA.
     """
     known = set(map(str, known_moas))
     fallback = {}
@@ -45,12 +49,18 @@ def expected_moas(
         for pid, moa in zip(compoundinfo["pert_id"], compoundinfo["moa"], strict=True):
             if isinstance(moa, str) and moa in known:
                 fallback.setdefault(str(pid), moa)
-    out: dict[str, set[str]] = {}
+    hits: dict[tuple[str, str], int] = {}
+    annotated: dict[str, int] = {}
     for pid, genes in compound_targets(compoundinfo).items():
         moa = compound_moa.get(pid, fallback.get(pid))
         if moa is None or moa not in known:
             continue
+        annotated[moa] = annotated.get(moa, 0) + 1
         for gene in genes:
+            hits[(gene, moa)] = hits.get((gene, moa), 0) + 1
+    out: dict[str, set[str]] = {}
+    for (gene, moa), n in hits.items():
+        if n / annotated[moa] >= min_fraction:
             out.setdefault(gene, set()).add(moa)
     return {g: sorted(m) for g, m in out.items()}
 
