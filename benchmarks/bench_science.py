@@ -1,0 +1,111 @@
+"""Is the planted biology recovered? Explain and CRISPR on the simulator's default release.
+
+simulate (default config) -> prepare -> compound split -> train -> explain (IG + GSEA
+prerank on Reactome) and CRISPR knockdown scoring, with their controls in the same run:
+
+* explain: share of MoAs whose planted pathway is among the top-5 enriched (FDR < 0.05),
+  for the trained model and for a model trained on shuffled MoA labels; seconds per MoA;
+* CRISPR: hit@1 / hit@5 / mean rank of the expected MoA, vs raw-signature kNN and a
+  shuffled-link null.
+
+Writes ``benchmarks/results/bench_science.json`` and prints a table.
+
+    python benchmarks/bench_science.py [--seed 0] [--max-epochs 30] [--permutations 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from moaspace.crispr import score_knockdowns
+from moaspace.data.prepare import prepare
+from moaspace.data.simulate import SimulationConfig, simulate
+from moaspace.data.split import split
+from moaspace.explain import explain
+from moaspace.model import MoaModel
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def recovered(enrichment: pd.DataFrame, truth: dict) -> dict[str, bool]:
+    out = {}
+    for moa, block in enrichment.groupby("moa"):
+        top = block[block["fdr"] < 0.05].sort_values("nes", ascending=False).head(5)
+        out[moa] = bool(set(top["pathway"]) & set(truth["moa_pathways"][moa]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--permutations", type=int, default=500)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp())
+    paths = simulate(work / "sim", SimulationConfig(seed=args.seed))
+    truth = json.loads(paths["truth"].read_text())
+    adata = prepare(*(paths[k] for k in ("gctx", "siginfo", "geneinfo", "compoundinfo",
+                                         "moa_labels")), progress=False)
+    adata = split(adata, "compound", seed=args.seed)
+    result = {"seed": args.seed, "signatures": adata.n_obs, "moas": adata.obs["moa"].nunique()}
+
+    t0 = time.perf_counter()
+    model = MoaModel(adata)
+    model.train(max_epochs=args.max_epochs, seed=args.seed, progress_bar=False)
+    result["train_seconds"] = time.perf_counter() - t0
+
+    rng = np.random.default_rng(args.seed)
+    shuffled_data = adata.copy()
+    per_cpd = shuffled_data.obs.groupby("pert_id", observed=True)["moa"].first().astype(str)
+    mapping = pd.Series(rng.permutation(per_cpd.to_numpy()), index=per_cpd.index)
+    shuffled_data.obs["moa"] = shuffled_data.obs["pert_id"].astype(str).map(mapping).to_numpy()
+    shuffled = MoaModel(shuffled_data)
+    shuffled.train(max_epochs=args.max_epochs, seed=args.seed, progress_bar=False)
+
+    for name, m, data in (("model", model, adata), ("shuffled_labels", shuffled, shuffled_data)):
+        train = data[data.obs["split"] == "train"].copy()
+        e = explain(m, train, work / f"explain_{name}", permutations=args.permutations)
+        hits = recovered(e["enrichment"], truth)
+        result[f"explain_{name}"] = {
+            "recovered_fraction": float(np.mean(list(hits.values()))),
+            "n_moas": len(hits), "seconds_per_moa": e["summary"]["seconds_per_moa"],
+            "seconds_integrated_gradients": e["summary"]["seconds_integrated_gradients"],
+            "seconds_gsea": e["summary"]["seconds_gsea"], "per_moa": hits,
+        }
+
+    kd = prepare(paths["gctx_xpr"], paths["siginfo"], paths["geneinfo"], pert_type="trt_xpr",
+                 times=None, progress=False)
+    tr = adata[adata.obs["split"] == "train"]
+    raw = ad.AnnData(np.asarray(tr.X), obs=tr.obs[["pert_id", "moa"]].astype(str),
+                     var=pd.DataFrame(index=tr.var_names))
+    result["crispr"] = score_knockdowns(model, kd, paths["compoundinfo"],
+                                        raw_reference=raw)["summary"]
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_science.json").write_text(json.dumps(result, indent=2, default=float))
+    em, es, c = result["explain_model"], result["explain_shuffled_labels"], result["crispr"]
+    print(f"simulator default (seed {args.seed}): {result['signatures']} signatures, "
+          f"{result['moas']} MoAs")
+    print(f"{'explain: planted pathway in top-5 (FDR<0.05)':<48}{'model':>10}{'shuffled':>10}")
+    print(f"{'  share of MoAs':<48}{em['recovered_fraction']:>10.2f}"
+          f"{es['recovered_fraction']:>10.2f}")
+    print(f"{'  seconds per MoA (IG + GSEA)':<48}{em['seconds_per_moa']:>10.1f}")
+    print(f"{'CRISPR (genes scored: ' + str(c['n_genes_scored']) + ')':<48}{'model':>10}"
+          f"{'raw kNN':>10}{'null':>10}")
+    for key in ("hit_at_1", "hit_at_5"):
+        print(f"{'  ' + key:<48}{c[key]:>10.3f}{c[key + '_raw']:>10.3f}{c[key + '_null']:>10.3f}")
+    print(f"{'  mean rank of expected MoA':<48}{c['mean_rank']:>10.2f}{c['mean_rank_raw']:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
