@@ -322,16 +322,20 @@ def predict(
                          compound_key=compound_key if compound_level else None)
     top = result.uns.pop("moa_top_k")
     calls = result.uns.pop("moa_compound_calls", None)
-    # tables go to CSV next to the .h5ad; uns keeps plain values only
+    # tables go to CSV next to the .h5ad; uns keeps plain values only. The tables stay
+    # under temporary names until the .h5ad is written: all files appear, or none.
+    from contextlib import ExitStack
+
     from ._utils import atomic_path
 
-    with atomic_path(out.with_suffix(".top_k.csv")) as tmp:
+    with ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(out.with_suffix(".top_k.csv")))
         top.to_csv(tmp, index=False)
-    if calls is not None:
-        with atomic_path(out.with_suffix(".compounds.csv")) as tmp:
+        if calls is not None:
+            tmp = stack.enter_context(atomic_path(out.with_suffix(".compounds.csv")))
             calls.to_csv(tmp, index=False)
-        result.uns["moa_compound_calls"] = calls.reset_index(drop=True)
-    write_h5ad(result, out)
+            result.uns["moa_compound_calls"] = calls.reset_index(drop=True)
+        write_h5ad(result, out)  # renamed first; the tables follow as the stack closes
     rows = [("output", out), ("signatures", result.n_obs),
             ("top MoA calls", ", ".join(
                 f"{m} ({n})" for m, n in result.obs["moa_pred"].value_counts().head(3).items()))]

@@ -132,7 +132,8 @@ def _select_genes(
     if len(missing):
         logger.warning("%d genes of geneinfo are not in the matrix; skipped", len(missing))
     # keep geneinfo order (landmarks first in the published file)
-    return [g for g in wanted if g in set(present)]
+    present_set = set(present)
+    return [g for g in wanted if g in present_set]
 
 
 def prepare(

@@ -39,6 +39,10 @@ MATRIX_PATH = "/0/DATA/0/matrix"
 ROW_META = "/0/META/ROW"
 COL_META = "/0/META/COL"
 
+# what h5py and the codecs raise for damaged or malformed files
+_FILE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError,
+                UnicodeDecodeError)
+
 # Read the signature axis in blocks of at most this many bytes (a full-width
 # slab); bounds the temporary memory of a subset read independently of the
 # file size.
@@ -60,7 +64,12 @@ def _read_meta(handle: h5py.File, group: str, path: Path) -> pd.DataFrame:
             f"(expected groups {MATRIX_PATH}, {ROW_META}/id, {COL_META}/id)"
         )
     grp = handle[group]
-    ids = _decode(grp["id"][()])
+    if not isinstance(grp["id"], h5py.Dataset) or grp["id"].ndim != 1:
+        raise InputError(f"{path}: {group}/id must be a 1-D dataset of ids")
+    try:
+        ids = _decode(grp["id"][()])
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: {group}/id holds ids that are not UTF-8 text ({exc})") from exc
     meta = {}
     for name, dset in grp.items():
         if name == "id" or not isinstance(dset, h5py.Dataset):
@@ -77,8 +86,13 @@ def _read_meta(handle: h5py.File, group: str, path: Path) -> pd.DataFrame:
 def read_gctx_meta(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (row metadata, column metadata) without touching the matrix."""
     path = require_file(path, "GCTX file")
-    with _open(path) as handle:
-        return _read_meta(handle, ROW_META, path), _read_meta(handle, COL_META, path)
+    try:
+        with _open(path) as handle:
+            return _read_meta(handle, ROW_META, path), _read_meta(handle, COL_META, path)
+    except _FILE_ERRORS as exc:
+        raise InputError(
+            f"{path}: damaged or not a valid GCTX file ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _open(path: Path) -> h5py.File:
@@ -160,6 +174,15 @@ def read_gctx(
     plus one block.
     """
     path = require_file(path, "GCTX file")
+    try:
+        return _read_gctx(path, rids, cids, block_bytes, check_finite, progress, dtype)
+    except _FILE_ERRORS as exc:
+        raise InputError(
+            f"{path}: damaged or not a valid GCTX file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _read_gctx(path, rids, cids, block_bytes, check_finite, progress, dtype) -> ad.AnnData:
     with _open(path) as handle:
         if MATRIX_PATH not in handle:
             raise InputError(f"{path}: not a GCTX file: missing dataset {MATRIX_PATH}")
@@ -170,6 +193,8 @@ def read_gctx(
                 dup = meta.index[meta.index.duplicated()].unique()
                 raise InputError(f"{path}: duplicated {what} ids in the file: {preview(dup)}")
         dset = handle[MATRIX_PATH]
+        if not isinstance(dset, h5py.Dataset) or dset.dtype.kind not in "fiu":
+            raise InputError(f"{path}: {MATRIX_PATH} must be a numeric dataset")
         n_row, n_col = len(row_meta), len(col_meta)
         if dset.ndim != 2:
             raise InputError(f"{path}: {MATRIX_PATH} has {dset.ndim} dimensions, expected 2")
@@ -267,11 +292,16 @@ def write_gctx(
             raise InputError(
                 f"{path}: duplicated {what} ids: {preview(idx[idx.duplicated()].unique())}"
             )
+    for meta in (row_meta, col_meta):
+        if meta is not None and "id" in map(str, meta.columns):
+            raise InputError(f"{path}: a metadata column may not be named 'id' (the ids)")
     n_sig, n_gene = len(sig_ids), len(gene_ids)
     shape = (n_gene, n_sig) if transposed else (n_sig, n_gene)
     chunks = (min(n_gene, 978), min(n_sig, chunk_rows)) if transposed else (
         min(n_sig, chunk_rows), n_gene
     )
+    if 0 in shape:
+        chunks = None
     with atomic_path(path, suffix=".gctx.tmp") as tmp:
         with h5py.File(tmp, "w") as handle:
             handle.attrs["version"] = "GCTX1.0"
@@ -291,13 +321,19 @@ def write_gctx(
     return path
 
 
+def _encode(values) -> np.ndarray:
+    """Text as UTF-8 byte strings (what CMap writes for ASCII, and what the reader decodes)."""
+    out = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values]
+    return np.asarray(out, dtype="S") if out else np.asarray([], dtype="S1")
+
+
 def _write_meta(handle: h5py.File, group: str, ids: list[str], meta: pd.DataFrame | None):
     grp = handle.require_group(group)
-    grp.create_dataset("id", data=np.asarray(ids, dtype="S"))
+    grp.create_dataset("id", data=_encode(ids))
     if meta is None:
         return
     for column in meta.columns:
         values = meta[column].to_numpy()
         if values.dtype.kind in ("O", "U", "S"):
-            values = np.asarray([str(v) for v in values], dtype="S")
+            values = _encode(values)
         grp.create_dataset(str(column), data=values)

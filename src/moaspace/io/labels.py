@@ -32,9 +32,14 @@ def _load(path) -> pd.DataFrame:
     suffix = "".join(path.suffixes).lower()
     try:
         if suffix.endswith((".xlsx", ".xls")):
-            frame = pd.read_excel(path, header=0, dtype=str)
-            if _find(frame.columns, ID_COLUMNS) is None:
-                frame = pd.read_excel(path, header=1, dtype=str)  # title row first
+            try:
+                frame = pd.read_excel(path, header=0, dtype=str)
+                if _find(frame.columns, ID_COLUMNS) is None:
+                    frame = pd.read_excel(path, header=1, dtype=str)  # title row first
+            except Exception as exc:  # zipfile/openpyxl/xlrd raise many types
+                raise InputError(
+                    f"{path}: cannot read MoA table ({type(exc).__name__}: {exc})"
+                ) from exc
             return frame
         sep = "\t" if suffix.endswith((".tsv", ".txt", ".tsv.gz", ".txt.gz")) else ","
         return pd.read_csv(path, sep=sep, dtype=str)

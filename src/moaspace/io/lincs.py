@@ -51,6 +51,12 @@ def read_siginfo(path: str | os.PathLike) -> pd.DataFrame:
         path, "siginfo", SIGINFO_REQUIRED,
         dtype={"sig_id": str, "pert_id": str, "cell_iname": str, "cmap_name": str},
     )
+    blank = frame["sig_id"].isna() | (frame["sig_id"].astype(str).str.strip() == "")
+    if blank.any():
+        lines = [int(i) + 2 for i in frame.index[blank]]  # line 1 is the header
+        raise InputError(
+            f"{path}: {int(blank.sum())} rows have an empty sig_id (lines {preview(lines)})"
+        )
     _check_unique(frame, "sig_id", path, "siginfo")
     frame = frame.set_index("sig_id", drop=False)
     frame.index.name = None
