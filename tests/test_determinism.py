@@ -136,9 +136,6 @@ def test_weights_history_and_atlas_are_identical(runs):
                                                              if k != "files"}
 
 
-@pytest.mark.xfail(strict=True, reason="model.MoaModel.save calls torch.save(state, tmp_path): "
-                   "torch names the zip records after the random temp file, so identical "
-                   "weights give different model.pt bytes and config.json checksums")
 def test_model_file_bytes_are_reproducible(runs):
     assert _sha(runs["a"] / "model" / "model.pt") == _sha(runs["b"] / "model" / "model.pt")
 

@@ -8,6 +8,7 @@ removed what and which one emptied the selection.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -318,7 +319,11 @@ def prepare(
 def write_h5ad(adata: ad.AnnData, path: str | os.PathLike, compression: str | None = None) -> Path:
     """Write an AnnData atomically (temp file + rename): never a partial ``.h5ad``."""
     path = Path(path)
-    with atomic_path(path, suffix=".h5ad.tmp") as tmp:
+    # pandas >= 3 stores strings as StringArray, which anndata writes only when allowed
+    allow = (ad.settings.override(allow_write_nullable_strings=True)
+             if hasattr(ad.settings, "allow_write_nullable_strings")
+             else contextlib.nullcontext())
+    with atomic_path(path, suffix=".h5ad.tmp") as tmp, allow:
         adata.write_h5ad(tmp, compression=compression)
     return path
 

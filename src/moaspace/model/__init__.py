@@ -1,0 +1,20 @@
+"""The MoA embedding model: encoder, margin heads, Lightning module and ``MoaModel``."""
+
+from .arcface import ArcFace, count_margins
+from .encoder import Encoder
+from .model import MoaModel, ModelConfig, data_fingerprint
+from .module import MoaModule, MoaNet, knn_predict, macro_f1, supcon_loss
+
+__all__ = [
+    "ArcFace",
+    "Encoder",
+    "MoaModel",
+    "MoaModule",
+    "MoaNet",
+    "ModelConfig",
+    "count_margins",
+    "data_fingerprint",
+    "knn_predict",
+    "macro_f1",
+    "supcon_loss",
+]

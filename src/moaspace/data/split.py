@@ -1,0 +1,315 @@
+"""Train / validation / test splits of signatures that measure what we claim.
+
+The product's claim is "predict the MoA of a compound the model has never
+seen", so the default scheme holds out whole compounds; splitting by
+signature (``random``) lets the same compound sit on both sides and inflates
+every metric, hence the ``leaky`` flag and warning.
+
+Every scheme writes ``obs[key]`` with the categories
+
+``train``
+    signatures the model learns from (and the kNN reference);
+``val``
+    signatures of compounds carved from the training side *by compound*, used
+    only for early stopping, so the stopping criterion is a held-out-compound
+    score too;
+``test``
+    the held-out part defined by the scheme;
+``unused``
+    only for ``compound+cell``: signatures of held-out compounds in training
+    cells and of training compounds in held-out cells. Using them for training
+    would leak the held-out compounds (or cells); using them as test would
+    mix in easier cases, so they are set aside.
+
+The parameters and counts are recorded in ``adata.uns["moaspace"]["split"]``.
+Randomness comes only from ``seed``; ids are sorted before shuffling, so the
+result does not depend on the row order of ``adata``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from .._utils import preview
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = ("compound", "cell", "compound+cell", "moa", "random")
+SPLIT_VALUES = ("train", "val", "test", "unused")
+#: cell lines the reference study holds out in its cell-line split, in order of preference
+REFERENCE_HOLDOUT_CELLS = ("A549", "NCIH508", "MDAMB231", "LNCAP")
+
+
+def _require_columns(adata: ad.AnnData, columns: Sequence[str], scheme: str) -> None:
+    missing = [c for c in columns if c not in adata.obs.columns]
+    if missing:
+        raise InputError(
+            f"split scheme {scheme!r} needs obs columns {list(columns)}; missing: {missing} "
+            f"(obs has {preview(adata.obs.columns)})"
+        )
+
+
+def _compound_moa(obs: pd.DataFrame) -> pd.Series:
+    """One MoA per compound (the most frequent one if a compound carries several)."""
+    frame = obs[["pert_id", "moa"]].astype(str)
+    counts = frame.value_counts().reset_index(name="n")
+    counts = counts.sort_values(["pert_id", "n", "moa"], ascending=[True, False, True])
+    first = counts.drop_duplicates("pert_id").set_index("pert_id")["moa"]
+    n_multi = int((counts.groupby("pert_id").size() > 1).sum())
+    if n_multi:
+        logger.warning("%d compounds carry several MoAs; stratifying by the most frequent", n_multi)
+    return first.sort_index()
+
+
+def _stratified_pick(
+    groups: pd.Series, fraction: float, rng: np.random.Generator, min_keep: int, min_pick: int
+) -> set[str]:
+    """Pick about ``fraction`` of the ids in each stratum.
+
+    ``groups`` maps id -> stratum. A stratum with ``n`` ids gives
+    ``round(fraction * n)`` ids, at least ``1`` when ``n >= min_pick`` and
+    never so many that fewer than ``min_keep`` remain. Ids and strata are
+    sorted first so the pick depends only on the seed.
+    """
+    picked: set[str] = set()
+    if fraction <= 0:
+        return picked
+    for _, members in sorted(groups.groupby(groups, observed=True).groups.items()):
+        ids = np.array(sorted(map(str, members)))
+        n = len(ids)
+        k = round(fraction * n)
+        if n >= min_pick:
+            k = max(k, 1)
+        k = min(k, n - min_keep)
+        if k <= 0:
+            continue
+        picked.update(rng.permutation(ids)[:k].tolist())
+    return picked
+
+
+def _default_holdout_cells(cells: pd.Series, test_size: float, rng: np.random.Generator) -> list:
+    present = set(cells.astype(str))
+    for cell in REFERENCE_HOLDOUT_CELLS:
+        if cell in present:
+            return [cell]
+    # no reference cell line: take random cell lines until test_size of the signatures
+    counts = cells.astype(str).value_counts().sort_index()
+    chosen, total = [], 0
+    for cell in rng.permutation(counts.index.to_numpy()):
+        chosen.append(str(cell))
+        total += int(counts[cell])
+        if total >= test_size * len(cells) or len(chosen) == len(counts) - 1:
+            break
+    logger.warning(
+        "none of the reference hold-out cell lines %s is present; holding out %s",
+        list(REFERENCE_HOLDOUT_CELLS), chosen,
+    )
+    return chosen
+
+
+def _parse_cells(holdout_cells) -> list[str] | None:
+    if holdout_cells is None:
+        return None
+    if isinstance(holdout_cells, str):
+        holdout_cells = holdout_cells.split(",")
+    cells = [str(c).strip() for c in holdout_cells if str(c).strip()]
+    return cells or None
+
+
+def split(
+    adata: ad.AnnData,
+    scheme: str = "compound",
+    *,
+    holdout_cells: Sequence[str] | str | None = None,
+    test_size: float = 0.2,
+    val_size: float = 0.1,
+    moa_fraction: float = 0.2,
+    seed: int = 0,
+    key: str = "split",
+    copy: bool = False,
+) -> ad.AnnData:
+    """Assign every signature to ``train``/``val``/``test`` (or ``unused``).
+
+    Parameters
+    ----------
+    adata
+        Signatures x genes with obs columns ``pert_id`` and ``moa`` (and
+        ``cell_iname`` for the cell schemes).
+    scheme
+        ``compound``: held-out compounds, chosen within each MoA so every MoA
+        with >= 2 compounds keeps compounds on both sides.
+        ``cell``: all signatures of ``holdout_cells`` are test (compounds overlap).
+        ``compound+cell``: test = held-out compounds x held-out cells; the
+        cross terms are ``unused``.
+        ``moa``: ``moa_fraction`` of the MoAs (at least one) are test only;
+        the remaining MoAs are split by compound as in ``compound``, so the test
+        part has both unseen-MoA and seen-MoA (unseen compound) signatures for
+        open-set work. ``uns[...]["split"]["test_only_moas"]`` lists the former.
+        ``random``: by signature; leaky (same compound on both sides).
+    holdout_cells
+        Cell lines for the ``cell`` schemes (list or comma-separated string).
+        Default: the first of A549, NCIH508, MDAMB231, LNCAP present.
+    test_size, val_size
+        Fractions of compounds (of signatures for ``random`` test) for test and
+        for validation. Validation is always carved from the training side by
+        compound, stratified by MoA.
+    moa_fraction
+        Fraction of MoAs held out by the ``moa`` scheme.
+    seed
+        The only source of randomness.
+    key
+        obs column to write.
+    copy
+        Work on (and return) a copy instead of modifying ``adata`` in place.
+
+    Returns
+    -------
+    The AnnData with ``obs[key]`` set (``adata`` itself unless ``copy``).
+    """
+    if scheme not in SCHEMES:
+        raise InputError(f"unknown split scheme {scheme!r}; choose one of {list(SCHEMES)}")
+    if not 0 < test_size < 1:
+        raise InputError(f"test_size must be in (0, 1), got {test_size}")
+    if not 0 <= val_size < 1 or test_size + val_size >= 1:
+        raise InputError(
+            f"val_size must be in [0, 1) with test_size + val_size < 1, got {val_size}"
+        )
+    if scheme == "moa" and not 0 < moa_fraction < 1:
+        raise InputError(f"moa_fraction must be in (0, 1), got {moa_fraction}")
+    if adata.n_obs == 0:
+        raise InputError("cannot split an AnnData with no signatures")
+    cells = _parse_cells(holdout_cells)
+    if cells is not None and scheme not in ("cell", "compound+cell"):
+        raise InputError(f"holdout_cells is only used by the cell schemes, not {scheme!r}")
+    needed = ["pert_id", "moa"] + (["cell_iname"] if scheme in ("cell", "compound+cell") else [])
+    _require_columns(adata, needed, scheme)
+    if copy:
+        adata = adata.copy()
+    obs = adata.obs
+    if obs["moa"].isna().any() or (obs["moa"].astype(str).str.strip() == "").any():
+        n = int(obs["moa"].isna().sum() + (obs["moa"].astype(str).str.strip() == "").sum())
+        raise InputError(f"{n} signatures have no MoA label (obs['moa']); drop them first")
+
+    rng = np.random.default_rng(seed)
+    pert = obs["pert_id"].astype(str).to_numpy()
+    moa_of = _compound_moa(obs)
+    labels = np.full(adata.n_obs, "train", dtype=object)
+    record: dict = {
+        "scheme": scheme, "seed": int(seed), "test_size": float(test_size),
+        "val_size": float(val_size), "key": key, "leaky": scheme == "random",
+        "version": __version__,
+    }
+
+    if scheme == "compound":
+        test_cpds = _stratified_pick(moa_of, test_size, rng, min_keep=1, min_pick=2)
+        labels[np.isin(pert, list(test_cpds))] = "test"
+    elif scheme == "moa":
+        moas = np.array(sorted(moa_of.unique()))
+        if len(moas) < 2:
+            raise InputError("the 'moa' scheme needs at least two MoAs")
+        k = min(max(1, round(moa_fraction * len(moas))), len(moas) - 1)
+        test_moas = sorted(rng.permutation(moas)[:k].tolist())
+        moa_arr = obs["moa"].astype(str).to_numpy()
+        labels[np.isin(moa_arr, test_moas)] = "test"
+        known = moa_of[~moa_of.isin(test_moas)]
+        test_cpds = _stratified_pick(known, test_size, rng, min_keep=1, min_pick=2)
+        labels[np.isin(pert, list(test_cpds))] = "test"
+        record["moa_fraction"] = float(moa_fraction)
+        record["test_only_moas"] = test_moas
+    elif scheme in ("cell", "compound+cell"):
+        cell_arr = obs["cell_iname"].astype(str).to_numpy()
+        present = sorted(set(cell_arr))
+        if cells is None:
+            cells = _default_holdout_cells(obs["cell_iname"], test_size, rng)
+        unknown = [c for c in cells if c not in set(present)]
+        if unknown:
+            raise InputError(
+                f"holdout cell lines not in obs['cell_iname']: {unknown}; "
+                f"present: {preview(present, 20)}"
+            )
+        if len(set(cells)) == len(present):
+            raise InputError("holding out every cell line leaves nothing to train on")
+        in_cells = np.isin(cell_arr, cells)
+        record["holdout_cells"] = list(cells)
+        if scheme == "cell":
+            labels[in_cells] = "test"
+        else:
+            test_cpds = _stratified_pick(moa_of, test_size, rng, min_keep=1, min_pick=2)
+            held = np.isin(pert, list(test_cpds))
+            labels[held & in_cells] = "test"
+            labels[held ^ in_cells] = "unused"
+    else:  # random
+        n_test = round(test_size * adata.n_obs)
+        labels[rng.permutation(adata.n_obs)[:n_test]] = "test"
+        logger.warning(
+            "split scheme 'random' puts signatures of the same compound in train and test: "
+            "its scores overestimate performance on new compounds (recorded as leaky)"
+        )
+
+    # validation: compounds carved from the training side, stratified by MoA
+    train_mask = labels == "train"
+    train_cpds = moa_of[moa_of.index.isin(np.unique(pert[train_mask]))]
+    # val_size is a fraction of all compounds; schemes that already removed
+    # test_size of the compounds ask for a larger share of what is left
+    by_compound = scheme in ("compound", "compound+cell", "moa")
+    val_fraction = val_size / (1 - test_size) if by_compound else val_size
+    val_cpds = _stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
+    labels[train_mask & np.isin(pert, list(val_cpds))] = "val"
+
+    counts = {v: int((labels == v).sum()) for v in SPLIT_VALUES}
+    if counts["train"] == 0 or counts["test"] == 0:
+        raise InputError(
+            f"split {scheme!r} left {counts['train']} training and {counts['test']} test "
+            "signatures; the data have too few compounds (or cells) for this scheme"
+        )
+    n_cpds = {
+        v: int(pd.unique(pert[labels == v]).size) for v in SPLIT_VALUES if counts[v]
+    }
+    record["n_signatures"] = counts
+    record["n_compounds"] = n_cpds
+    single = moa_of.groupby(moa_of).size()
+    record["moas_train_only"] = int((single < 2).sum())
+    if record["moas_train_only"]:
+        logger.info(
+            "%d MoAs have a single compound and stay on the training side only",
+            record["moas_train_only"],
+        )
+    obs[key] = pd.Categorical(labels, categories=list(SPLIT_VALUES))
+    adata.uns.setdefault("moaspace", {})
+    adata.uns["moaspace"]["split"] = record
+    logger.info(
+        "split %r (seed %d): %s signatures; %s compounds",
+        scheme, seed, counts, n_cpds,
+    )
+    return adata
+
+
+def check_split(adata: ad.AnnData, key: str = "split") -> dict:
+    """Return leakage counts between train(+val) and test: compounds and cells shared.
+
+    Useful as a sanity check in notebooks and tests: for the ``compound``
+    scheme ``shared_compounds`` must be 0, for ``cell`` ``shared_cells`` must be 0.
+    """
+    if key not in adata.obs.columns:
+        raise InputError(f"obs[{key!r}] is missing: run moaspace.data.split.split first")
+    s = adata.obs[key].astype(str).to_numpy()
+    out = {}
+    for column, name in (("pert_id", "shared_compounds"), ("cell_iname", "shared_cells")):
+        if column in adata.obs.columns:
+            values = adata.obs[column].astype(str).to_numpy()
+            fit = set(values[np.isin(s, ["train", "val"])])
+            test = set(values[s == "test"])
+            out[name] = len(fit & test)
+    if "pert_id" in adata.obs.columns:
+        values = adata.obs["pert_id"].astype(str).to_numpy()
+        out["train_val_shared_compounds"] = len(
+            set(values[s == "train"]) & set(values[s == "val"])
+        )
+    return out

@@ -1,0 +1,459 @@
+"""The network, its losses, the batch sampler, kNN scoring and the LightningModule.
+
+Why the pieces look the way they do:
+
+* :class:`MoaNet` holds the encoder and the loss heads; only its
+  ``state_dict`` is saved (``model.pt``), so a model directory loads with
+  ``torch.load(weights_only=True)`` and without Lightning.
+* Early stopping watches the **macro-F1 of a cosine kNN** predicting the MoA
+  of validation compounds from training embeddings: that is the product's
+  task (unseen compounds, kNN on the atlas) and, unlike the training loss,
+  it goes down when the net starts memorising compounds.
+* Under DDP the score is computed on rank 0 over the whole validation set and
+  broadcast, so every rank takes the same stopping decision.
+* The sampler draws from an in-memory tensor by index batches (per-item
+  ``Dataset`` indexing and collation cost more than the MLP itself), is
+  seeded by ``(seed, epoch)`` so a resumed run sees the same batches as an
+  uninterrupted one, and shards batches across ranks itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from sklearn.metrics import f1_score
+from torch import nn
+
+from .._utils import atomic_path
+from .arcface import ArcFace, count_margins
+from .encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("dual_arcface", "arcface_moa", "softmax", "supcon")
+SAMPLING = ("none", "compound", "moa")
+
+
+# ---------------------------------------------------------------------------
+# losses and network
+# ---------------------------------------------------------------------------
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020) on unit embeddings.
+
+    Each anchor is pulled towards all batch members with its label; anchors
+    without a positive in the batch are skipped.
+    """
+    z = z.float()
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    sim = (z @ z.T / temperature).masked_fill(eye, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    n_pos = pos.sum(1)
+    valid = n_pos > 0
+    if not valid.any():
+        return z.sum() * 0.0
+    per_anchor = log_prob.masked_fill(~pos, 0.0).sum(1)[valid] / n_pos[valid]
+    return -per_anchor.mean()
+
+
+class MoaNet(nn.Module):
+    """Encoder + loss heads; ``embed`` is all that inference needs.
+
+    ``config`` is a plain dict of :class:`~moaspace.model.model.ModelConfig`
+    fields, so the same dict from ``config.json`` rebuilds the net.
+    """
+
+    def __init__(self, n_genes: int, n_moas: int, n_compounds: int, config: dict,
+                 moa_counts=None):
+        super().__init__()
+        self.config = dict(config)
+        c = self.config
+        self.loss_name = c["loss"]
+        if self.loss_name not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss_name!r}; choose one of {list(LOSSES)}")
+        self.encoder = Encoder(
+            n_genes, hidden_dims=c["hidden_dims"], embedding_dim=c["embedding_dim"],
+            dropout=c["dropout"], batch_norm=c["batch_norm"], input_dropout=c["input_dropout"],
+            input_noise=c["input_noise"], clip=c["clip"],
+        )
+        d = c["embedding_dim"]
+        self.moa_head: nn.Module | None = None
+        self.compound_head: nn.Module | None = None
+        if self.loss_name in ("dual_arcface", "arcface_moa"):
+            margins = None
+            if c["margin_mode"] == "count" and moa_counts is not None:
+                margins = count_margins(moa_counts, c["moa_margin"])
+            elif c["margin_mode"] == "count":
+                margins = torch.full((n_moas,), float(c["moa_margin"]))  # replaced by load
+            self.moa_head = ArcFace(
+                d, n_moas, margin=c["moa_margin"], scale=c["scale"],
+                sub_centers=c["sub_centers"], easy_margin=c["easy_margin"],
+                class_margins=margins,
+            )
+        if self.loss_name == "dual_arcface":
+            self.compound_head = ArcFace(
+                d, n_compounds, margin=c["compound_margin"], scale=c["scale"],
+                easy_margin=c["easy_margin"],
+            )
+        if self.loss_name == "softmax":
+            self.moa_head = nn.Linear(d, n_moas)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings (for ``softmax``: the normalised penultimate layer)."""
+        return self.encoder(x)
+
+    def loss(self, x: torch.Tensor, moa: torch.Tensor, compound: torch.Tensor) -> dict:
+        """Loss terms for a batch; ``loss`` is the sum that is optimised."""
+        c = self.config
+        if self.loss_name == "softmax":
+            raw = self.encoder.forward_raw(x)
+            loss = F.cross_entropy(self.moa_head(raw).float(), moa)
+            return {"loss": loss, "loss_moa": loss.detach()}
+        z = self.encoder(x)
+        if self.loss_name == "supcon":
+            loss = supcon_loss(z, moa, c["supcon_temperature"])
+            return {"loss": loss, "loss_moa": loss.detach()}
+        loss_moa = F.cross_entropy(self.moa_head(z, moa), moa)
+        out = {"loss_moa": loss_moa.detach()}
+        loss = loss_moa
+        if self.compound_head is not None and c["compound_weight"] > 0:
+            loss_cpd = F.cross_entropy(self.compound_head(z, compound), compound)
+            loss = loss + c["compound_weight"] * loss_cpd
+            out["loss_compound"] = loss_cpd.detach()
+        out["loss"] = loss
+        return out
+
+
+# ---------------------------------------------------------------------------
+# kNN scoring
+# ---------------------------------------------------------------------------
+@torch.no_grad()
+def knn_predict(
+    query: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    n_classes: int,
+    k: int = 10,
+    weights: str = "distance",
+    chunk: int = 2048,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine kNN vote of unit embeddings: (predicted class codes, vote share).
+
+    ``weights="distance"`` weighs each neighbour by ``1 / (1 - cos + 1e-6)``
+    (sklearn's inverse distance with cosine distance), ``"uniform"`` counts
+    them. Votes are summed with a one-hot product rather than ``scatter_add``
+    so results are deterministic on GPUs too.
+    """
+    q = torch.as_tensor(query, dtype=torch.float32)
+    r = torch.as_tensor(reference, dtype=torch.float32, device=q.device)
+    y = torch.as_tensor(labels, dtype=torch.long, device=q.device)
+    k = int(min(k, r.shape[0]))
+    preds, shares = [], []
+    for start in range(0, q.shape[0], chunk):
+        sims = q[start:start + chunk] @ r.T
+        top, idx = sims.topk(k, dim=1)
+        if weights == "distance":
+            w = 1.0 / (1.0 - top + 1e-6)
+        elif weights == "uniform":
+            w = torch.ones_like(top)
+        else:
+            raise ValueError(f"weights must be 'distance' or 'uniform', got {weights!r}")
+        votes = (F.one_hot(y[idx], n_classes).float() * w[..., None]).sum(1)
+        best, pred = votes.max(1)
+        preds.append(pred.cpu())
+        shares.append((best / votes.sum(1)).cpu())
+    return torch.cat(preds).numpy(), torch.cat(shares).numpy()
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro-F1 over the classes present in ``y_true`` (wrong predictions still count)."""
+    present = np.unique(y_true)
+    return float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+@dataclass
+class TrainData:
+    """In-memory training tensors; indices select rows of ``x``.
+
+    ``x`` holds all signatures (train and val) in the model's gene order so
+    nothing is copied per split; ``moa``/``compound`` are class codes (-1 for
+    signatures whose label is not a training class).
+    """
+
+    x: torch.Tensor
+    moa: torch.Tensor
+    compound: torch.Tensor
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    val_ref_idx: np.ndarray
+
+
+class IndexBatchSampler:
+    """Yields lists of row indices: one epoch of batches for this rank.
+
+    ``sampling``: ``none`` (a permutation), ``compound`` (each compound equally
+    likely, with replacement; stops compounds with many signatures from
+    dominating) or ``moa`` (each MoA equally likely). The order depends only on
+    ``(seed, epoch)``; batches are dealt round-robin to ``world_size`` ranks,
+    which all get the same number of batches.
+    """
+
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int, sampling: str = "none",
+                 groups: np.ndarray | None = None, rank: int = 0, world_size: int = 1):
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+        self.indices = np.asarray(indices)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.sampling = sampling
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch = 0
+        self.p = None
+        if sampling != "none":
+            assert groups is not None
+            _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+            w = 1.0 / counts[inverse]
+            self.p = w / w.sum()
+        n = len(self.indices)
+        bs = self.batch_size
+        n_batches = n // bs + (1 if n % bs >= max(2, bs // 2) or n < bs else 0)
+        self.n_batches = max(1, n_batches // self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.indices)
+        if self.p is None:
+            order = self.indices[rng.permutation(n)]
+        else:
+            order = self.indices[rng.choice(n, size=n, replace=True, p=self.p)]
+        bs = self.batch_size
+        batches = [order[i:i + bs] for i in range(0, n, bs)]
+        if len(batches) > 1 and len(batches[-1]) < max(2, bs // 2):
+            batches = batches[:-1]
+        for b in batches[self.rank::self.world_size][: self.n_batches]:
+            yield b.tolist()
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    """``dataset[list_of_indices]`` returns the whole batch at once."""
+
+    def __init__(self, data: TrainData):
+        self.data = data
+
+    def __len__(self) -> int:
+        return int(self.data.x.shape[0])
+
+    def __getitem__(self, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return self.data.x[idx], self.data.moa[idx], self.data.compound[idx]
+
+
+# ---------------------------------------------------------------------------
+# Lightning
+# ---------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temp file and rename, so SIGKILL never leaves a torn file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_path(path, suffix=".ckpt.tmp") as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class LastCheckpoint(Checkpoint):
+    """Save ``last.ckpt`` at the end of every epoch.
+
+    A :class:`~lightning.pytorch.callbacks.Checkpoint` subclass so Lightning
+    runs it *after* the module's ``on_train_epoch_end``, i.e. with this
+    epoch's validation score and early-stopping state included.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def _lr_lambda(warmup: int, total: int, floor: float = 0.01):
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return fn
+
+
+class MoaModule(L.LightningModule):
+    """Trains a :class:`MoaNet`, scores validation kNN macro-F1, stops early.
+
+    The best weights (by validation F1) are deep-copied when they improve and
+    restored at the end of training. Training history and early-stopping
+    state are the module's ``extra_state``, so they travel with the
+    ``state_dict`` (into checkpoints, and back from ``ddp_spawn`` workers).
+    """
+
+    def __init__(self, net: MoaNet, data: TrainData | None, *, lr: float, weight_decay: float,
+                 warmup_epochs: float, batch_size: int, seed: int, sampling: str,
+                 knn_k: int, patience: int, min_delta: float = 1e-4,
+                 meta: dict | None = None):
+        super().__init__()
+        self.net = net
+        self.data = data
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.warmup_epochs = float(warmup_epochs)
+        self.batch_size, self.seed, self.sampling = int(batch_size), int(seed), sampling
+        self.knn_k, self.patience, self.min_delta = int(knn_k), int(patience), float(min_delta)
+        self.history: list[dict] = []
+        self.best_f1 = -1.0
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self._best_state: dict | None = None
+        self._epoch_losses: list[torch.Tensor] = []
+        self.meta = dict(meta or {})
+
+    # --- state that must survive checkpoints and spawn ----------------------
+    def get_extra_state(self):
+        return {
+            "history": self.history, "best_f1": float(self.best_f1),
+            "best_epoch": int(self.best_epoch), "bad_epochs": int(self.bad_epochs),
+            "stopped_early": bool(self.stopped_early),
+        }
+
+    def set_extra_state(self, state) -> None:
+        self.history = [dict(h) for h in state["history"]]
+        self.best_f1 = float(state["best_f1"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.stopped_early = bool(state["stopped_early"])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["moaspace"] = {
+            **self.meta,
+            "best_state": self._best_state,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("moaspace", {})
+        self._best_state = extra.get("best_state")
+        if extra.get("torch_rng") is not None:
+            # dropout / input noise continue exactly where the interrupted run stopped
+            torch.set_rng_state(extra["torch_rng"])
+
+    # --- data / optimisation --------------------------------------------------
+    def train_dataloader(self):
+        d = self.data
+        groups = None
+        if self.sampling == "compound":
+            groups = d.compound[d.train_idx].numpy()
+        elif self.sampling == "moa":
+            groups = d.moa[d.train_idx].numpy()
+        sampler = IndexBatchSampler(
+            d.train_idx, self.batch_size, self.seed, self.sampling, groups,
+            rank=self.global_rank, world_size=self.trainer.world_size,
+        )
+        return torch.utils.data.DataLoader(
+            _IndexDataset(d), batch_size=None, sampler=sampler, num_workers=0,
+        )
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            # biases and BN scales: weight decay on them only hurts
+            (no_decay if p.ndim < 2 else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, int(self.trainer.max_epochs or 1)))
+        warmup = max(1, int(self.warmup_epochs * per_epoch))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def training_step(self, batch, batch_idx):
+        x, moa, compound = batch
+        out = self.net.loss(x, moa, compound)
+        self.log("loss", out["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False)
+        self._epoch_losses.append(out["loss"].detach())
+        return out["loss"]
+
+    # --- validation + early stopping -----------------------------------------
+    @torch.no_grad()
+    def embed_rows(self, idx: np.ndarray, batch: int = 8192) -> torch.Tensor:
+        """Embed rows of the training tensor in eval mode (BN running stats, no dropout)."""
+        was_training = self.net.training
+        self.net.eval()
+        out = []
+        for start in range(0, len(idx), batch):
+            rows = torch.as_tensor(idx[start:start + batch], dtype=torch.long)
+            out.append(self.net.embed(self.data.x[rows].to(self.device)).float())
+        self.net.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, self.net.encoder.embedding_dim)
+
+    def validation_f1(self) -> float:
+        """kNN macro-F1 of validation signatures against training embeddings."""
+        d = self.data
+        if len(d.val_idx) == 0:
+            return float("nan")
+        ref = self.embed_rows(d.val_ref_idx)
+        query = self.embed_rows(d.val_idx)
+        n_classes = int(d.moa.max()) + 1
+        pred, _ = knn_predict(query, ref, d.moa[d.val_ref_idx].to(ref.device), n_classes,
+                              k=self.knn_k)
+        return macro_f1(d.moa[d.val_idx].numpy(), pred)
+
+    def on_train_epoch_end(self) -> None:
+        f1 = self.validation_f1() if self.global_rank == 0 else 0.0
+        f1 = float(self.trainer.strategy.broadcast(f1, src=0))
+        losses = self._epoch_losses
+        mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+        self._epoch_losses = []
+        epoch = int(self.current_epoch)
+        self.history.append({"epoch": epoch, "loss": mean_loss, "val_f1": f1})
+        if not math.isnan(f1):
+            # identical on all ranks (broadcast): the mean over ranks is the value itself
+            self.log("val_f1", f1, prog_bar=True, on_epoch=True, sync_dist=True)
+        improved = math.isnan(f1) or f1 > self.best_f1 + self.min_delta
+        if improved:
+            self.best_f1 = f1 if not math.isnan(f1) else self.best_f1
+            self.best_epoch = epoch
+            self.bad_epochs = 0
+            self._best_state = {k: v.detach().cpu().clone()
+                                for k, v in self.net.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                logger.info("early stopping at epoch %d: best val macro-F1 %.4f at epoch %d",
+                            epoch, self.best_f1, self.best_epoch)
+                self.stopped_early = True
+                self.trainer.should_stop = True
+
+    def restore_best(self) -> None:
+        """Load the best weights seen so far (no-op before the first validation)."""
+        if self._best_state is not None:
+            self.net.load_state_dict(copy.deepcopy(self._best_state))
+
+    def on_train_end(self) -> None:
+        self.restore_best()

@@ -1,0 +1,142 @@
+"""Splits: no leakage across train/val/test, stratification, determinism, errors."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from _synthetic import make_synthetic
+from moaspace.data.prepare import read_h5ad, write_h5ad
+from moaspace.data.split import check_split, split
+from moaspace.errors import InputError, MoaspaceError
+
+
+@pytest.fixture
+def adata():
+    return make_synthetic(n_moas=5, compounds_per_moa=10, n_genes=16,
+                          cells=("A549", "MCF7", "PC3", "VCAP"), sigs_per_compound_cell=2)
+
+
+def _sets(a, column, value):
+    return set(a.obs.loc[a.obs["split"] == value, column])
+
+
+def test_compound_split_has_no_compound_leak_and_is_stratified(adata):
+    split(adata, "compound", seed=1)
+    s = adata.obs["split"]
+    assert set(s.unique()) == {"train", "val", "test"}
+    train, val, test = (_sets(adata, "pert_id", v) for v in ("train", "val", "test"))
+    assert not train & test and not train & val and not val & test
+    assert check_split(adata) == {"shared_compounds": 0, "shared_cells": 4,
+                                  "train_val_shared_compounds": 0}
+    for moa, frame in adata.obs.groupby("moa", observed=True):
+        sides = set(frame["split"])
+        assert {"train", "test", "val"} <= sides, moa
+    # about test_size / val_size of the compounds
+    n = adata.obs["pert_id"].nunique()
+    assert len(test) == pytest.approx(0.2 * n, abs=1)
+    assert len(val) == pytest.approx(0.1 * n, abs=5)
+    rec = adata.uns["moaspace"]["split"]
+    assert rec["scheme"] == "compound" and rec["seed"] == 1 and rec["leaky"] is False
+    assert rec["n_signatures"]["test"] == int((s == "test").sum())
+
+
+def test_small_moas_keep_both_sides():
+    a = make_synthetic(n_moas=4, compounds_per_moa=2, n_genes=8, sigs_per_compound_cell=1)
+    split(a, "compound", seed=0)
+    for _, frame in a.obs.groupby("moa", observed=True):
+        assert {"train", "test"} <= set(frame["split"])
+
+
+def test_split_is_deterministic_and_order_independent(adata):
+    a1 = split(adata, "compound", seed=3, copy=True)
+    a2 = split(adata, "compound", seed=3, copy=True)
+    assert (a1.obs["split"] == a2.obs["split"]).all()
+    perm = np.random.default_rng(0).permutation(adata.n_obs)
+    a3 = split(adata[perm].copy(), "compound", seed=3)
+    assert (a3.obs["split"] == a1.obs.loc[a3.obs_names, "split"]).all()
+    a4 = split(adata, "compound", seed=4, copy=True)
+    assert not (a4.obs["split"] == a1.obs["split"]).all()
+    assert "split" not in adata.obs  # copy=True left the input alone
+
+
+def test_cell_split_holds_out_whole_cells(adata):
+    split(adata, "cell", seed=0)  # default: A549 (first reference cell present)
+    assert adata.uns["moaspace"]["split"]["holdout_cells"] == ["A549"]
+    test_cells = _sets(adata, "cell_iname", "test")
+    assert test_cells == {"A549"}
+    assert (adata.obs.loc[adata.obs["cell_iname"] == "A549", "split"] == "test").all()
+    assert check_split(adata)["shared_cells"] == 0
+    assert check_split(adata)["train_val_shared_compounds"] == 0
+
+    split(adata, "cell", holdout_cells="MCF7,PC3", seed=0)
+    assert _sets(adata, "cell_iname", "test") == {"MCF7", "PC3"}
+
+
+def test_unknown_holdout_cell_is_named(adata):
+    with pytest.raises(InputError, match="HELA"):
+        split(adata, "cell", holdout_cells=["HELA", "MCF7"])
+
+
+def test_compound_cell_split(adata):
+    split(adata, "compound+cell", holdout_cells=["VCAP"], seed=2)
+    obs = adata.obs
+    test = obs[obs["split"] == "test"]
+    assert set(test["cell_iname"]) == {"VCAP"}
+    fit = obs[obs["split"].isin(["train", "val"])]
+    assert "VCAP" not in set(fit["cell_iname"])
+    assert not set(fit["pert_id"]) & set(test["pert_id"])
+    unused = obs[obs["split"] == "unused"]
+    held = set(test["pert_id"])
+    # unused = held-out compounds in training cells + training compounds in VCAP
+    assert (unused["pert_id"].isin(held) ^ (unused["cell_iname"] == "VCAP")).all()
+    assert len(unused) > 0
+
+
+def test_moa_split_holds_out_whole_moas(adata):
+    split(adata, "moa", moa_fraction=0.2, seed=0)
+    rec = adata.uns["moaspace"]["split"]
+    assert len(rec["test_only_moas"]) == 1
+    fit_moas = set(adata.obs.loc[adata.obs["split"].isin(["train", "val"]), "moa"])
+    assert not fit_moas & set(rec["test_only_moas"])
+    assert check_split(adata)["shared_compounds"] == 0
+    # the test part also holds unseen compounds of known MoAs (for open-set scoring)
+    assert set(_sets(adata, "moa", "test")) - set(rec["test_only_moas"])
+
+
+def test_random_split_is_flagged_leaky(adata, caplog):
+    with caplog.at_level(logging.WARNING, logger="moaspace.data.split"):
+        split(adata, "random", seed=0)
+    assert adata.uns["moaspace"]["split"]["leaky"] is True
+    assert "leaky" in caplog.text or "overestimate" in caplog.text
+    assert (adata.obs["split"] == "test").mean() == pytest.approx(0.2, abs=0.01)
+    # validation is still carved by compound
+    assert check_split(adata)["train_val_shared_compounds"] == 0
+
+
+def test_errors(adata):
+    with pytest.raises(MoaspaceError, match="unknown split scheme"):
+        split(adata, "tissue")
+    bad = adata.copy()
+    del bad.obs["cell_iname"]
+    with pytest.raises(InputError, match="cell_iname"):
+        split(bad, "cell")
+    with pytest.raises(InputError, match="test_size"):
+        split(adata, "compound", test_size=1.5)
+    with pytest.raises(InputError, match="holdout_cells"):
+        split(adata, "compound", holdout_cells=["A549"])
+    nolabel = adata.copy()
+    nolabel.obs["moa"] = nolabel.obs["moa"].astype(object)
+    nolabel.obs.iloc[0, nolabel.obs.columns.get_loc("moa")] = np.nan
+    with pytest.raises(InputError, match="no MoA"):
+        split(nolabel, "compound")
+
+
+def test_split_survives_h5ad_round_trip(adata, tmp_path):
+    split(adata, "compound+cell", holdout_cells=["A549"], seed=0)
+    path = write_h5ad(adata, tmp_path / "s.h5ad")
+    back = read_h5ad(path)
+    assert (back.obs["split"].astype(str) == adata.obs["split"].astype(str)).all()
+    assert list(back.uns["moaspace"]["split"]["holdout_cells"]) == ["A549"]
