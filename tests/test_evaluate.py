@@ -110,3 +110,47 @@ def test_cli_split_train_predict_evaluate(tmp_path):
                             "--out", str(tmp_path / "x.json")])
     assert r.exit_code == 1 and "split" in r.output
     assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_explain_and_crispr_contract(tmp_path):
+    """`moaspace explain` and `moaspace crispr` write the files their contract names."""
+    import pandas as pd
+
+    from moaspace.data.simulate import SimulationConfig, simulate
+
+    paths = simulate(tmp_path / "sim", SimulationConfig(seed=2, n_compounds=120, n_moas=5,
+                                                        n_cells=5, sigs_per_compound=(12, 24)))
+    runner = CliRunner()
+    args = ["prepare", "--gctx", str(paths["gctx"]), "--siginfo", str(paths["siginfo"]),
+            "--geneinfo", str(paths["geneinfo"]), "--compoundinfo", str(paths["compoundinfo"]),
+            "--moa-labels", str(paths["moa_labels"]), "--min-compounds-per-moa", "5",
+            "--out", str(tmp_path / "d.h5ad")]
+    assert runner.invoke(app, args).exit_code == 0
+    kd_args = ["prepare", "--gctx", str(paths["gctx_xpr"]), "--siginfo", str(paths["siginfo"]),
+               "--geneinfo", str(paths["geneinfo"]), "--pert-type", "trt_xpr", "--times", "all",
+               "--out", str(tmp_path / "kd.h5ad")]
+    assert runner.invoke(app, kd_args).exit_code == 0
+    assert runner.invoke(app, ["split", str(tmp_path / "d.h5ad"), "--out",
+                               str(tmp_path / "s.h5ad")]).exit_code == 0
+    r = runner.invoke(app, ["train", str(tmp_path / "s.h5ad"), "--out", str(tmp_path / "m"),
+                            "--max-epochs", "3"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["explain", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
+                            "--out", str(tmp_path / "ex"), "--permutations", "50",
+                            "--max-per-moa", "20"])
+    assert r.exit_code == 0, r.output
+    importance = pd.read_csv(tmp_path / "ex" / "gene_importance.csv", index_col=0)
+    assert importance.shape[0] == 978 and importance.shape[1] >= 2
+    enrichment = pd.read_csv(tmp_path / "ex" / "enrichment.csv")
+    assert {"moa", "pathway", "nes", "pval", "fdr"} <= set(enrichment.columns)
+    assert (tmp_path / "ex" / "pathway_heatmap.png").stat().st_size > 1000
+    r = runner.invoke(app, ["crispr", str(tmp_path / "m"), str(tmp_path / "kd.h5ad"),
+                            "--compoundinfo", str(paths["compoundinfo"]),
+                            "--out", str(tmp_path / "cr")])
+    assert r.exit_code == 0, r.output
+    scores = pd.read_csv(tmp_path / "cr" / "crispr_scores.csv")
+    assert {"gene", "expected_moas", "predicted_moas", "rank"} <= set(scores.columns)
+    summary = json.loads((tmp_path / "cr" / "summary.json").read_text())
+    for key in ("hit_at_1", "hit_at_5", "hit_at_5_raw", "hit_at_5_null", "n_genes_scored"):
+        assert key in summary
+    assert summary["n_genes_scored"] >= 1 and summary["hit_at_5_raw"] == summary["hit_at_5_raw"]
