@@ -42,6 +42,7 @@ def test_pipeline_writes_every_stage(pipeline_run):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["moas"] == 6 and 0 <= summary["test_macro_f1"] <= 1
+    assert summary["command"] and summary["call"]["max_epochs"] == 4  # how it was made
     records = json.loads((out / "benchmark" / "results.json").read_text())
     assert {r["method"] for r in records} == {"moaspace", "raw_knn", "pca_lda"}
 
@@ -50,7 +51,8 @@ def test_report_is_self_contained(pipeline_run):
     out, _ = pipeline_run
     text = (out / "report.html").read_text()
     for section in ("Data", "Latent space", "Confusion matrix", "Evaluation",
-                    "Baselines", "Pathways per MoA", "CRISPR", "How this was made"):
+                    "Baselines", "Pathways per MoA", "CRISPR", "How this was made",
+                    "run_pipeline", "hidden_dims"):
         assert section in text, section
     srcs = re.findall(r'src="([^"]+)"', text)
     assert len(srcs) >= 6  # latent, confusion, F1 bars, baselines, pathways, CRISPR

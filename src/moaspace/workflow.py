@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +118,11 @@ def run_pipeline(
         timings["benchmark"] = time.perf_counter() - t0
 
     summary = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "call": {"function": "moaspace.workflow.run_pipeline", "seed": seed, "scheme": scheme,
+                 "max_epochs": max_epochs, "prepare_kwargs": prepare_kwargs or {},
+                 "model_kwargs": model_kwargs or {}, "benchmark_seeds": list(benchmark_seeds),
+                 "stages": list(stages), "inputs": {k: str(v) for k, v in paths.items()}},
         "signatures": int(adata.n_obs), "genes": int(adata.n_vars),
         "compounds": int(adata.obs["pert_id"].nunique()),
         "moas": int(adata.obs["moa"].nunique()),
