@@ -99,3 +99,40 @@ def test_unwritable_output(tiny_lincs, tmp_path):
         assert "Error:" in result.output
     finally:
         locked.chmod(0o700)
+
+
+def test_simulate_then_prepare_counts_match_filters(tmp_path):
+    """`moaspace simulate` then `moaspace prepare`: each filter removed what pandas says."""
+    sim = tmp_path / "sim"
+    r = runner.invoke(app, ["simulate", "--out", str(sim), "--seed", "3", "--n-compounds", "200",
+                            "--n-cells", "6"])
+    assert r.exit_code == 0, r.output
+    names = {"level5_beta_trt_cp.gctx", "level5_beta_trt_xpr.gctx", "siginfo_beta.txt",
+             "geneinfo_beta.txt", "compoundinfo_beta.txt", "moa_labels.csv", "truth.json"}
+    assert names <= {p.name for p in sim.iterdir()}
+    out = tmp_path / "data.h5ad"
+    r = runner.invoke(app, ["prepare", "--gctx", str(sim / "level5_beta_trt_cp.gctx"),
+                            "--siginfo", str(sim / "siginfo_beta.txt"),
+                            "--geneinfo", str(sim / "geneinfo_beta.txt"),
+                            "--compoundinfo", str(sim / "compoundinfo_beta.txt"),
+                            "--moa-labels", str(sim / "moa_labels.csv"),
+                            "--min-compounds-per-moa", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    steps = ad.read_h5ad(out).uns["moaspace"]["prepare"]["filters"].set_index("step")
+    removed = steps["removed_signatures"]
+    si = pd.read_csv(sim / "siginfo_beta.txt", sep="\t")
+    labels = pd.read_csv(sim / "moa_labels.csv").set_index("BRD-ID")["MOA"]
+    cp = si[si["pert_type"] == "trt_cp"]
+    hiq = cp[cp["is_hiq"] == 1]
+    timed = hiq[hiq["pert_time"].isin([6, 24])]
+    labelled = timed[timed["pert_id"].isin(labels.index)]
+    n = labelled["pert_id"].value_counts()
+    enough = labelled[labelled["pert_id"].isin(n.index[n >= 10])]
+    per_moa = enough.groupby(enough["pert_id"].map(labels))["pert_id"].nunique()
+    final = enough[enough["pert_id"].map(labels).isin(per_moa.index[per_moa >= 3])]
+    assert removed["is_hiq == 1"] == len(cp) - len(hiq)
+    assert removed["pert_time in [6.0, 24.0]"] == len(hiq) - len(timed)
+    assert removed["compound has a MoA (moa_labels.csv)"] == len(timed) - len(labelled)
+    assert removed[">= 10 signatures per compound"] == len(labelled) - len(enough)
+    assert removed[">= 3 compounds per MoA"] == len(enough) - len(final)
+    assert steps["signatures"].iloc[-1] == len(final) > 0
