@@ -150,6 +150,7 @@ def test_cli_explain_and_crispr_contract(tmp_path):
     assert r.exit_code == 0, r.output
     scores = pd.read_csv(tmp_path / "cr" / "crispr_scores.csv")
     assert {"gene", "expected_moas", "predicted_moas", "rank"} <= set(scores.columns)
+    assert (tmp_path / "cr" / "crispr_map.png").stat().st_size > 1000
     summary = json.loads((tmp_path / "cr" / "summary.json").read_text())
     for key in ("hit_at_1", "hit_at_5", "hit_at_5_raw", "hit_at_5_null", "n_genes_scored"):
         assert key in summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -415,8 +416,9 @@ def benchmark(
         for col in ("scheme", "method", "macro-F1", "accuracy"):
             table.add_column(col)
         for _, row in summary.iterrows():
+            sd = 0.0 if math.isnan(row["macro_f1_std"]) else row["macro_f1_std"]  # 1 seed: NaN
             table.add_row(row["scheme"], row["method"],
-                          f"{row['macro_f1_mean']:.3f} ± {0 if pd_isna(row['macro_f1_std']) else row['macro_f1_std']:.3f}",
+                          f"{row['macro_f1_mean']:.3f} ± {sd:.3f}",
                           f"{row['accuracy_mean']:.3f}")
         out_console.print(table)
 
@@ -510,21 +512,23 @@ def crispr(
 ) -> None:
     """Place knockdown signatures in the drug space and score the expected MoAs.
 
-    Writes crispr_scores.csv (one row per knocked-down gene) and summary.json
-    (hit_at_1, hit_at_5, hit_at_5_raw, hit_at_5_null, n_genes_scored).
+    Writes crispr_scores.csv (one row per knocked-down gene), summary.json
+    (hit_at_1, hit_at_5, hit_at_5_raw, hit_at_5_null, n_genes_scored) and
+    crispr_map.png (knockdowns on the drug latent map).
 
     Example:
 
         moaspace crispr model kd.h5ad --compoundinfo compoundinfo_beta.txt --out crispr
     """
-    from .crispr import RAW_REFERENCE, score_knockdowns, write_crispr
+    from .crispr import RAW_REFERENCE, knockdown_map, score_knockdowns, write_crispr
     from .model import MoaModel
 
     model = MoaModel.load(model_dir)
     raw = _load_h5ad(model_dir / RAW_REFERENCE) if (model_dir / RAW_REFERENCE).exists() else None
-    result = score_knockdowns(model, _load_h5ad(kd), compoundinfo, raw_reference=raw, k=k,
+    knockdowns = _load_h5ad(kd)
+    result = score_knockdowns(model, knockdowns, compoundinfo, raw_reference=raw, k=k,
                               seed=seed)
-    write_crispr(result, out)
+    write_crispr(result, out, knockdown_map(model, knockdowns, result))
     s = result["summary"]
     _summary("crispr", [("output", out), ("knocked-down genes", s["n_genes"]),
                         ("genes with an expected MoA", s["n_genes_scored"]),
@@ -551,10 +555,6 @@ def report(
     path = write_report(run_dir, out)
     _summary("report", [("report", path)])
     typer.echo(str(path.resolve()))
-
-
-def pd_isna(value) -> bool:
-    return value is None or value != value
 
 
 def main() -> None:

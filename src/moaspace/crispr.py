@@ -92,10 +92,6 @@ def save_raw_reference(adata: ad.AnnData, model_dir: str | os.PathLike,
     return write_h5ad(ref, Path(model_dir) / RAW_REFERENCE)
 
 
-def _gene_scores(per_sig: np.ndarray, genes: np.ndarray) -> pd.DataFrame:
-    return aggregate_scores(per_sig, genes, how="mean")
-
-
 def _rank_metrics(scores: pd.Series, expected: list[str]) -> dict:
     order = scores.sort_values(ascending=False, kind="stable")
     ranks = [int(order.index.get_loc(m)) + 1 for m in expected if m in order.index]
@@ -189,7 +185,7 @@ def score_knockdowns(
     codes, _ = encode_labels(ref_moa, classes)
     sims, idx = knn_search(z, np.asarray(ref.X, np.float32), k)
     per_sig = knn_scores(sims, idx, codes, len(classes))
-    gene_scores = _gene_scores(per_sig, genes)
+    gene_scores = aggregate_scores(per_sig, genes)
     gene_scores.columns = classes
     table = _score_table(gene_scores, expected)
     table.insert(1, "n_signatures", pd.Series(genes).value_counts().reindex(table["gene"]).values)
@@ -211,7 +207,7 @@ def score_knockdowns(
         r_codes, _ = encode_labels(raw_reference.obs["moa"].astype(str), classes)
         rs, ri = knn_search(x, np.asarray(raw_reference.X, np.float32),
                             min(k, raw_reference.n_obs))
-        raw_scores = _gene_scores(knn_scores(rs, ri, r_codes, len(classes)), genes)
+        raw_scores = aggregate_scores(knn_scores(rs, ri, r_codes, len(classes)), genes)
         raw_scores.columns = classes
         raw_table = _score_table(raw_scores, expected)
         raw_summary = _summary(raw_table)
@@ -228,12 +224,31 @@ def score_knockdowns(
             "per_signature": per_signature, "embedding": z, "expected": expected}
 
 
-def write_crispr(result: dict, out_dir: str | os.PathLike) -> Path:
-    """``crispr_scores.csv`` (one row per gene) and ``summary.json``."""
+def knockdown_map(model, kd: ad.AnnData, result: dict, target_key: str = "target_gene"):
+    """Knockdowns on the drug latent map, coloured by their (first) expected MoA."""
+    from .pl import crispr_map
+
+    first = {g: (m[0] if m else "no expected MoA") for g, m in result["expected"].items()}
+    genes = kd.obs[target_key].astype(str)
+    ref = model.reference
+    return crispr_map(np.asarray(ref.X), ref.obs["moa"], result["embedding"],
+                      genes.map(lambda g: first.get(g, "no expected MoA")).to_numpy(),
+                      kd_labels=genes.to_numpy())
+
+
+def write_crispr(result: dict, out_dir: str | os.PathLike, figure=None) -> Path:
+    """``crispr_scores.csv`` (one row per gene), ``summary.json`` and, given a
+    figure (see :func:`knockdown_map`), ``crispr_map.png``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "crispr_scores.csv") as tmp:
         result["table"].to_csv(tmp, index=False)
     atomic_write_text(out_dir / "summary.json", json.dumps(result["summary"], indent=2,
                                                            default=float))
+    if figure is not None:
+        import matplotlib.pyplot as plt
+
+        with atomic_path(out_dir / "crispr_map.png", suffix=".png") as tmp:
+            figure.savefig(tmp, dpi=100, format="png")
+        plt.close(figure)
     return out_dir

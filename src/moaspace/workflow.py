@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ._utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -102,13 +100,11 @@ def run_pipeline(
         timings["explain"] = time.perf_counter() - t0
 
     if "benchmark" in stages:
-        from .tl.benchmark import run_benchmark, write_benchmark
+        from .tl.benchmark import METHODS, run_benchmark, write_benchmark
 
         t0 = time.perf_counter()
         data = adata.copy()
         del data.obs["split"]
-        from .tl.benchmark import METHODS
-
         records = run_benchmark(data, scheme=scheme, seeds=benchmark_seeds,
                                 methods=benchmark_methods or METHODS,
                                 max_epochs=max_epochs, model_kwargs=model_kwargs)
@@ -145,32 +141,13 @@ def run_pipeline(
 
 def _crispr_stage(paths: dict, model, adata, out_dir: Path) -> dict:
     """Prepare the knockdowns, score them against the drug atlas, draw the map."""
-    from .crispr import RAW_REFERENCE, score_knockdowns, write_crispr
+    from .crispr import RAW_REFERENCE, knockdown_map, score_knockdowns, write_crispr
     from .data.prepare import prepare, read_h5ad, write_h5ad
-    from .pl import crispr_map
 
     kd = prepare(paths["gctx_xpr"], paths["siginfo"], paths["geneinfo"],
                  pert_type="trt_xpr", times=None, progress=False)
     kd_path = write_h5ad(kd, out_dir / "knockdowns.h5ad")
     raw = read_h5ad(Path(out_dir) / "model" / RAW_REFERENCE)
     result = score_knockdowns(model, kd, paths["compoundinfo"], raw_reference=raw)
-    crispr_dir = write_crispr(result, out_dir / "crispr")
-    first = {g: (m[0] if m else "no expected MoA") for g, m in result["expected"].items()}
-    genes = kd.obs["target_gene"].astype(str)
-    ref = model.reference
-    fig = crispr_map(np.asarray(ref.X), ref.obs["moa"], result["embedding"],
-                     genes.map(lambda g: first.get(g, "no expected MoA")).to_numpy(),
-                     kd_labels=genes.to_numpy())
-    fig.savefig(crispr_dir / "crispr_map.png", dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    crispr_dir = write_crispr(result, out_dir / "crispr", knockdown_map(model, kd, result))
     return {"knockdowns": kd_path, "crispr": crispr_dir}
-
-
-def run_demo(out_dir: str | os.PathLike = "demo_out", *, seed: int = 0,
-             max_epochs: int = 40) -> dict:
-    """The whole pipeline on the embedded demo data (no arguments, no network)."""
-    from .data.simulate import load_demo_paths
-
-    return run_pipeline(load_demo_paths(), out_dir, seed=seed, max_epochs=max_epochs)
