@@ -404,7 +404,8 @@ def benchmark(
     records = []
     for sch in [s.strip() for s in scheme.split(",") if s.strip()]:
         records += run_benchmark(adata, scheme=sch, seeds=seed_list, methods=method_list,
-                                 holdout_cells=holdout_cells, max_epochs=max_epochs)
+                                 holdout_cells=holdout_cells, max_epochs=max_epochs,
+                                 progress=not _state["quiet"])
     meta = {"command": " ".join(sys.argv), "data": str(data), "seeds": seed_list,
             "max_epochs": max_epochs}
     write_benchmark(records, out, meta)

@@ -86,8 +86,11 @@ def run_benchmark(
     k: int = 10,
     n_components: int = 100,
     model_kwargs: dict | None = None,
+    progress: bool = False,
 ) -> list[dict]:
     """Run every method on the same split per seed; return one record per (method, seed)."""
+    from tqdm.auto import tqdm
+
     from ..data.split import split as make_split
     from ..model import MoaModel
 
@@ -95,6 +98,8 @@ def run_benchmark(
     if unknown:
         raise InputError(f"unknown benchmark methods {unknown}; known: {list(METHODS)}")
     records = []
+    bar = tqdm(total=len(seeds) * len(methods), desc=f"benchmark ({scheme})", unit="fit",
+               disable=not progress)
     for seed in seeds:
         data = make_split(adata, scheme, holdout_cells=holdout_cells, seed=seed, copy=True)
         part = data.obs["split"].astype(str).to_numpy()
@@ -130,6 +135,8 @@ def run_benchmark(
                                   seconds, extra))
             logger.info("  macro-F1 %.3f accuracy %.3f (%.0f s)", records[-1]["macro_f1"],
                         records[-1]["accuracy"], seconds)
+            bar.update()
+    bar.close()
     return records
 
 
