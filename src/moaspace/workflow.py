@@ -151,3 +151,11 @@ def _crispr_stage(paths: dict, model, adata, out_dir: Path) -> dict:
     result = score_knockdowns(model, kd, paths["compoundinfo"], raw_reference=raw)
     crispr_dir = write_crispr(result, out_dir / "crispr", knockdown_map(model, kd, result))
     return {"knockdowns": kd_path, "crispr": crispr_dir}
+
+
+def run_demo(out_dir: str | os.PathLike = "demo_out", *, seed: int = 0,
+             max_epochs: int = 40) -> dict:
+    """The whole pipeline on the embedded demo data (no arguments, no network)."""
+    from .data.simulate import load_demo_paths
+
+    return run_pipeline(load_demo_paths(), out_dir, seed=seed, max_epochs=max_epochs)
