@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import binomtest
 
 from moaspace.crispr import score_knockdowns
 from moaspace.data.prepare import prepare
@@ -16,8 +17,11 @@ from moaspace.data.split import split
 from moaspace.explain import explain
 from moaspace.model import MoaModel
 
+# knockdown_scale 0.3 (default 0.7): weak knockdowns, so that top-5 calls of both the model
+# and raw-signature kNN do not saturate at 1.0 and the comparison can fail; it changes only
+# the knockdown matrix (the compound signatures are the same as at the default)
 CONFIG = SimulationConfig(seed=5, n_compounds=320, n_moas=14, n_cells=8,
-                          sigs_per_compound=(10, 40))
+                          sigs_per_compound=(10, 40), knockdown_scale=0.3)
 EPOCHS = 15
 
 
@@ -92,8 +96,15 @@ def test_crispr_knockdowns_land_near_their_target_moa(world):
     assert s["hit_at_5"] >= s["hit_at_5_null"] + 3 * s["hit_at_5_null_sd"]
     assert s["hit_at_1"] > s["hit_at_1_null"] + 0.3
     assert s["hit_at_1"] >= s["hit_at_1_raw"]
-    assert s["hit_at_5"] >= s["hit_at_5_raw"]
     assert s["mean_rank"] <= s["mean_rank_raw"]
+    # hit@5 clearly above raw-signature kNN: by >= 0.1 and, gene by gene, a one-sided sign
+    # test on the genes where exactly one of the two ranks the expected MoA in its top 5
+    assert s["hit_at_5"] >= s["hit_at_5_raw"] + 0.1, s
+    hit = scored["rank"] <= 5
+    hit_raw = scored["rank_raw"] <= 5
+    only_model, only_raw = int((hit & ~hit_raw).sum()), int((~hit & hit_raw).sum())
+    p_sign = binomtest(only_model, only_model + only_raw, 0.5, alternative="greater").pvalue
+    assert p_sign < 0.05, (only_model, only_raw, p_sign)
     # knockdowns of genes no MoA targets are still embedded and predicted
     none = table[table["expected_moas"] == "no expected MoA"]
     assert len(none) >= 1 and none["predicted_moas"].str.len().gt(0).all()
