@@ -21,7 +21,8 @@ from _synthetic import make_synthetic
 from moaspace import __version__
 from moaspace.data.split import split
 from moaspace.errors import InputError, MoaspaceError
-from moaspace.model import MoaModel, knn_predict, macro_f1
+from moaspace.model import MoaModel, macro_f1
+from moaspace.tl.predict import knn_predict
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core box
 
@@ -63,9 +64,9 @@ def _val_f1(model: MoaModel, adata) -> float:
     ref = model.reference
     code = {m: i for i, m in enumerate(model.moas)}
     val = adata[adata.obs["split"] == "val"]
-    pred, _ = knn_predict(model.embed(val), ref.X, ref.obs["moa"].astype(str).map(code).values,
-                          len(model.moas), k=model.config.knn_k)
-    return macro_f1(val.obs["moa"].astype(str).map(code).values, pred)
+    scores, _ = knn_predict(model.embed(val), np.asarray(ref.X), ref.obs["moa"].astype(str),
+                                  k=model.config.knn_k, classes=model.moas)
+    return macro_f1(val.obs["moa"].astype(str).map(code).values, scores.argmax(1))
 
 
 def test_training_keeps_best_weights_and_reference(trained, adata):

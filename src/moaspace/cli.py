@@ -192,10 +192,45 @@ def simulate(
     _summary("simulate", [(name, path) for name, path in paths.items()])
 
 
-def _load_h5ad(path: Path):
+def _load_h5ad(path: Path, backed: bool = False):
     from .data.prepare import read_h5ad
 
-    return read_h5ad(path)
+    if not backed:
+        return read_h5ad(path)
+    import anndata as ad
+
+    if not path.exists():
+        raise MoaspaceError(f"AnnData file not found: {path}")
+    try:  # X stays on disk; obs / var are read
+        adata = ad.read_h5ad(path, backed="r")
+    except Exception as exc:  # h5py/anndata raise many types for corrupt files
+        raise MoaspaceError(f"{path}: cannot open as .h5ad ({type(exc).__name__}: {exc})") from exc
+    dtype = getattr(adata.X, "dtype", None)
+    if dtype is None or dtype.kind != "f":
+        raise MoaspaceError(f"{path}: X must hold floating-point z-scores (found {dtype})")
+    return adata
+
+
+def _raw_reference_rows(adata, split_key: str = "split", max_signatures: int = 50_000):
+    """In memory: just the training rows ``save_raw_reference`` keeps, read from a backed file.
+
+    ``save_raw_reference`` indexes the AnnData, which a backed view (``--genes
+    landmark``) does not allow; it keeps at most ``max_signatures`` training
+    rows (the same seeded subsample), so this is bounded whatever the file size.
+    """
+    import anndata as ad
+    import numpy as np
+
+    from .model.data import backed_rows
+
+    rows = np.ones(adata.n_obs, bool)
+    if split_key in adata.obs.columns:
+        rows = (adata.obs[split_key].astype(str) == "train").to_numpy()
+    idx = np.flatnonzero(rows)
+    if len(idx) > max_signatures:
+        idx = np.sort(np.random.default_rng(0).choice(idx, max_signatures, replace=False))
+    x = backed_rows(adata).rows(idx).numpy()
+    return ad.AnnData(x, obs=adata.obs.iloc[idx].copy(), var=adata.var.copy())
 
 
 @app.command("split")
@@ -209,8 +244,11 @@ def split_cmd(
     holdout_cells: Annotated[
         str | None, typer.Option(help="Cell lines to hold out, comma list (cell schemes).")
     ] = None,
-    test_size: Annotated[float, typer.Option(help="Share of compounds (or MoAs) in test.")] = 0.2,
+    test_size: Annotated[float, typer.Option(help="Share of compounds in test.")] = 0.2,
     val_size: Annotated[float, typer.Option(help="Share of training compounds for val.")] = 0.1,
+    moa_fraction: Annotated[
+        float, typer.Option(help="--scheme moa: share of MoAs held out (test only).")
+    ] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Assign signatures to train / val / test without leakage.
@@ -223,10 +261,12 @@ def split_cmd(
     from .data.split import split
 
     adata = split(_load_h5ad(data), scheme, holdout_cells=holdout_cells, test_size=test_size,
-                  val_size=val_size, seed=seed)
+                  val_size=val_size, moa_fraction=moa_fraction, seed=seed)
     write_h5ad(adata, out)
     counts = adata.obs["split"].astype(str).value_counts()
     rows = [("output", out), ("scheme", scheme)]
+    if scheme == "moa":
+        rows.append(("test-only MoAs", ", ".join(adata.uns["moaspace"]["split"]["test_only_moas"])))
     for part in ("train", "val", "test", "unused"):
         if part in counts:
             cpds = adata.obs.loc[adata.obs["split"].astype(str) == part, "pert_id"].nunique()
@@ -256,20 +296,30 @@ def train(
         bool, typer.Option("--resume", help="Continue from MODEL_DIR/checkpoints/last.ckpt.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a model already in --out.")] = False,
+    backed: Annotated[
+        bool, typer.Option("--backed", help="Out of core: leave X on disk (h5ad opened with "
+                           "backed='r') and read each batch from the file, for data larger "
+                           "than memory. Same results as in memory, slower per epoch.")
+    ] = False,
 ) -> None:
     """Train the dual-ArcFace encoder; early-stops on validation kNN macro-F1.
 
     Example:
 
         moaspace train data_split.h5ad --out model --seed 0 --max-epochs 60
+
+    With --backed the matrix is never loaded whole: batches, validation and the
+    atlas read rows from DATA as needed (docs/reliability.md, out-of-core training).
     """
     from .model import MoaModel
 
-    adata = _load_h5ad(data)
+    adata = _load_h5ad(data, backed=backed)
     if genes == "landmark":
         if "feature_space" not in adata.var.columns:
             raise MoaspaceError(f"{data}: var has no 'feature_space' column to pick landmarks")
-        adata = adata[:, adata.var["feature_space"].astype(str) == "landmark"].copy()
+        landmark = adata.var["feature_space"].astype(str) == "landmark"
+        # a backed view stays on disk (its rows are read through the view's gene positions)
+        adata = adata[:, landmark] if backed else adata[:, landmark].copy()
     elif genes not in (None, "all"):
         raise typer.BadParameter("--genes must be 'landmark' or 'all'")
     model = MoaModel(adata, loss=loss)
@@ -280,7 +330,8 @@ def train(
     model.save(out, overwrite=overwrite or resume)
     from .crispr import save_raw_reference
 
-    save_raw_reference(adata, out)  # raw-signature comparison for `moaspace crispr`
+    # raw-signature comparison for `moaspace crispr`
+    save_raw_reference(_raw_reference_rows(adata) if backed else adata, out)
     _summary("train", [("model directory", out), ("signatures x genes", adata.shape),
                        ("MoAs", len(model.moas)), ("compounds", len(model.compounds)),
                        ("best epoch", model.best_epoch),
@@ -301,26 +352,49 @@ def predict(
     ] = False,
     compound_key: Annotated[str, typer.Option(help="obs column naming compounds.")] = "pert_id",
     backend: Annotated[str, typer.Option(help="torch (exact, chunked) | faiss.")] = "torch",
+    open_set: Annotated[
+        bool | None,
+        typer.Option("--open-set/--no-open-set",
+                     help="Call 'unknown' above the calibrated unknown-score threshold "
+                          "(default: on when the model is calibrated)."),
+    ] = None,
+    min_tas: Annotated[
+        float | None,
+        typer.Option(help="'no call' for signatures with obs['tas'] below this "
+                          "(default: the model's calibration, usually off)."),
+    ] = None,
 ) -> None:
     """Embed signatures and call their MoA by nearest neighbours in the atlas.
 
     Writes obsm['X_moa'], obs['moa_pred'], obs['moa_pred_score'] (and with
     --compound-level a per-compound table next to OUT as .compounds.csv).
+    With a calibrated model (calibration.json) moa_pred_score is a calibrated
+    probability, obs['moa_unknown_score'] the distance to every known MoA, and
+    moa_pred is 'unknown' where the query is far from all of them (--open-set)
+    or 'no call' below --min-tas; obs['moa_pred_known'] keeps the top known MoA.
 
     Example:
 
-        moaspace predict model query.h5ad --out pred.h5ad --compound-level
+        moaspace predict model query.h5ad --out pred.h5ad --compound-level --min-tas 0.2
     """
     from .data.prepare import write_h5ad
     from .model import MoaModel
     from .tl.predict import predict as run_predict
 
     model = MoaModel.load(model_dir)
+    if open_set and model.calibration is None:
+        raise MoaspaceError(f"{model_dir} has no calibration.json (saved by an older moaspace?): "
+                            "--open-set needs one; retrain, or use --no-open-set")
+    if min_tas is not None and not 0 <= min_tas <= 1:
+        raise typer.BadParameter("--min-tas must be in [0, 1]")
     adata = _load_h5ad(query)
     if compound_level and compound_key not in adata.obs.columns:
         raise MoaspaceError(f"{query}: obs has no column {compound_key!r} for --compound-level")
+    if min_tas and "tas" not in adata.obs.columns:
+        raise MoaspaceError(f"{query}: obs has no 'tas' column for --min-tas")
     result = run_predict(model, adata, k=k, method=method, top_k=top_k, backend=backend,
-                         compound_key=compound_key if compound_level else None)
+                         compound_key=compound_key if compound_level else None,
+                         open_set=open_set, min_tas=min_tas)
     top = result.uns.pop("moa_top_k")
     calls = result.uns.pop("moa_compound_calls", None)
     # tables go to CSV next to the .h5ad; uns keeps plain values only. The tables stay
@@ -343,6 +417,17 @@ def predict(
     if calls is not None:
         rows.append(("compounds called", len(calls)))
         rows.append(("compound table", out.with_suffix(".compounds.csv")))
+    info = result.uns["moa_predict"]
+    if info.get("calibrated"):
+        labels = result.obs["moa_pred"].astype(str)
+        rows.append(("unknown MoA calls", f"{int((labels == 'unknown').sum())} "
+                     f"({info['unknown_score']} score > {info['unknown_threshold']:.3f})"
+                     if info.get("open_set") else "off (--no-open-set)"))
+        if "min_tas" in info:
+            rows.append((f"no call (TAS < {info['min_tas']:.2f})",
+                         int((labels == "no call").sum())))
+    else:
+        rows.append(("calibration", "missing: moa_pred_score is uncalibrated"))
     _summary("predict", rows)
 
 

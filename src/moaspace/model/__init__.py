@@ -3,7 +3,7 @@
 from .arcface import ArcFace, count_margins
 from .encoder import Encoder
 from .model import MoaModel, ModelConfig, data_fingerprint
-from .module import MoaModule, MoaNet, knn_predict, macro_f1, supcon_loss
+from .module import MoaModule, MoaNet, macro_f1, supcon_loss
 
 __all__ = [
     "ArcFace",
@@ -14,7 +14,6 @@ __all__ = [
     "ModelConfig",
     "count_margins",
     "data_fingerprint",
-    "knn_predict",
     "macro_f1",
     "supcon_loss",
 ]

@@ -10,8 +10,9 @@ A model directory holds ``model.pt`` (the ``state_dict``, loadable with
 ``torch.load(weights_only=True)``), ``atlas.h5ad`` (embeddings of the training
 signatures with their MoA / compound / cell labels, the kNN reference) and
 ``config.json`` (hyper-parameters, gene order, class lists, data fingerprint,
-training history, checksums of the two other files). ``config.json`` is
-written last and lists the other files' SHA-1, so a save interrupted half-way
+training history, checksums of the other files) and, for a model with
+validation data, ``calibration.json`` (calibrated scores and the 'unknown'
+threshold; :mod:`moaspace.tl.calibrate`). ``config.json`` is written last and lists the other files' SHA-1, so a save interrupted half-way
 is detected at load instead of pairing new weights with an old atlas.
 """
 
@@ -36,6 +37,7 @@ import torch
 from .. import __version__
 from .._utils import atomic_path, atomic_write_text, preview
 from ..errors import InputError, MoaspaceError
+from .data import InMemoryRows, RowSource, backed_rows
 from .module import (
     LOSSES,
     SAMPLING,
@@ -50,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MODEL_FILE, CONFIG_FILE, ATLAS_FILE = "model.pt", "config.json", "atlas.h5ad"
+CALIBRATION_FILE = "calibration.json"  # optional (moaspace.tl.calibrate); older dirs lack it
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
@@ -186,7 +189,11 @@ class MoaModel:
         ``compound_key`` and ``split_key`` (``train``/``val``/...; see
         :func:`moaspace.data.split.split`). Without a split column a
         validation set is carved by compound (10%, seed 0) with a warning
-        and everything else is training data.
+        and everything else is training data. May be opened with
+        ``anndata.read_h5ad(path, backed="r")`` (also a gene subset view of
+        it): ``X`` then stays on disk and training, validation and the atlas
+        read rows batch by batch (:mod:`moaspace.model.data`), for data larger
+        than memory.
     moa_key, compound_key, cell_key, split_key
         obs column names.
     **hyperparams
@@ -208,6 +215,7 @@ class MoaModel:
         self.train_info: dict = {}
         self._reference: ad.AnnData | None = None
         self.max_missing_fraction = 0.1
+        self.calibration = None  # moaspace.tl.calibrate.Calibration, fitted on the val split
         if adata is None:  # used by load()
             return
         self._check_adata(adata)
@@ -276,18 +284,28 @@ class MoaModel:
             logger.info("%d validation signatures have a MoA absent from training; not scored",
                         n_unknown)
         used = np.union1d(train_idx, val_idx)
-        x = adata.X
-        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous):
-            # sparse, backed or float64: one dense float32 copy (test rows stay zero)
-            x = np.zeros((adata.n_obs, adata.n_vars), dtype=np.float32)
-            for start in range(0, len(used), 50_000):
-                rows = used[start:start + 50_000]
-                x[rows] = _dense_rows(adata.X, rows)
-        # else: share adata.X (no copy: 12,328 genes x 100k signatures is ~5 GB)
+        source: RowSource
+        if adata.isbacked:
+            # out of core (read_h5ad(..., backed="r")): rows are read from the file per batch
+            source = backed_rows(adata)
+        else:
+            x = adata.X
+            if not (isinstance(x, np.ndarray) and x.dtype == np.float32
+                    and x.flags.c_contiguous):
+                # sparse or float64: one dense float32 copy (test rows stay zero)
+                x = np.zeros((adata.n_obs, adata.n_vars), dtype=np.float32)
+                for start in range(0, len(used), 50_000):
+                    rows = used[start:start + 50_000]
+                    x[rows] = _dense_rows(adata.X, rows)
+            # else: share adata.X (no copy: 12,328 genes x 100k signatures is ~5 GB)
+            source = InMemoryRows(x)
         bad = np.zeros(len(used), dtype=bool)
-        for start in range(0, len(used), 50_000):
-            rows = used[start:start + 50_000]
-            bad[start:start + 50_000] = ~np.isfinite(x[rows]).all(axis=1)
+        # streamed, one chunk in memory at a time (the NaN flags do not depend on its size)
+        step = source.chunk_rows or max(1, 64 * 2**20 // (4 * source.n_vars))
+        for start in range(0, len(used), step):
+            rows = used[start:start + step]
+            # numpy's isfinite makes no float temporaries (torch's does: a backed run's RSS)
+            bad[start:start + step] = ~np.isfinite(source.rows(rows).numpy()).all(axis=1)
         if bad.any():
             raise InputError(
                 f"{int(bad.sum())} signatures have NaN/inf values, e.g. "
@@ -301,7 +319,7 @@ class MoaModel:
         if len(val_idx) > c.val_max_queries:
             val_idx = np.sort(rng.choice(val_idx, c.val_max_queries, replace=False))
         return TrainData(
-            x=torch.from_numpy(x), moa=torch.from_numpy(moa.astype(np.int64)),
+            x=source, moa=torch.from_numpy(moa.astype(np.int64)),
             compound=torch.from_numpy(cpd.astype(np.int64)), train_idx=train_idx,
             val_idx=val_idx, val_ref_idx=ref_idx,
         )
@@ -428,6 +446,15 @@ class MoaModel:
             "world_size": int(trainer.world_size),
         }
         self._reference = self._build_reference(data.train_idx, data)
+        if len(data.val_idx):  # calibrated scores and the 'unknown' threshold, on val compounds
+            val = self._build_reference(data.val_idx, data)
+            self._fit_calibration(np.asarray(val.X), val.obs["moa"].astype(str).to_numpy(),
+                                  self._tas(self.adata.obs.iloc[data.val_idx]),
+                                  groups=val.obs["pert_id"].astype(str).to_numpy())
+        else:
+            self.calibration = None
+            logger.warning("no validation signatures: the model is not calibrated (no 'unknown' "
+                           "calls; call model.calibrate(adata) with a 'val' split to add it)")
         logger.info(
             "trained %d epochs; best val macro-F1 %s at epoch %d",
             len(self.history),
@@ -466,6 +493,18 @@ class MoaModel:
         they are at most ``max_missing_fraction`` of the model's genes;
         otherwise :class:`InputError` names them.
         """
+        pos = self._gene_positions(adata, max_missing_fraction)
+        source = backed_rows(adata) if adata.isbacked else None
+        x = np.zeros((adata.n_obs, len(self.genes)), dtype=np.float32)
+        step = (source.chunk_rows if source is not None else None) or 50_000
+        for start in range(0, adata.n_obs, step):
+            x[start:start + step] = self._aligned_rows(adata, pos, start, start + step, source)
+        if not np.isfinite(x).all():
+            raise InputError("the query has NaN/inf values; drop or impute them first")
+        return x
+
+    def _gene_positions(self, adata: ad.AnnData, max_missing_fraction: float | None) -> np.ndarray:
+        """Column of each model gene in ``adata`` (-1: missing); checks and logs as documented."""
         limit = self.max_missing_fraction if max_missing_fraction is None else max_missing_fraction
         query = pd.Index(adata.var_names.astype(str))
         if query.has_duplicates:
@@ -490,22 +529,41 @@ class MoaModel:
         extra = len(query) - int((pos >= 0).sum())
         if extra:
             logger.info("%d query genes are not used by the model; ignored", extra)
-        x = np.zeros((adata.n_obs, len(genes)), dtype=np.float32)
+        return pos
+
+    def _aligned_rows(self, adata: ad.AnnData, pos: np.ndarray, start: int, stop: int,
+                      source: RowSource | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of ``adata`` in the model's gene order (missing genes 0)."""
+        stop = min(stop, adata.n_obs)
+        if source is not None:  # backed: read just these rows
+            block = source.rows(np.arange(start, stop)).numpy()
+        else:
+            block = _dense_rows(adata.X[start:stop])
+        x = np.zeros((stop - start, len(self.genes)), dtype=np.float32)
         have = pos >= 0
-        for start in range(0, adata.n_obs, 50_000):
-            block = _dense_rows(adata.X[start:start + 50_000])
-            x[start:start + 50_000][:, have] = block[:, pos[have]]
-        if not np.isfinite(x).all():
-            raise InputError("the query has NaN/inf values; drop or impute them first")
+        x[:, have] = block[:, pos[have]]
         return x
 
     @torch.no_grad()
     def embed(self, adata: ad.AnnData, batch_size: int = 8192,
               max_missing_fraction: float | None = None) -> np.ndarray:
-        """Unit-norm embeddings ``(n_obs, embedding_dim)`` of ``adata``'s signatures."""
-        self._require_net()
-        x = self.align_genes(adata, max_missing_fraction)
-        return self._embed_matrix(x, batch_size)
+        """Unit-norm embeddings ``(n_obs, embedding_dim)`` of ``adata``'s signatures.
+
+        Streams ``batch_size`` rows at a time, so a backed AnnData
+        (``read_h5ad(path, backed="r")``) is embedded without loading ``X``.
+        """
+        net = self._require_net()
+        pos = self._gene_positions(adata, max_missing_fraction)
+        source = backed_rows(adata) if adata.isbacked else None
+        if source is not None:
+            batch_size = min(batch_size, source.chunk_rows)
+        out = np.zeros((adata.n_obs, net.encoder.embedding_dim), dtype=np.float32)
+        for start in range(0, adata.n_obs, batch_size):
+            x = self._aligned_rows(adata, pos, start, start + batch_size, source)
+            if not np.isfinite(x).all():
+                raise InputError("the query has NaN/inf values; drop or impute them first")
+            out[start:start + batch_size] = self._embed_matrix(x, batch_size)
+        return out
 
     @torch.no_grad()
     def _embed_matrix(self, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
@@ -518,8 +576,22 @@ class MoaModel:
             out[start:start + batch_size] = net.embed(xb).float().cpu().numpy()
         return out
 
+    @torch.no_grad()
+    def _embed_source(self, source: RowSource, idx: np.ndarray,
+                      batch_size: int = 8192) -> np.ndarray:
+        """Embeddings of rows ``idx`` of a row source, read ``batch_size`` rows at a time."""
+        net = self._require_net()
+        net.eval()
+        device = next(net.parameters()).device
+        batch_size = min(batch_size, source.chunk_rows or batch_size)
+        out = np.zeros((len(idx), net.encoder.embedding_dim), dtype=np.float32)
+        for start in range(0, len(idx), batch_size):
+            xb = source.rows(idx[start:start + batch_size]).to(device)
+            out[start:start + batch_size] = net.embed(xb).float().cpu().numpy()
+        return out
+
     def _build_reference(self, idx: np.ndarray, data: TrainData) -> ad.AnnData:
-        emb = self._embed_matrix(data.x[torch.as_tensor(idx)].numpy())
+        emb = self._embed_source(data.x, idx)
         obs = self.adata.obs.iloc[idx]
         cols = {}
         for name, key in (("moa", self.keys["moa"]), ("pert_id", self.keys["compound"]),
@@ -543,6 +615,64 @@ class MoaModel:
         if self._reference is None:
             raise MoaspaceError("no reference yet: train or load the model first")
         return self._reference
+
+    # ------------------------------------------------------------ calibration
+    def _tas(self, obs: pd.DataFrame) -> np.ndarray | None:
+        if "tas" not in obs.columns:
+            return None
+        return pd.to_numeric(obs["tas"], errors="coerce").to_numpy(np.float64)
+
+    def _fit_calibration(self, z: np.ndarray, labels: np.ndarray, tas: np.ndarray | None,
+                         **kwargs):
+        from ..tl.calibrate import fit_calibration
+
+        ref = self.reference
+        self.calibration = fit_calibration(
+            z, labels, np.asarray(ref.X, dtype=np.float32), ref.obs["moa"].astype(str).to_numpy(),
+            classes=sorted(set(ref.obs["moa"].astype(str))), k=self.config.knn_k, tas=tas,
+            **kwargs)
+        return self.calibration
+
+    def calibrate(self, adata: ad.AnnData, *, split: str | None = "val",
+                  target_false_unknown: float = 0.05, method: str = "auto",
+                  score: str = "auto", min_tas: float | None = None):
+        """(Re)fit the calibration on held-out signatures of known MoAs; returns it.
+
+        Uses the rows of ``adata`` with ``obs[split_key] == split`` (all rows
+        when ``split`` is None); they must be compounds absent from the
+        training atlas (the validation compounds ``train()`` held out are
+        right). Fits isotonic regression or temperature scaling (``method="auto"``:
+        the lower out-of-fold Brier score; raw scores if neither helps) so that
+        ``moa_pred_score`` is a probability, picks the open-set score
+        (``score="auto"``: best AUROC against leave-own-MoA-out
+        pseudo-unknowns) and its threshold for ``target_false_unknown``, and
+        stores ``min_tas`` (no call below it; None: off). ``save()`` writes it
+        to ``calibration.json``. See :mod:`moaspace.tl.calibrate`.
+        """
+        self._require_net()
+        moa_key, split_key = self.keys["moa"], self.keys["split"]
+        if moa_key not in adata.obs.columns:
+            raise InputError(f"obs[{moa_key!r}] is missing: calibration needs the true MoAs")
+        rows = np.ones(adata.n_obs, dtype=bool)
+        if split is not None:
+            if split_key not in adata.obs.columns:
+                raise InputError(f"obs[{split_key!r}] is missing; pass split=None to calibrate "
+                                 "on all rows (held-out compounds only)")
+            rows = (adata.obs[split_key].astype(str) == split).to_numpy()
+            if not rows.any():
+                raise InputError(f"no rows with obs[{split_key!r}] == {split!r} to calibrate on "
+                                 "(a split without validation compounds cannot be calibrated)")
+        sub = adata[rows]
+        # a backed view is fine: embed() streams its rows in chunks
+        shared = set(sub.obs_names.astype(str)) & set(self.reference.obs_names.astype(str))
+        if shared:
+            logger.warning("%d calibration signatures are in the training atlas: the calibration "
+                           "will be over-confident", len(shared))
+        return self._fit_calibration(
+            self.embed(sub), sub.obs[moa_key].astype(str).to_numpy(), self._tas(sub.obs),
+            groups=sub.obs[self.keys["compound"]].astype(str).to_numpy(),
+            target_false_unknown=target_false_unknown, method=method, score=score,
+            min_tas=min_tas)
 
     # ------------------------------------------------------------ persistence
     def _config_json(self, files: dict) -> dict:
@@ -590,7 +720,13 @@ class MoaModel:
                  else contextlib.nullcontext())
         with allow:
             write_h5ad(self.reference, model_dir / ATLAS_FILE)
-        files = {name: _sha1_file(model_dir / name) for name in (MODEL_FILE, ATLAS_FILE)}
+        names = [MODEL_FILE, ATLAS_FILE]
+        if self.calibration is not None:
+            self.calibration.save(model_dir / CALIBRATION_FILE)
+            names.append(CALIBRATION_FILE)
+        elif (model_dir / CALIBRATION_FILE).exists():
+            (model_dir / CALIBRATION_FILE).unlink()  # stale: from a model saved here before
+        files = {name: _sha1_file(model_dir / name) for name in names}
         atomic_write_text(model_dir / CONFIG_FILE,
                           json.dumps(self._config_json(files), indent=1))
         logger.info("saved model to %s", model_dir)
@@ -625,6 +761,8 @@ class MoaModel:
             raise MoaspaceError(f"{model_dir / CONFIG_FILE}: entries {missing} are missing; "
                                 "not a complete moaspace model (save it again)")
         for name, digest in config.get("files", {}).items():
+            if not (model_dir / name).is_file():
+                raise MoaspaceError(f"{model_dir}: {name} is listed in config.json but missing")
             if _sha1_file(model_dir / name) != digest:
                 raise MoaspaceError(
                     f"{model_dir / name} does not match config.json (an interrupted save?); "
@@ -653,6 +791,13 @@ class MoaModel:
         from ..data.prepare import read_h5ad
 
         model._reference = read_h5ad(model_dir / ATLAS_FILE)
+        if CALIBRATION_FILE in config.get("files", {}):
+            from ..tl.calibrate import Calibration
+
+            model.calibration = Calibration.load(model_dir / CALIBRATION_FILE)
+        else:
+            logger.info("%s has no calibration (saved by an older moaspace?): predictions will "
+                        "use uncalibrated scores and make no 'unknown' calls", model_dir)
         return model
 
     def __repr__(self) -> str:

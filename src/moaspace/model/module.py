@@ -11,7 +11,8 @@ Why the pieces look the way they do:
   it goes down when the net starts memorising compounds.
 * Under DDP the score is computed on rank 0 over the whole validation set and
   broadcast, so every rank takes the same stopping decision.
-* The sampler draws from an in-memory tensor by index batches (per-item
+* The sampler draws index batches from a row source (an in-memory tensor,
+  or an ``.h5ad`` on disk read batch by batch: see :mod:`.data`; per-item
   ``Dataset`` indexing and collation cost more than the MLP itself), is
   seeded by ``(seed, epoch)`` so a resumed run sees the same batches as an
   uninterrupted one, and shards batches across ranks itself.
@@ -34,7 +35,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from .._utils import atomic_path
+from ..tl.predict import knn_scores, topk_similarity
 from .arcface import ArcFace, count_margins
+from .data import RowSource
 from .encoder import Encoder
 
 logger = logging.getLogger(__name__)
@@ -135,46 +138,8 @@ class MoaNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# kNN scoring
+# validation metric
 # ---------------------------------------------------------------------------
-@torch.no_grad()
-def knn_predict(
-    query: torch.Tensor | np.ndarray,
-    reference: torch.Tensor | np.ndarray,
-    labels: torch.Tensor | np.ndarray,
-    n_classes: int,
-    k: int = 10,
-    weights: str = "distance",
-    chunk: int = 2048,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine kNN vote of unit embeddings: (predicted class codes, vote share).
-
-    ``weights="distance"`` weighs each neighbour by ``1 / (1 - cos + 1e-6)``
-    (sklearn's inverse distance with cosine distance), ``"uniform"`` counts
-    them. Votes are summed with a one-hot product rather than ``scatter_add``
-    so results are deterministic on GPUs too.
-    """
-    q = torch.as_tensor(query, dtype=torch.float32)
-    r = torch.as_tensor(reference, dtype=torch.float32, device=q.device)
-    y = torch.as_tensor(labels, dtype=torch.long, device=q.device)
-    k = int(min(k, r.shape[0]))
-    preds, shares = [], []
-    for start in range(0, q.shape[0], chunk):
-        sims = q[start:start + chunk] @ r.T
-        top, idx = sims.topk(k, dim=1)
-        if weights == "distance":
-            w = 1.0 / (1.0 - top + 1e-6)
-        elif weights == "uniform":
-            w = torch.ones_like(top)
-        else:
-            raise ValueError(f"weights must be 'distance' or 'uniform', got {weights!r}")
-        votes = (F.one_hot(y[idx], n_classes).float() * w[..., None]).sum(1)
-        best, pred = votes.max(1)
-        preds.append(pred.cpu())
-        shares.append((best / votes.sum(1)).cpu())
-    return torch.cat(preds).numpy(), torch.cat(shares).numpy()
-
-
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Macro-F1 over the classes present in ``y_true`` (wrong predictions still count)."""
     present = np.unique(y_true)
@@ -186,14 +151,16 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 # ---------------------------------------------------------------------------
 @dataclass
 class TrainData:
-    """In-memory training tensors; indices select rows of ``x``.
+    """Training data; indices select rows of ``x``.
 
-    ``x`` holds all signatures (train and val) in the model's gene order so
-    nothing is copied per split; ``moa``/``compound`` are class codes (-1 for
-    signatures whose label is not a training class).
+    ``x`` is a :class:`~moaspace.model.data.RowSource` over all signatures
+    (train and val) in the model's gene order, so nothing is copied per split:
+    an in-memory tensor, or rows read from disk per batch (backed AnnData).
+    ``moa``/``compound`` are class codes (-1 for signatures whose label is not
+    a training class).
     """
 
-    x: torch.Tensor
+    x: RowSource
     moa: torch.Tensor
     compound: torch.Tensor
     train_idx: np.ndarray
@@ -260,11 +227,11 @@ class _IndexDataset(torch.utils.data.Dataset):
         self.data = data
 
     def __len__(self) -> int:
-        return int(self.data.x.shape[0])
+        return len(self.data.x)
 
     def __getitem__(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return self.data.x[idx], self.data.moa[idx], self.data.compound[idx]
+        return self.data.x.rows(idx), self.data.moa[idx], self.data.compound[idx]
 
 
 # ---------------------------------------------------------------------------
@@ -402,13 +369,14 @@ class MoaModule(L.LightningModule):
     # --- validation + early stopping -----------------------------------------
     @torch.no_grad()
     def embed_rows(self, idx: np.ndarray, batch: int = 8192) -> torch.Tensor:
-        """Embed rows of the training tensor in eval mode (BN running stats, no dropout)."""
+        """Embed rows of the training data in eval mode (BN running stats, no dropout)."""
         was_training = self.net.training
         self.net.eval()
+        batch = min(batch, self.data.x.chunk_rows or batch)  # bounded reads when backed
         out = []
         for start in range(0, len(idx), batch):
             rows = torch.as_tensor(idx[start:start + batch], dtype=torch.long)
-            out.append(self.net.embed(self.data.x[rows].to(self.device)).float())
+            out.append(self.net.embed(self.data.x.rows(rows).to(self.device)).float())
         self.net.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.net.encoder.embedding_dim)
 
@@ -420,9 +388,10 @@ class MoaModule(L.LightningModule):
         ref = self.embed_rows(d.val_ref_idx)
         query = self.embed_rows(d.val_idx)
         n_classes = int(d.moa.max()) + 1
-        pred, _ = knn_predict(query, ref, d.moa[d.val_ref_idx].to(ref.device), n_classes,
-                              k=self.knn_k)
-        return macro_f1(d.moa[d.val_idx].numpy(), pred)
+        # the same search and vote as moaspace.tl.predict (what `moaspace predict` does)
+        sims, idx = topk_similarity(query, ref, self.knn_k)
+        scores = knn_scores(sims.numpy(), idx.numpy(), d.moa[d.val_ref_idx].numpy(), n_classes)
+        return macro_f1(d.moa[d.val_idx].numpy(), scores.argmax(1))
 
     def on_train_epoch_end(self) -> None:
         f1 = self.validation_f1() if self.global_rank == 0 else 0.0

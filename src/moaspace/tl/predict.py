@@ -60,20 +60,40 @@ def knn_search(
     if backend == "faiss":
         sims, idx = _faiss_search(q, r, k_eff)
     elif backend == "torch":
-        sims = np.empty((len(q), k_eff), np.float32)
-        idx = np.empty((len(q), k_eff), np.int64)
-        ref_t = torch.from_numpy(np.ascontiguousarray(r))
-        with torch.inference_mode():
-            for start in range(0, len(q), chunk_size):
-                block = torch.from_numpy(np.ascontiguousarray(q[start : start + chunk_size]))
-                s, i = torch.topk(block @ ref_t.T, k_eff, dim=1)
-                sims[start : start + len(block)] = s.numpy()
-                idx[start : start + len(block)] = i.numpy()
+        s, i = topk_similarity(torch.from_numpy(np.ascontiguousarray(q)),
+                               torch.from_numpy(np.ascontiguousarray(r)), k_eff,
+                               chunk_size=chunk_size)
+        sims, idx = s.numpy(), i.numpy()
     else:
         raise InputError(f"unknown kNN backend {backend!r}; use 'torch' or 'faiss'")
     if exclude_self:
         sims, idx = _drop_self(sims, idx, k)
     return sims[:, :k], idx[:, :k]
+
+
+def topk_similarity(
+    query: torch.Tensor, reference: torch.Tensor, k: int, *, chunk_size: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` inner products of each query row with the reference rows, in chunks.
+
+    The one exact-search kernel of the package: :func:`knn_search` (numpy in,
+    CPU) and the training loop's validation score (tensors on the training
+    device) both call it, so validation F1 and ``moaspace predict`` agree.
+    Rows must already be unit vectors for cosine similarity. Returns CPU
+    tensors ``(similarities, indices)`` of shape ``(n_query, k)``.
+    """
+    k = int(min(k, reference.shape[0]))
+    # bound the block of similarities (chunk x n_ref floats) to ~64 MB whatever the atlas size
+    chunk_size = max(1, min(int(chunk_size), (64 << 20) // (4 * max(1, reference.shape[0]))))
+    sims = torch.empty((query.shape[0], k), dtype=torch.float32)
+    idx = torch.empty((query.shape[0], k), dtype=torch.long)
+    with torch.inference_mode():
+        for start in range(0, query.shape[0], chunk_size):
+            block = query[start:start + chunk_size]
+            s, i = torch.topk(block @ reference.T, k, dim=1)
+            sims[start:start + len(block)] = s.float().cpu()
+            idx[start:start + len(block)] = i.cpu()
+    return sims, idx
 
 
 def _drop_self(sims: np.ndarray, idx: np.ndarray, k: int):
@@ -234,6 +254,9 @@ def predict(
     compound_key: str | None = "pert_id",
     backend: str = "torch",
     copy: bool = True,
+    open_set: bool | None = None,
+    min_tas: float | None = None,
+    tas_key: str = "tas",
 ):
     """Embed ``adata`` with a trained model and call MoAs against its training atlas.
 
@@ -245,6 +268,17 @@ def predict(
 
     ``method``: ``knn`` (distance-weighted cosine kNN, k configurable) or
     ``prototype`` (nearest MoA centre).
+
+    With a calibrated model (``model.calibration``, fitted on the validation
+    compounds at the end of training; :mod:`moaspace.tl.calibrate`)
+    ``moa_pred_score`` is the calibrated probability that the top MoA is
+    right (otherwise the raw score, with a warning), ``obs["moa_unknown_score"]``
+    the open-set score (higher = farther from every known MoA) and
+    ``obs["moa_pred_known"]`` the top known MoA. ``open_set`` (default: on
+    when the model is calibrated) sets ``moa_pred`` to ``"unknown"`` above the
+    calibrated threshold; ``min_tas`` (default: the calibration's, usually
+    off) sets it to ``"no call"`` for signatures with ``obs[tas_key]`` below it.
+    ``obsm["moa_scores"]`` stays the raw per-class scores (same argmax).
     """
     adata = adata.copy() if copy else adata
     reference = model.reference
@@ -252,31 +286,109 @@ def predict(
     ref_z = np.asarray(reference.X, dtype=np.float32)
     ref_moa = reference.obs["moa"].astype(str).to_numpy()
     classes = sorted(set(ref_moa))
-    sims, idx = knn_search(z, ref_z, max(k, 25), backend=backend)
+    cal = getattr(model, "calibration", None)
+    if method not in ("knn", "prototype"):
+        raise InputError(f"unknown method {method!r}; use 'knn' or 'prototype'")
+    if cal is None and open_set:
+        raise MoaspaceError(
+            "open-set calls need a calibrated model (calibration.json in the model directory): "
+            "retrain, or run model.calibrate(adata_with_val_split) and save; or turn open_set off")
+    n_search = max(k, 25, *((cal.k, cal.wide_k) if cal is not None else ()))
+    sims, idx = knn_search(z, ref_z, n_search, backend=backend)
+    codes, _ = encode_labels(ref_moa, classes)
+    centres = None
     if method == "knn":
-        codes, _ = encode_labels(ref_moa, classes)
         scores = knn_scores(sims[:, :k], idx[:, :k], codes, len(classes), weighting=weighting)
-    elif method == "prototype":
+    else:
         centres, _ = prototypes(ref_z, ref_moa, classes)
         scores = prototype_scores(z, centres)
-    else:
-        raise InputError(f"unknown method {method!r}; use 'knn' or 'prototype'")
     best = scores.argmax(axis=1)
+    class_arr = np.asarray(classes, dtype=object)
+    labels = class_arr[best]
+    pred_score = scores[np.arange(len(best)), best].astype(np.float32)
+    info = {"method": method, "k": k, "weighting": weighting, "calibrated": cal is not None}
+    extra = []
+    if cal is None:
+        logger.warning("the model has no calibration (calibration.json missing, e.g. a model "
+                       "saved by an older moaspace): moa_pred_score is the uncalibrated %s "
+                       "score and no 'unknown' calls are made", method)
+    else:
+        labels, pred_score, extra = _open_set_calls(
+            cal, adata, z, scores, sims, idx, ref_z, ref_moa, classes, centres, labels, method,
+            k, weighting, open_set=open_set is not False, min_tas=min_tas, tas_key=tas_key,
+            info=info)
     adata.obsm["X_moa"] = z
     adata.obsm["moa_scores"] = scores
     adata.uns["moa_classes"] = list(classes)
-    adata.obs["moa_pred"] = pd.Categorical(np.asarray(classes, dtype=object)[best],
-                                           categories=classes)
-    adata.obs["moa_pred_score"] = scores[np.arange(len(best)), best].astype(np.float32)
+    adata.obs["moa_pred"] = pd.Categorical(labels, categories=list(classes) + extra)
+    adata.obs["moa_pred_score"] = pred_score
+    if cal is not None:
+        adata.obs["moa_pred_known"] = pd.Categorical(class_arr[best], categories=classes)
     if "pert_id" in reference.obs.columns:
         adata.obs["nearest_compounds"] = nearest_compounds(
             idx, sims, reference.obs["pert_id"].astype(str).to_numpy())
     adata.uns["moa_top_k"] = top_k_table(scores, classes, top_k, index=adata.obs_names)
-    adata.uns["moa_predict"] = {"method": method, "k": k, "weighting": weighting}
+    adata.uns["moa_predict"] = info
     if compound_key and compound_key in adata.obs.columns:
-        adata.uns["moa_compound_calls"] = compound_calls(
-            scores, classes, adata.obs[compound_key].astype(str).to_numpy())
+        compounds = adata.obs[compound_key].astype(str).to_numpy()
+        calls = compound_calls(scores, classes, compounds)
+        if "moa_unknown_score" in adata.obs.columns:  # mean score, share of 'unknown' calls
+            by = pd.DataFrame({"score": adata.obs["moa_unknown_score"].to_numpy(np.float64),
+                               "unknown": np.asarray(labels == "unknown", dtype=np.float64)},
+                              index=compounds).groupby(level=0).mean().reindex(calls.index)
+            calls["unknown_score"] = by["score"].to_numpy()
+            calls["share_unknown"] = by["unknown"].to_numpy()
+        adata.uns["moa_compound_calls"] = calls
     return adata
+
+
+def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, classes, centres, labels,
+                    method, k, weighting, *, open_set, min_tas, tas_key, info):
+    """Calibrated score, unknown score and the abstentions of :func:`predict`."""
+    from .calibrate import NO_CALL, UNKNOWN, confidence_features, openset_scores
+
+    if list(cal.classes) != list(classes):
+        raise MoaspaceError("the calibration was fitted for other MoAs than the atlas holds; "
+                            "refit it with model.calibrate")
+    if k != cal.k or weighting != cal.weighting:
+        logger.warning("calibration was fitted for k=%d, weighting=%r; scores with k=%d, %r "
+                       "may be miscalibrated", cal.k, cal.weighting, k, weighting)
+    if centres is None:
+        centres, _ = prototypes(ref_z, ref_moa, classes)
+    features = None
+    if cal.method == "logistic":
+        features = confidence_features(scores, z, centres, sims, idx,
+                                       encode_labels(ref_moa, classes)[0], wide_k=cal.wide_k)
+    _, pred_score = cal.calibrate_scores(scores, method, features)
+    unknown = openset_scores(z, centres=centres, knn_sims=sims, k=cal.k,
+                             class_scores=scores if cal.score == "msp" else None,
+                             energy_scale=cal.energy_scale)[cal.score]
+    adata.obs["moa_unknown_score"] = unknown.astype(np.float32)
+    labels = np.asarray(labels, dtype=object).copy()
+    extra = []
+    info.update({"open_set": bool(open_set), "unknown_score": cal.score,
+                 "unknown_threshold": cal.threshold,
+                 "target_false_unknown": cal.target_false_unknown,
+                 "calibration_method": cal.method})
+    if open_set:
+        labels[cal.is_unknown(unknown)] = UNKNOWN
+        extra.append(UNKNOWN)
+    min_tas = cal.min_tas if min_tas is None else min_tas
+    if min_tas is not None and min_tas > 0:
+        if tas_key in adata.obs.columns:
+            tas = pd.to_numeric(adata.obs[tas_key], errors="coerce").to_numpy(np.float64)
+            labels[tas < min_tas] = NO_CALL  # NaN TAS: not compared, the call stays
+            extra.append(NO_CALL)
+            info["min_tas"] = float(min_tas)
+        else:
+            logger.warning("min_tas=%s but the query has no obs[%r]; no 'no call' flags",
+                           min_tas, tas_key)
+    n_unknown = int((labels == UNKNOWN).sum())
+    n_nocall = int((labels == NO_CALL).sum())
+    if n_unknown or n_nocall:
+        logger.info("%d of %d signatures called 'unknown', %d 'no call' (low TAS)",
+                    n_unknown, len(labels), n_nocall)
+    return labels, np.asarray(pred_score, np.float32), extra
 
 
 def compound_calls(scores: np.ndarray, classes: Sequence, compounds: Sequence) -> pd.DataFrame:
