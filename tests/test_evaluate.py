@@ -35,7 +35,9 @@ def test_predict_writes_conventional_fields(trained):
     out = predict(model, test, k=5, compound_key="pert_id")
     assert out.obsm["X_moa"].shape == (test.n_obs, 16)
     np.testing.assert_allclose(np.linalg.norm(out.obsm["X_moa"], axis=1), 1, atol=1e-5)
-    assert set(out.obs["moa_pred"].astype(str)) <= set(model.moas)
+    # a calibrated model abstains ('unknown') far from every known MoA (issue #10)
+    assert set(out.obs["moa_pred"].astype(str)) <= set(model.moas) | {"unknown"}
+    assert set(out.obs["moa_pred_known"].astype(str)) <= set(model.moas)
     assert ((out.obs["moa_pred_score"] > 0) & (out.obs["moa_pred_score"] <= 1)).all()
     calls = out.uns["moa_compound_calls"]
     assert set(calls.index) == set(test.obs["pert_id"])

@@ -52,6 +52,7 @@ def test_report_is_self_contained(pipeline_run):
     text = (out / "report.html").read_text()
     for section in ("Data", "Latent space", "Confusion matrix", "Evaluation",
                     "Baselines", "Pathways per MoA", "CRISPR", "How this was made",
+                    "Confidence and unknown MoAs",
                     "run_pipeline", "hidden_dims"):
         assert section in text, section
     srcs = re.findall(r'src="([^"]+)"', text)

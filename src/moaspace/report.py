@@ -3,7 +3,8 @@
 Reads what a run wrote (``moaspace demo`` or the stage commands into one
 folder): ``summary.json``, ``data.h5ad``, ``predictions.h5ad``,
 ``metrics.json``, ``benchmark/results.json``, ``explain/``, ``crispr/``,
-``model/config.json``. Sections whose inputs are absent are skipped.
+``model/config.json``, ``model/calibration.json``. Sections whose inputs are
+absent are skipped.
 """
 
 from __future__ import annotations
@@ -158,6 +159,11 @@ def build_report(run_dir: str | os.PathLike) -> str:
         top = enr[enr["fdr"] < 0.05].sort_values("nes", ascending=False).groupby("moa").head(3)
         parts.append(_table(top[["moa", "pathway", "nes", "pval", "fdr"]].sort_values("moa")))
 
+    calibration = _read_json(run / "model" / "calibration.json")
+    if calibration:
+        found_any = True
+        parts.extend(_confidence_section(calibration, run / "predictions.h5ad"))
+
     crispr_dir = run / "crispr"
     crispr_summary = _read_json(crispr_dir / "summary.json")
     if crispr_summary:
@@ -192,6 +198,68 @@ def build_report(run_dir: str | os.PathLike) -> str:
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>moaspace report</title><style>{CSS}</style></head><body>{body}"
             "</body></html>")
+
+
+def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
+    """Calibration and open-set curves from ``model/calibration.json`` (+ the predictions)."""
+    from . import pl
+
+    val = cal.get("validation", {})
+    score = cal.get("score")
+    threshold = cal.get("thresholds", {}).get(score)
+    how = ("is the raw score: neither isotonic regression nor temperature scaling beat it "
+           "out of fold" if cal.get("method") == "none" else
+           f"is a calibrated probability that the call is right ({cal.get('method')})")
+    out = ["<h2>Confidence and unknown MoAs</h2>",
+           "<p class='note'>Fitted on the validation compounds (never trained on): "
+           f"<code>moa_pred_score</code> {html.escape(how)}; a signature whose "
+           f"<code>{html.escape(str(score))}</code> unknown score exceeds the threshold (set for "
+           f"{100 * cal.get('target_false_unknown', 0):.0f}% false unknowns on validation) is "
+           "called <code>unknown</code>. Pseudo-unknowns: validation signatures scored with "
+           "their own MoA removed from the atlas (see docs/confidence.md).</p>"]
+    rows = [("validation signatures", val.get("n")),
+            ("calibration (lowest out-of-fold Brier score)", cal.get("method")),
+            ("ECE before → after (out-of-fold)", f"{val.get('ece_before', float('nan')):.3f} → "
+                                                 f"{val.get('ece_after', float('nan')):.3f}"),
+            ("open-set score", score),
+            ("threshold", f"{threshold:.4f}" if threshold is not None else "–"),
+            ("false-unknown rate on validation",
+             f"{val.get('false_unknown_rate', {}).get(score, float('nan')):.3f}"),
+            ("minimum TAS for a call", cal.get("min_tas") if cal.get("min_tas") else "off")]
+    for name, auc in val.get("auroc_pseudo_unknown", {}).items():
+        rows.append((f"AUROC vs pseudo-unknowns: {name}", f"{auc:.3f}" if auc is not None
+                     else "–"))
+    out.append(_kv(rows))
+    if val.get("reliability_before") and val.get("reliability_after"):
+        out.append(_img(pl.reliability_diagram(
+            {"before (kNN vote share)": val["reliability_before"],
+             "after": val["reliability_after"]},
+            ece={"before (kNN vote share)": val.get("ece_before"), "after": val.get("ece_after")})))
+    known = unknown = None
+    if pred_path.exists():
+        import anndata as ad
+
+        pred = ad.read_h5ad(pred_path)
+        if "moa_unknown_score" in pred.obs and "moa" in pred.obs:
+            is_known = pred.obs["moa"].astype(str).isin(cal.get("classes", [])).to_numpy()
+            scores = pred.obs["moa_unknown_score"].to_numpy()
+            known = scores[is_known]
+            unknown = scores[~is_known] if (~is_known).any() else None
+            labels = pred.obs["moa_pred"].astype(str).to_numpy()
+            frame = pd.DataFrame([
+                {"predicted signatures": name, "n": int(mask.sum()),
+                 "called unknown": float((labels[mask] == "unknown").mean())}
+                for name, mask in (("of a known MoA", is_known),
+                                   ("of an MoA absent from training", ~is_known)) if mask.any()])
+            out.append(_table(frame))
+    if val.get("roc_pseudo_unknown"):
+        out.append(_img(pl.openset_curve(
+            val["roc_pseudo_unknown"], known_scores=known, unknown_scores=unknown,
+            threshold=threshold, chosen=score, title="Validation: known vs pseudo-unknown",
+            hist_title="Predicted signatures")))
+    if val.get("tas_coverage"):
+        out.append(_img(pl.tas_coverage({"validation": val["tas_coverage"]})))
+    return out
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

@@ -17,7 +17,8 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["confusion", "crispr_map", "embedding_2d", "latent_map", "per_moa_f1"]
+__all__ = ["confusion", "crispr_map", "embedding_2d", "latent_map", "openset_curve",
+           "per_moa_f1", "reliability_diagram", "tas_coverage"]
 
 
 def _palette(n: int):
@@ -148,5 +149,112 @@ def crispr_map(drug_z: np.ndarray, drug_moa, kd_z: np.ndarray, kd_expected, *,
             ax.annotate(gene, xy.to_numpy(), fontsize=6)
     ax.set_title("Knockdowns (stars) on the drug latent map (dots: drugs by MoA)")
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _frame(table) -> pd.DataFrame:
+    return table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
+
+
+def reliability_diagram(curves: dict, *, ece: dict | None = None,
+                        title: str = "Reliability (validation compounds)"):
+    """Accuracy vs confidence per bin, one line per curve, with the diagonal.
+
+    ``curves``: label -> table from :func:`moaspace.tl.calibrate.reliability_curve`
+    (or its records, as stored in ``calibration.json``: ``validation
+    ["reliability_before"]`` / ``["reliability_after"]``); ``ece``: label ->
+    ECE for the legend. Marker area follows the number of rows in the bin.
+    """
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    colors = _palette(max(len(curves), 2))
+    for (label, table), color in zip(curves.items(), colors, strict=False):
+        t = _frame(table)
+        t = t[t["n"] > 0]
+        name = label if not ece or label not in ece else f"{label} (ECE {ece[label]:.3f})"
+        sizes = 10 + 150 * t["n"] / max(t["n"].max(), 1)
+        ax.plot(t["confidence"], t["accuracy"], color=color, lw=1.2, label=name)
+        ax.scatter(t["confidence"], t["accuracy"], s=sizes, color=color, alpha=0.7)
+        width = (t["bin_hi"] - t["bin_lo"]).to_numpy()
+        ax_n.bar(t["bin_lo"], t["n"], width=width, align="edge", alpha=0.45, color=color)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy of the top call")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left")
+    ax_n.set_xlabel("confidence (moa_pred_score)")
+    ax_n.set_ylabel("signatures")
+    fig.tight_layout()
+    return fig
+
+
+def openset_curve(rocs: dict, *, known_scores=None, unknown_scores=None,
+                  threshold: float | None = None, chosen: str | None = None,
+                  title: str = "Known vs unknown MoA", hist_title: str = "Unknown scores"):
+    """ROC curves of the open-set scores (and, if given, the score histograms).
+
+    ``rocs``: score name -> ``{"fpr", "tpr", "auroc"}`` (from
+    :func:`moaspace.tl.calibrate.roc_points`; stored in ``calibration.json`` as
+    ``validation["roc_pseudo_unknown"]``). ``known_scores`` / ``unknown_scores``
+    (unknown scores of known and unknown queries) and ``threshold`` add a
+    histogram panel with the decision line; ``chosen`` is drawn bold.
+    """
+    with_hist = known_scores is not None
+    fig, axes = plt.subplots(1, 2 if with_hist else 1, figsize=(10.5 if with_hist else 5.2, 4.6))
+    ax = axes[0] if with_hist else axes
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    for (name, roc), color in zip(rocs.items(), _palette(max(len(rocs), 2)), strict=False):
+        bold = name == chosen
+        ax.plot(roc["fpr"], roc["tpr"], color=color, lw=2.4 if bold else 1.2,
+                label=f"{name} (AUROC {roc['auroc']:.3f})" + (" ← used" if bold else ""))
+    ax.set_xlabel("false-unknown rate (known queries called unknown)")
+    ax.set_ylabel("unknown queries detected")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    if with_hist:
+        ax2 = axes[1]
+        known = np.asarray(known_scores, dtype=float)
+        parts = [known] + ([np.asarray(unknown_scores, dtype=float)]
+                           if unknown_scores is not None else [])
+        bins = np.histogram_bin_edges(np.concatenate(parts), bins=40)
+        ax2.hist(known, bins=bins, alpha=0.6, density=True, color="tab:blue",
+                 label="known MoA")
+        if unknown_scores is not None:
+            ax2.hist(parts[1], bins=bins, alpha=0.6, density=True, color="tab:red",
+                     label="unknown MoA")
+        if threshold is not None:
+            ax2.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
+        ax2.set_xlabel("unknown score (higher = farther from every known MoA)")
+        ax2.set_ylabel("density")
+        ax2.set_title(hist_title)
+        ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def tas_coverage(curves: dict, *, title: str = "Accuracy vs coverage over TAS"):
+    """Accuracy of the called signatures vs the share called, as the TAS cut-off rises.
+
+    ``curves``: label -> table from :func:`moaspace.tl.calibrate.tas_coverage_curve`
+    (``min_tas, coverage, n, accuracy``; or its records). A few cut-offs are labelled.
+    """
+    fig, ax = plt.subplots(figsize=(5.8, 4.4))
+    for (label, table), color in zip(curves.items(), _palette(max(len(curves), 2)),
+                                     strict=False):
+        t = _frame(table).sort_values("coverage")
+        ax.plot(t["coverage"], t["accuracy"], marker="o", ms=3, color=color, label=label)
+        for _, row in t.iloc[:: max(1, len(t) // 5)].iterrows():
+            ax.annotate(f"TAS≥{row['min_tas']:.2f}", (row["coverage"], row["accuracy"]),
+                        fontsize=6, alpha=0.8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("coverage (share of signatures called)")
+    ax.set_ylabel("accuracy of the calls")
+    ax.set_xlim(0, 1.02)
+    ax.invert_xaxis()
+    ax.set_title(title)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -44,6 +44,19 @@ def evaluate(
     unseen = sorted(set(y) - set(classes))
     if unseen:
         out["moas_not_in_training"] = unseen
+    cal = getattr(model, "calibration", None)
+    if cal is not None and "moa_unknown_score" in held.obs.columns:
+        from .calibrate import open_set_metrics
+
+        best = np.asarray(classes, dtype=object)[scores.argmax(axis=1)]
+        m = open_set_metrics(y, best, held.obs["moa_unknown_score"].to_numpy(), classes,
+                             cal.threshold, raw_conf=scores.max(axis=1),
+                             proba_conf=held.obs["moa_pred_score"].to_numpy())
+        # NaN (e.g. AUROC without unknown-MoA rows) -> null: strict JSON
+        out["open_set"] = {"score": cal.score, "threshold": cal.threshold,
+                           "calibration": cal.method,
+                           **{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                              for k, v in m.items()}}
     if compound_key in held.obs.columns:
         compounds = held.obs[compound_key].astype(str).to_numpy()
         agg = aggregate_scores(scores, compounds)
@@ -79,6 +92,20 @@ def metrics_markdown(metrics: dict) -> str:
             lines.append(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | "
                          f"{m['weighted_f1']:.3f} | {m['top3_accuracy']:.3f} | "
                          f"{m['top5_accuracy']:.3f} |")
+    o = metrics.get("open_set")
+    if o:
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        lines += ["", f"| calibration and unknown calls ({o['score']} score > "
+                  f"{o['threshold']:.3f}) | value |", "|---|---|",
+                  f"| ECE before → after ({o['calibration']}) | {fmt(o.get('ece_before'))} → "
+                  f"{fmt(o.get('ece_after'))} |",
+                  f"| known-MoA signatures called unknown | {fmt(o['false_unknown_rate'])} |"]
+        if o["n_unknown"]:
+            lines += [f"| AUROC known vs unknown MoA ({o['n_unknown']} unknown-MoA signatures) | "
+                      f"{fmt(o['auroc'])} |",
+                      f"| unknown-MoA signatures called unknown | {fmt(o['unknown_detected'])} |",
+                      f"| macro-F1 over known MoAs, with / without unknown calls | "
+                      f"{fmt(o['macro_f1_known_open'])} / {fmt(o['macro_f1_known_closed'])} |"]
     h = metrics.get("hierarchy", {})
     if h:
         lines += ["", "| hierarchy | value |", "|---|---|"]

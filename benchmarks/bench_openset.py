@@ -1,0 +1,302 @@
+"""Calibrated confidence and 'unknown mechanism' calls on MoAs held out of training (issue #10).
+
+simulate (default config) -> prepare -> ``moa`` split (20% of the MoAs only in test, the
+other MoAs split by compound) -> train moaspace (early stop on validation compounds; the
+calibration is fitted on them at the end of training) -> on the test signatures, for
+moaspace and for the raw-signature baseline (cosine kNN of the z-scores against the
+training signatures, calibrated on the same validation compounds by the same code):
+
+* known-vs-unknown AUROC of every open-set score (signature level, and compound level
+  with the mean score of each compound's signatures);
+* at the threshold chosen on validation for a 5% false-unknown rate: the false-unknown
+  rate on known test signatures, the share of unknown-MoA signatures detected, macro-F1
+  over the known MoAs with the unknown calls (open) and without them (closed: every
+  unknown-MoA signature is forced into a known MoA);
+* ECE (15 equal-width bins), Brier score and NLL of "top call correct" of
+  ``moa_pred_score`` on the known test signatures before calibration (kNN vote share)
+  and after (the method chosen on validation by out-of-fold Brier score; and each of
+  isotonic, temperature, logistic);
+* accuracy vs coverage when signatures below a TAS cut-off get no call.
+
+Writes ``benchmarks/results/bench_openset.json`` / ``.md`` and three figures, prints the
+tables.
+
+    python benchmarks/bench_openset.py [--seeds 0,1] [--max-epochs 30] [--moa-fraction 0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moaspace import pl
+from moaspace.data.prepare import prepare
+from moaspace.data.simulate import SimulationConfig, simulate
+from moaspace.data.split import split
+from moaspace.model import MoaModel
+from moaspace.tl.calibrate import (
+    CALIBRATION_METHODS,
+    OPENSET_SCORES,
+    binary_nll,
+    brier_score,
+    confidence_features,
+    expected_calibration_error,
+    fit_calibration,
+    open_set_metrics,
+    reliability_curve,
+    roc_points,
+    tas_coverage_curve,
+    unknown_auroc,
+)
+from moaspace.tl.predict import encode_labels, knn_scores, knn_search, predict, prototypes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: TAS cut-offs as quantiles of the known test signatures' TAS: coverage 100%, 80%, ... 20%
+TAS_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
+
+
+def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas) -> dict:
+    """Open-set and calibration metrics of one embedding (ours or raw) on the test rows."""
+    classes = cal.classes
+    codes, _ = encode_labels(ref_labels, classes)
+    sims, idx = knn_search(z_test, reference, max(cal.k, 10, cal.wide_k))
+    votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes))
+    centres, _ = prototypes(reference, ref_labels, classes)
+    from moaspace.tl.calibrate import openset_scores
+
+    scores = openset_scores(z_test, centres=centres, knn_sims=sims, k=cal.k, class_scores=votes,
+                            energy_scale=cal.energy_scale)
+    y = test_obs["moa"].astype(str).to_numpy()
+    unknown = np.isin(y, list(held_moas))
+    pred = np.asarray(classes, dtype=object)[votes.argmax(axis=1)].astype(str)
+    correct = pred == y
+    raw_conf = votes.max(axis=1)
+    feats = confidence_features(votes, z_test, centres, sims, idx, codes, wide_k=cal.wide_k)
+    conf = {}
+    for method in CALIBRATION_METHODS:
+        c = copy.deepcopy(cal)
+        c.method = method
+        conf[method] = c.calibrate_scores(votes, "knn", feats)[1]
+    compounds = test_obs["pert_id"].astype(str).to_numpy()
+    cpd_unknown = pd.Series(unknown).groupby(compounds).first()
+    per_score = {}
+    for name in OPENSET_SCORES:
+        m = open_set_metrics(y, pred, scores[name], classes, cal.thresholds[name],
+                             raw_conf=raw_conf, proba_conf=conf[cal.method])
+        mean = pd.Series(scores[name]).groupby(compounds).mean()
+        m["auroc_compound"] = unknown_auroc(mean[~cpd_unknown].to_numpy(),
+                                            mean[cpd_unknown].to_numpy())
+        m["auroc_validation_pseudo"] = cal.validation["auroc_pseudo_unknown"][name]
+        per_score[name] = m
+    known = ~unknown
+    tas = pd.to_numeric(test_obs["tas"], errors="coerce").to_numpy()
+    out = {
+        "score": cal.score, "threshold": cal.threshold, "chosen": per_score[cal.score],
+        "per_score": per_score,
+        "calibration": cal.method,
+        "accuracy_known": float(correct[known].mean()),
+        **{metric: {"before": fn(raw_conf[known], correct[known]),
+                    **{m: fn(conf[m][known], correct[known]) for m in conf},
+                    "chosen": fn(conf[cal.method][known], correct[known])}
+           for metric, fn in (("ece", expected_calibration_error), ("brier", brier_score),
+                              ("nll", binary_nll))},
+        "ece_validation": {"before": cal.validation["ece_before"],
+                           "after_out_of_fold": cal.validation["ece_after"]},
+        "brier_validation_out_of_fold": cal.validation["brier_out_of_fold"],
+        "nll_validation_out_of_fold": cal.validation["nll_correct_out_of_fold"],
+        "ece_validation_out_of_fold": cal.validation["ece_out_of_fold"],
+        "reliability_test": {
+            "before": reliability_curve(raw_conf[known], correct[known]).to_dict("records"),
+            "after": reliability_curve(conf[cal.method][known], correct[known]).to_dict("records"),
+        },
+        "roc_test": {n: roc_points(scores[n][known], scores[n][unknown]) for n in OPENSET_SCORES},
+        "tas_coverage": tas_coverage_curve(
+            tas[known], correct[known],
+            thresholds=np.nanquantile(tas[known], TAS_LEVELS)).to_dict("records"),
+    }
+    return out
+
+
+def run_seed(adata, seed: int, args) -> dict:
+    data = split(adata, "moa", moa_fraction=args.moa_fraction, seed=seed, copy=True)
+    rec = data.uns["moaspace"]["split"]
+    held = rec["test_only_moas"]
+    s = data.obs["split"].astype(str).to_numpy()
+    t0 = time.perf_counter()
+    model = MoaModel(data)
+    model.train(max_epochs=args.max_epochs, seed=seed, progress_bar=False)
+    seconds = time.perf_counter() - t0
+    assert model.calibration is not None, "training did not calibrate the model"
+    test = data[s == "test"].copy()
+    ours = evaluate_space(model.calibration, model.embed(test), test.obs,
+                          np.asarray(model.reference.X), model.reference.obs["moa"].astype(str),
+                          held)
+    # the library path gives the same calls as the metrics above
+    pred = predict(model, test, compound_key=None)
+    n_unknown = int((pred.obs["moa_pred"].astype(str) == "unknown").sum())
+    flagged = pred.obs["moa_unknown_score"].to_numpy() > model.calibration.threshold
+    assert n_unknown == int(flagged.sum())
+
+    x = np.asarray(data.X, dtype=np.float32)
+    y = data.obs["moa"].astype(str).to_numpy()
+    tas = pd.to_numeric(data.obs["tas"], errors="coerce").to_numpy()
+    compounds = data.obs["pert_id"].astype(str).to_numpy()
+    raw_cal = fit_calibration(x[s == "val"], y[s == "val"], x[s == "train"], y[s == "train"],
+                              k=model.config.knn_k, tas=tas[s == "val"],
+                              groups=compounds[s == "val"])
+    raw = evaluate_space(raw_cal, x[s == "test"], test.obs, x[s == "train"], y[s == "train"],
+                         held)
+    return {
+        "seed": seed, "test_only_moas": held, "n_signatures": rec["n_signatures"],
+        "n_test_unknown": int(np.isin(test.obs["moa"].astype(str), held).sum()),
+        "train_seconds": seconds, "best_epoch": model.best_epoch,
+        "best_val_f1": model.best_val_f1, "predict_unknown_calls": n_unknown,
+        "methods": {"moaspace": ours, "raw_knn": raw},
+    }
+
+
+def _mean_std(values) -> str:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if len(v) == 0:
+        return "–"
+    return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=0):.3f}"
+
+
+def tables(runs: list[dict], target: float) -> str:
+    lines = ["| method | open-set score (chosen on val) | AUROC known vs unknown | compound AUROC | "
+             f"false-unknown rate (target {target:.0%}) | unknown detected | macro-F1 known, "
+             "open | macro-F1 known, closed |", "|---" * 8 + "|"]
+    for method in ("moaspace", "raw_knn"):
+        rs = [r["methods"][method] for r in runs]
+        chosen = sorted({r["score"] for r in rs})
+        c = [r["chosen"] for r in rs]
+        lines.append(
+            f"| {method} | {', '.join(chosen)} | {_mean_std([m['auroc'] for m in c])} | "
+            f"{_mean_std([m['auroc_compound'] for m in c])} | "
+            f"{_mean_std([m['false_unknown_rate'] for m in c])} | "
+            f"{_mean_std([m['unknown_detected'] for m in c])} | "
+            f"{_mean_std([m['macro_f1_known_open'] for m in c])} | "
+            f"{_mean_std([m['macro_f1_known_closed'] for m in c])} |")
+    lines += ["", "Calibration of `moa_pred_score` on the known test signatures: ECE (15 bins), "
+              "Brier score and NLL (nats, probabilities clipped to [0.001, 0.999]) of \"top call "
+              "correct\", before (kNN vote share) and after the calibration chosen on validation "
+              "(lowest out-of-fold Brier score, 5 folds grouped by compound); lower is better:",
+              "", "| method | top-1 accuracy | calibration (chosen on val) | ECE before | "
+              "ECE after | Brier before | Brier after | NLL before | NLL after |",
+              "|---" * 9 + "|"]
+    for method in ("moaspace", "raw_knn"):
+        rs = [r["methods"][method] for r in runs]
+        cells = [_mean_std([r[metric][when] for r in rs])
+                 for metric in ("ece", "brier", "nll") for when in ("before", "chosen")]
+        lines.append(f"| {method} | {_mean_std([r['accuracy_known'] for r in rs])} | "
+                     f"{', '.join(sorted({r['calibration'] for r in rs}))} | "
+                     + " | ".join(cells) + " |")
+    fitted = [m for m in CALIBRATION_METHODS if m != "none"]
+    lines += ["", "Every calibration method on the same test rows (ECE / Brier / NLL), and its "
+              "out-of-fold Brier score on the validation rows, which chose the method:", "",
+              "| method | " + " | ".join(f"{m}: test ECE / Brier / NLL | {m}: val Brier (OOF)"
+                                         for m in fitted) + " |",
+              "|---" * (2 * len(fitted) + 1) + "|"]
+    for method in ("moaspace", "raw_knn"):
+        rs = [r["methods"][method] for r in runs]
+        cells = []
+        for m in fitted:
+            cells.append(" / ".join(_mean_std([r[metric][m] for r in rs])
+                                    for metric in ("ece", "brier", "nll")))
+            cells.append(_mean_std([r["brier_validation_out_of_fold"][m] for r in rs]))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "AUROC known vs unknown (signature level) of every open-set score; in "
+              "brackets the validation AUROC against leave-own-MoA-out pseudo-unknowns used to "
+              "choose:", "", "| method | " + " | ".join(OPENSET_SCORES) + " |",
+              "|---" * (len(OPENSET_SCORES) + 1) + "|"]
+    for method in ("moaspace", "raw_knn"):
+        cells = []
+        for name in OPENSET_SCORES:
+            ms = [r["methods"][method]["per_score"][name] for r in runs]
+            cells.append(f"{_mean_std([m['auroc'] for m in ms])} "
+                         f"({_mean_std([m['auroc_validation_pseudo'] for m in ms])})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Accuracy vs coverage over TAS (known test signatures; no call below the "
+              "cut-off, a quantile of their TAS):", "",
+              "| method | " + " | ".join(f"coverage {1 - q:.0%}" for q in TAS_LEVELS) + " |",
+              "|---" * (len(TAS_LEVELS) + 1) + "|"]
+    first = runs[0]["methods"]["moaspace"]["tas_coverage"]
+    lines.append("| min TAS (seed " + str(runs[0]["seed"]) + ") | "
+                 + " | ".join(f"{row['min_tas']:.3f}" for row in first) + " |")
+    for method in ("moaspace", "raw_knn"):
+        cells = []
+        for i in range(len(TAS_LEVELS)):
+            rows = [r["methods"][method]["tas_coverage"][i] for r in runs]
+            cells.append(_mean_std([x["accuracy"] for x in rows]))
+        lines.append(f"| {method} accuracy | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figures(run: dict, out_dir: Path) -> None:
+    ours, raw = run["methods"]["moaspace"], run["methods"]["raw_knn"]
+    fig = pl.reliability_diagram(
+        {"moaspace before": ours["reliability_test"]["before"],
+         "moaspace after": ours["reliability_test"]["after"],
+         "raw kNN before": raw["reliability_test"]["before"],
+         "raw kNN after": raw["reliability_test"]["after"]},
+        ece={"moaspace before": ours["ece"]["before"], "moaspace after": ours["ece"]["chosen"],
+             "raw kNN before": raw["ece"]["before"], "raw kNN after": raw["ece"]["chosen"]},
+        title=f"Reliability, known test signatures (seed {run['seed']})")
+    fig.savefig(out_dir / "bench_openset_reliability.png", dpi=90)
+    rocs = {f"moaspace {n}": r for n, r in ours["roc_test"].items() if n != "msp"}
+    rocs.update({f"raw {n}": r for n, r in raw["roc_test"].items() if n != "msp"})
+    fig = pl.openset_curve(rocs, chosen=f"moaspace {ours['score']}",
+                           title=f"Held-out MoAs vs known MoAs, test (seed {run['seed']})")
+    fig.savefig(out_dir / "bench_openset_roc.png", dpi=90)
+    fig = pl.tas_coverage({"moaspace": ours["tas_coverage"], "raw kNN": raw["tas_coverage"]})
+    fig.savefig(out_dir / "bench_openset_tas.png", dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--moa-fraction", type=float, default=0.2)
+    parser.add_argument("--sim-seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    paths = simulate(work / "sim", SimulationConfig(seed=args.sim_seed))
+    adata = prepare(*(paths[k] for k in ("gctx", "siginfo", "geneinfo", "compoundinfo",
+                                         "moa_labels")), progress=False)
+    target = 0.05
+    runs: list[dict] = []
+    for seed in args.seeds.split(","):  # results are rewritten after every seed
+        runs.append(run_seed(adata, int(seed), args))
+        done = ",".join(str(r["seed"]) for r in runs)
+        result = {
+            "simulation_seed": args.sim_seed, "signatures": int(adata.n_obs),
+            "moas": int(adata.obs["moa"].nunique()), "moa_fraction": args.moa_fraction,
+            "max_epochs": args.max_epochs, "target_false_unknown": target,
+            "seconds": time.perf_counter() - t0, "runs": runs,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_openset.json").write_text(json.dumps(result, indent=1, default=float))
+        text = tables(runs, target)
+        header = (f"# Open-set and calibration benchmark\n\n`python benchmarks/bench_openset.py "
+                  f"--seeds {done}`: default simulation (seed {args.sim_seed}, "
+                  f"{adata.n_obs} signatures, {result['moas']} MoAs), `moa` split with "
+                  f"{args.moa_fraction:.0%} of the MoAs only in test, {args.max_epochs} epochs "
+                  f"max; mean ± std over seeds {done}.\n\n")
+        (args.out / "bench_openset.md").write_text(header + text + "\n")
+        figures(runs[0], args.out)
+    print(header + text)
+
+
+if __name__ == "__main__":
+    main()

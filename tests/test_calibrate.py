@@ -1,0 +1,476 @@
+"""Calibrated scores and 'unknown mechanism' calls (issue #10): threshold rule, ECE,
+temperature scaling, the ``moa`` split, and open-set prediction end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from _synthetic import make_synthetic
+from moaspace.cli import app
+from moaspace.data.prepare import read_h5ad, write_h5ad
+from moaspace.data.split import split
+from moaspace.errors import InputError, MoaspaceError
+from moaspace.model import MoaModel
+from moaspace.tl.calibrate import (
+    Calibration,
+    _out_of_fold_confidence,
+    apply_logistic,
+    binary_nll,
+    brier_score,
+    choose_threshold,
+    confidence_features,
+    expected_calibration_error,
+    fit_calibration,
+    fit_isotonic,
+    fit_logistic,
+    fit_temperature,
+    negative_log_likelihood,
+    open_set_metrics,
+    reliability_curve,
+    softmax,
+    tas_coverage_curve,
+    unknown_auroc,
+)
+from moaspace.tl.predict import predict
+
+# ------------------------------------------------------------------ threshold logic
+
+
+def test_threshold_is_the_exact_quantile_of_known_scores():
+    scores = np.random.default_rng(0).permutation(np.arange(100, dtype=float))
+    t = choose_threshold(scores, 0.05)
+    assert t == 94.0  # the 95th smallest: exactly 5 of 100 scores are strictly above
+    assert int((scores > t).sum()) == 5
+    assert choose_threshold(scores, 0.0) == 99.0  # nothing known rejected
+    assert int((scores > choose_threshold(scores, 0.29)).sum()) == 29  # no float drift
+    assert choose_threshold(scores, 0.999) == 0.0
+    # n = 30, 5%: floor(1.5) = 1 score above
+    assert int((np.arange(30) > choose_threshold(np.arange(30), 0.05)).sum()) == 1
+
+
+def test_threshold_gives_five_percent_false_unknown_on_validation():
+    known = np.random.default_rng(1).normal(size=1000)
+    t = choose_threshold(known, 0.05)
+    assert (known > t).mean() == pytest.approx(0.05)
+    # ties: never more than the target (rows equal to the threshold stay known)
+    tied = np.r_[np.zeros(90), np.ones(10)]
+    t = choose_threshold(tied, 0.05)
+    assert t == 1.0 and (tied > t).mean() == 0.0 <= 0.05
+    # NaN scores are ignored
+    assert choose_threshold(np.r_[np.arange(20.0), np.nan], 0.05) == 18.0
+
+
+@pytest.mark.parametrize("bad", [[], [np.nan, np.inf]])
+def test_threshold_without_scores_is_an_input_error(bad):
+    with pytest.raises(InputError, match="no finite"):
+        choose_threshold(np.array(bad, dtype=float))
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 2.0])
+def test_threshold_rate_out_of_range(rate):
+    with pytest.raises(InputError, match="target_false_unknown"):
+        choose_threshold(np.arange(10.0), rate)
+
+
+# ------------------------------------------------------------------------- ECE
+
+
+def test_ece_matches_a_hand_computation():
+    conf = np.array([0.1, 0.15, 0.55, 0.62, 0.95, 0.99])
+    correct = np.array([0, 0, 1, 0, 1, 1])
+    # 10 equal-width bins (lo, hi]: 0.1 -> bin 0, 0.15 -> 1, 0.55 -> 5, 0.62 -> 6,
+    # 0.95 and 0.99 -> 9 (mean confidence 0.97, accuracy 1)
+    hand = (0.1 + 0.15 + 0.45 + 0.62 + 2 * 0.03) / 6
+    assert expected_calibration_error(conf, correct, n_bins=10) == pytest.approx(hand)
+    curve = reliability_curve(conf, correct, n_bins=10)
+    assert curve["n"].tolist() == [1, 1, 0, 0, 0, 1, 1, 0, 0, 2]
+    assert curve.loc[9, "confidence"] == pytest.approx(0.97)
+    assert np.isnan(curve.loc[2, "accuracy"])
+    # perfectly calibrated bins: ECE 0
+    assert expected_calibration_error([0.5, 0.5], [1, 0], n_bins=10) == 0.0
+    assert expected_calibration_error([0.0], [0], n_bins=10) == 0.0  # 0 goes to bin 0
+
+
+def test_temperature_scaling_lowers_nll_and_ece_on_an_overconfident_toy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 6)) * 1.5
+    p = softmax(logits)
+    y = np.array([rng.choice(6, p=row) for row in p])  # labels drawn from the true model
+    over = logits * 4.0  # an over-confident model: same ranking, too sharp
+    t = fit_temperature(over, y)
+    assert 3.0 < t < 5.5
+    before, after = softmax(over), softmax(over, t)
+    correct = before.argmax(1) == y
+    assert negative_log_likelihood(after, y) < negative_log_likelihood(before, y) - 0.2
+    ece_before = expected_calibration_error(before.max(1), correct)
+    ece_after = expected_calibration_error(after.max(1), correct)
+    assert ece_after < 0.03 < ece_before
+    iso = fit_isotonic(before.max(1), correct)
+    assert np.all(np.diff(iso["y"]) >= 0)
+    calibrated = np.interp(before.max(1), iso["x"], iso["y"])
+    assert expected_calibration_error(calibrated, correct) < ece_before
+
+
+def test_brier_and_nll_of_top_call_correctness_by_hand():
+    conf, correct = np.array([0.9, 0.2, 0.5]), np.array([1, 0, 1])
+    assert brier_score(conf, correct) == pytest.approx((0.01 + 0.04 + 0.25) / 3)
+    assert binary_nll(conf, correct) == pytest.approx(-(np.log(0.9) + np.log(0.8)
+                                                        + np.log(0.5)) / 3)
+    # a confident error costs -log(0.001) nats, not infinity
+    assert binary_nll([1.0], [0]) == pytest.approx(np.log(1000.0))
+    assert binary_nll([0.0, 1.0], [0, 1]) == pytest.approx(-np.log(0.999))
+    # sharpness: both constant-at-accuracy and perfect sorting have ECE 0, only Brier differs
+    y = np.r_[np.ones(50), np.zeros(50)]
+    assert expected_calibration_error(np.full(100, 0.5), y) == 0.0
+    assert brier_score(np.full(100, 0.5), y) == 0.25
+    assert brier_score(y, y) == 0.0
+    assert np.isnan(brier_score([], [])) and np.isnan(binary_nll([], []))
+    with pytest.raises(InputError, match="shape"):
+        brier_score([0.5, 0.5], [1])
+
+
+def test_confidence_features_by_hand():
+    centres = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)  # prototypes of A, B
+    ref_codes = np.array([0, 0, 1, 1])
+    z = np.array([[2.0, 0.0], [1.0, 1.0]], dtype=np.float32)
+    scores = np.array([[1.0, 0.0], [0.25, 0.75]])  # top: A (share 1), B (share 0.75)
+    idx = np.array([[0, 1, 2, 3], [2, 0, 1, 3]])
+    sims = np.zeros((2, 4))
+    f = confidence_features(scores, z, centres, sims, idx, ref_codes, wide_k=4)
+    lg = np.log(0.999 / 0.001)  # logit of a clipped 1.0
+    assert f.shape == (2, 3)
+    assert f[0, 0] == pytest.approx(lg) and f[1, 0] == pytest.approx(np.log(3.0))
+    assert f[:, 1] == pytest.approx([0.0, 0.0])  # 2 of 4 wide neighbours share the top MoA
+    assert f[:, 2] == pytest.approx([1.0, 0.0], abs=1e-6)  # cos 1 vs 0; equidistant
+    f2 = confidence_features(scores, z, centres, sims, idx, ref_codes, wide_k=2)
+    assert f2[:, 1] == pytest.approx([lg, 0.0])  # A, A; B, A
+    # wide_k larger than the neighbours searched: all of them are used
+    f9 = confidence_features(scores, z, centres, sims, idx, ref_codes, wide_k=9)
+    assert f9 == pytest.approx(f)
+
+
+def test_logistic_calibration_recovers_a_known_model():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 2))
+    y = rng.random(20000) < 1 / (1 + np.exp(-(2.0 * x[:, 0] - 1.0)))  # x[:, 1] is noise
+    fit = fit_logistic(x, y)
+    p = apply_logistic(fit, np.array([[0.5, 3.0], [0.0, 0.0], [2.0, -1.0]]))
+    assert p == pytest.approx(1 / (1 + np.exp(-np.array([0.0, -1.0, 3.0]))), abs=0.02)
+    coef = np.asarray(fit["coef"]) / np.asarray(fit["scale"])
+    assert coef[0] == pytest.approx(2.0, abs=0.1) and abs(coef[1]) < 0.1
+    # one outcome only: a constant, the rule-of-succession estimate
+    const = fit_logistic(x[:8], np.ones(8))
+    assert apply_logistic(const, x[:3]) == pytest.approx([0.9] * 3)
+    with pytest.raises(MoaspaceError, match="features"):
+        apply_logistic(fit, np.zeros((2, 3)))
+
+
+def test_logistic_beats_isotonic_when_the_top_score_is_saturated():
+    """All vote shares 1.0: isotonic can only give the mean accuracy; a second input
+    that tells right from wrong calls lets the logistic map do better, out of fold."""
+    rng = np.random.default_rng(1)
+    n = 600
+    correct = rng.random(n) < 0.6
+    top = np.ones(n)
+    wide = np.where(correct, 0.8, 0.4) + rng.normal(0, 0.1, n)
+    feats = np.column_stack([np.full(n, 6.9), wide, rng.normal(size=n)])
+    groups = np.repeat(np.arange(30), n // 30)
+    codes = np.zeros(n, dtype=int)
+    logits = np.zeros((n, 2))
+    oof = {m: _out_of_fold_confidence(m, top, logits, codes, correct, groups, feats)
+           for m in ("isotonic", "logistic", "none")}
+    briers = {m: brier_score(o, correct) for m, o in oof.items()}
+    assert briers["isotonic"] == pytest.approx(0.24, abs=0.02)  # ~ p (1 - p) at p = 0.6
+    assert briers["logistic"] < 0.1 < briers["isotonic"] < briers["none"]
+    assert expected_calibration_error(oof["logistic"], correct) < 0.06
+
+
+def test_open_set_metrics_on_hand_made_predictions():
+    y_true = np.array(["A", "A", "B", "B", "X", "X"])  # X: unknown MoA
+    y_pred = np.array(["A", "B", "B", "B", "A", "B"])
+    score = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.35])
+    m = open_set_metrics(y_true, y_pred, score, ["A", "B"], threshold=0.5)
+    assert m["n_known"] == 4 and m["n_unknown"] == 2
+    assert m["false_unknown_rate"] == 0.0 and m["unknown_detected"] == 0.5
+    assert m["auroc"] == pytest.approx(unknown_auroc([0.1, 0.2, 0.3, 0.4], [0.8, 0.35]))
+    assert m["auroc"] == pytest.approx(7 / 8)  # 0.35 ranks below one known score
+    # open (A, B, B, B, unknown, B): F1 A = 2/3 (tp 1, fn 1), B = 2/3 (tp 2, fp 2)
+    assert m["macro_f1_known_open"] == pytest.approx(2 / 3)
+    # closed (every X row forced into A or B): A = 1/2, B = 2/3
+    assert m["macro_f1_known_closed"] == pytest.approx(7 / 12)
+    m = open_set_metrics(y_true, y_pred, score, ["A", "B"], threshold=0.35)
+    assert m["false_unknown_rate"] == 0.25 and m["unknown_detected"] == 0.5
+
+
+def test_tas_coverage_curve():
+    tas = np.array([0.1, 0.2, 0.3, 0.4, np.nan])
+    correct = np.array([0, 0, 1, 1, 1])
+    curve = tas_coverage_curve(tas, correct, thresholds=[0.0, 0.25])
+    assert curve["coverage"].tolist() == [1.0, 0.5]
+    assert curve["accuracy"].tolist() == [0.5, 1.0]
+
+
+def test_calibration_json_round_trip(tmp_path):
+    cal = Calibration(classes=["A", "B"], method="temperature",
+                      temperature={"knn": 2.0, "prototype": 0.5},
+                      isotonic={"knn": {"x": [0.0, 1.0], "y": [0.2, 0.9]}},
+                      score="energy", thresholds={"energy": -0.3, "knn": 0.4},
+                      min_tas=0.2, validation={"ece_before": np.float64(0.1), "x": float("nan")})
+    path = cal.save(tmp_path / "calibration.json")
+    back = Calibration.load(path)
+    assert back.thresholds == cal.thresholds and back.min_tas == 0.2
+    assert back.validation == {"ece_before": 0.1, "x": None}  # strict JSON: NaN -> null
+    json.loads(path.read_text())
+    scores = np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32)
+    proba, conf = back.calibrate_scores(scores, "knn")
+    assert (proba.argmax(1) == scores.argmax(1)).all() and (conf < scores.max(1)).all()
+    back.method = "isotonic"
+    proba, conf = back.calibrate_scores(scores, "knn")
+    assert proba is None and conf == pytest.approx([0.2 + 0.7 * 0.9, 0.2 + 0.7 * 0.8])
+    fit = {"mean": [0.0, 0.0], "scale": [1.0, 2.0], "coef": [1.0, 2.0], "intercept": -1.0,
+           "lo": 0.01, "hi": 0.99}
+    back.logistic = {"knn": fit}
+    back.method = "logistic"
+    again = Calibration.load(back.save(tmp_path / "calibration.json"))
+    assert again.logistic == {"knn": fit} and again.wide_k == back.wide_k
+    feats = np.array([[1.0, 0.0], [0.0, 10.0]])  # eta = 1 - 1 = 0; 10 - 1 = 9 -> clipped
+    proba, conf = again.calibrate_scores(scores, "knn", feats)
+    assert proba is None and conf == pytest.approx([0.5, 0.99])
+    with pytest.raises(MoaspaceError, match="confidence_features"):
+        again.calibrate_scores(scores, "knn")
+    with pytest.raises(MoaspaceError, match="no logistic"):
+        again.calibrate_scores(scores, "prototype", feats)
+    with pytest.raises(MoaspaceError, match="format"):
+        Calibration.from_dict({**cal.to_dict(), "format_version": 99})
+
+
+def test_calibration_without_validation_rows_is_an_input_error():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(40, 8))
+    ref_labels = np.repeat(["A", "B"], 20)
+    with pytest.raises(InputError, match="validation"):
+        fit_calibration(rng.normal(size=(5, 8)), ["C"] * 5, ref, ref_labels)
+    with pytest.raises(InputError, match="validation"):
+        fit_calibration(np.zeros((0, 8)), [], ref, ref_labels)
+
+
+# --------------------------------------------------------------------- moa split
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("fraction", [0.2, 0.34])
+def test_moa_split_keeps_held_out_moas_out_of_training(seed, fraction):
+    adata = make_synthetic(n_moas=10, compounds_per_moa=6, n_genes=8, seed=seed)
+    split(adata, "moa", moa_fraction=fraction, seed=seed)
+    rec = adata.uns["moaspace"]["split"]
+    held = set(rec["test_only_moas"])
+    assert len(held) == round(fraction * 10)
+    s = adata.obs["split"].astype(str)
+    assert not held & set(adata.obs.loc[s.isin(["train", "val"]), "moa"])
+    assert held <= set(adata.obs.loc[s == "test", "moa"])
+    assert set(adata.obs.loc[s == "test", "moa"]) - held  # seen MoAs are tested too
+
+
+def test_cli_split_moa_fraction(tmp_path):
+    adata = make_synthetic(n_moas=10, compounds_per_moa=5, n_genes=8, seed=0)
+    write_h5ad(adata, tmp_path / "d.h5ad")
+    res = CliRunner().invoke(app, ["split", str(tmp_path / "d.h5ad"), "--scheme", "moa",
+                                   "--moa-fraction", "0.3", "--out", str(tmp_path / "s.h5ad")])
+    assert res.exit_code == 0, res.output
+    out = read_h5ad(tmp_path / "s.h5ad")
+    held = set(out.uns["moaspace"]["split"]["test_only_moas"])
+    assert len(held) == 3
+    fit = out.obs["split"].astype(str).isin(["train", "val"])
+    assert not held & set(out.obs.loc[fit, "moa"])
+
+
+# ------------------------------------------------------------------- end to end
+
+def test_open_set_machinery_flags_a_distinct_unknown_moa():
+    """Same code path as the model, on raw z-scores where the held-out MoAs are distinct."""
+    adata = make_synthetic(n_moas=8, compounds_per_moa=8, n_genes=48, seed=4)
+    split(adata, "moa", moa_fraction=0.25, seed=0)
+    s = adata.obs["split"].astype(str).to_numpy()
+    x, y = np.asarray(adata.X), adata.obs["moa"].astype(str).to_numpy()
+    cal = fit_calibration(x[s == "val"], y[s == "val"], x[s == "train"], y[s == "train"],
+                          tas=adata.obs["tas"].to_numpy()[s == "val"])
+    assert cal.validation["false_unknown_rate"][cal.score] <= 0.05
+    # the calibration map with the lowest out-of-fold Brier score on validation is used
+    brier = cal.validation["brier_out_of_fold"]
+    assert cal.method == min(brier, key=brier.get)
+    from moaspace.tl.calibrate import openset_scores
+    from moaspace.tl.predict import knn_predict, prototypes
+
+    test = s == "test"
+    votes, classes = knn_predict(x[test], x[s == "train"], y[s == "train"], k=cal.k)
+    centres, _ = prototypes(x[s == "train"], y[s == "train"], classes)
+    scores = openset_scores(x[test], centres=centres, reference=x[s == "train"], k=cal.k,
+                            class_scores=votes)
+    pred = np.asarray(classes)[votes.argmax(1)]
+    m = open_set_metrics(y[test], pred, scores[cal.score], classes, cal.threshold)
+    assert m["auroc"] > 0.9 and m["unknown_detected"] > 0.5
+    assert m["false_unknown_rate"] < 0.15
+    assert m["macro_f1_known_open"] > m["macro_f1_known_closed"]
+
+
+TINY = {"hidden_dims": (128, 64), "embedding_dim": 32}
+
+
+@pytest.fixture(scope="module")
+def openset_run(tmp_path_factory):
+    from moaspace.data.simulate import SimulationConfig, simulate_adata
+
+    root = tmp_path_factory.mktemp("openset")
+    cfg = SimulationConfig(seed=4, n_compounds=200, n_moas=10, n_cells=4,
+                           sigs_per_compound=(8, 16), n_null_knockdowns=1)
+    adata, _ = simulate_adata(cfg)
+    adata = adata[(adata.obs["moa"] != "") & (adata.obs["is_hiq"] == 1)].copy()
+    adata = split(adata, "moa", moa_fraction=0.25, seed=0)
+    model = MoaModel(adata, **TINY)
+    model.train(max_epochs=8, seed=0, progress_bar=False)
+    model.save(root / "model")
+    test = adata[adata.obs["split"] == "test"].copy()
+    write_h5ad(test, root / "test.h5ad")
+    return root, model, adata, test
+
+
+def test_unknown_moas_score_higher_than_known(openset_run):
+    _, model, adata, test = openset_run
+    cal = model.calibration
+    assert cal is not None and cal.validation["n"] > 0
+    held = set(adata.uns["moaspace"]["split"]["test_only_moas"])
+    assert not held & set(model.moas)
+    pred = predict(model, test, compound_key=None)
+    unknown = test.obs["moa"].isin(held).to_numpy()
+    score = pred.obs["moa_unknown_score"].to_numpy()
+    # per compound (mean over its signatures): 0.81 when written; per signature 0.65 (a
+    # small, briefly trained model: see docs/confidence.md on signature-level limits)
+    compounds = test.obs["pert_id"].astype(str).to_numpy()
+    mean = pd.Series(score).groupby(compounds).mean()
+    is_unknown = pd.Series(unknown).groupby(compounds).first()
+    assert unknown_auroc(mean[~is_unknown], mean[is_unknown]) > 0.7
+    assert unknown_auroc(score[~unknown], score[unknown]) > 0.55
+    labels = pred.obs["moa_pred"].astype(str).to_numpy()
+    assert (labels[unknown] == "unknown").mean() > (labels[~unknown] == "unknown").mean()
+    assert set(labels) <= set(model.moas) | {"unknown"}
+    known_pred = pred.obs["moa_pred_known"].astype(str).to_numpy()
+    called = labels != "unknown"
+    assert (labels[called] == known_pred[called]).all()  # a call is the argmax label
+    score = pred.obs["moa_pred_score"].to_numpy()
+    assert ((score > 0) & (score <= 1)).all()
+    closed = predict(model, test, compound_key=None, open_set=False)
+    assert "unknown" not in set(closed.obs["moa_pred"].astype(str))
+    np.testing.assert_array_equal(closed.obs["moa_pred_score"], pred.obs["moa_pred_score"])
+
+
+def test_model_dir_round_trips_calibration(openset_run):
+    root, model, _, _ = openset_run
+    assert (root / "model" / "calibration.json").is_file()
+    config = json.loads((root / "model" / "config.json").read_text())
+    assert "calibration.json" in config["files"]
+    loaded = MoaModel.load(root / "model")
+    assert loaded.calibration.to_dict() == model.calibration.to_dict()
+
+
+def test_cli_predict_open_set_writes_unknown(openset_run, tmp_path):
+    root, model, _, test = openset_run
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", str(root / "model"), str(root / "test.h5ad"),
+                              "--out", str(tmp_path / "p.h5ad"), "--open-set"])
+    assert res.exit_code == 0, res.output
+    pred = read_h5ad(tmp_path / "p.h5ad")
+    labels = pred.obs["moa_pred"].astype(str)
+    assert (labels == "unknown").any()
+    assert "moa_unknown_score" in pred.obs and pred.uns["moa_predict"]["open_set"]
+    # default is on for a calibrated model; --no-open-set keeps the closed-set labels
+    res = runner.invoke(app, ["predict", str(root / "model"), str(root / "test.h5ad"),
+                              "--out", str(tmp_path / "d.h5ad")])
+    assert res.exit_code == 0, res.output
+    assert read_h5ad(tmp_path / "d.h5ad").obs["moa_pred"].astype(str).tolist() == labels.tolist()
+    cut = float(np.median(test.obs["tas"]))
+    res = runner.invoke(app, ["predict", str(root / "model"), str(root / "test.h5ad"),
+                              "--out", str(tmp_path / "c.h5ad"), "--no-open-set",
+                              "--min-tas", f"{cut}"])
+    assert res.exit_code == 0, res.output
+    closed = read_h5ad(tmp_path / "c.h5ad").obs
+    low = closed["tas"].to_numpy() < cut
+    assert 0 < low.sum() < len(low)
+    assert (closed["moa_pred"].astype(str)[low] == "no call").all()
+    assert set(closed["moa_pred"].astype(str)[~low]) <= set(model.moas)
+
+
+def test_model_without_calibration_still_loads_and_predicts(openset_run, tmp_path, caplog):
+    root, _, _, test = openset_run
+    old = tmp_path / "old_model"
+    old.mkdir()
+    for name in ("model.pt", "atlas.h5ad"):
+        (old / name).write_bytes((root / "model" / name).read_bytes())
+    config = json.loads((root / "model" / "config.json").read_text())
+    del config["files"]["calibration.json"]  # as written before calibration existed
+    (old / "config.json").write_text(json.dumps(config))
+    model = MoaModel.load(old)
+    assert model.calibration is None
+    with caplog.at_level(logging.WARNING, logger="moaspace"):
+        pred = predict(model, test, compound_key=None)
+    assert "no calibration" in caplog.text
+    assert "unknown" not in set(pred.obs["moa_pred"].astype(str))
+    with pytest.raises(MoaspaceError, match="calibrat"):
+        predict(model, test, compound_key=None, open_set=True)
+    res = CliRunner().invoke(app, ["predict", str(old), str(root / "test.h5ad"),
+                                   "--out", str(tmp_path / "p.h5ad"), "--open-set"])
+    assert res.exit_code == 1 and "calibration" in res.output
+
+
+def test_calibrate_refit_and_bad_input(openset_run):
+    _, model, adata, _ = openset_run
+    before = model.calibration
+    try:
+        cal = model.calibrate(adata, target_false_unknown=0.1, score="knn")
+        assert cal.score == "knn" and cal.target_false_unknown == 0.1
+        assert cal.validation["false_unknown_rate"]["knn"] <= 0.1
+        no_val = adata[adata.obs["split"] != "val"].copy()
+        with pytest.raises(InputError, match="no rows with obs\\['split'\\] == 'val'"):
+            model.calibrate(no_val)
+        only_unknown = adata[adata.obs["split"] == "test"].copy()
+        held = adata.uns["moaspace"]["split"]["test_only_moas"]
+        only_unknown = only_unknown[only_unknown.obs["moa"].isin(held)].copy()
+        with pytest.raises(InputError, match="known MoA"):
+            model.calibrate(only_unknown, split=None)
+    finally:
+        model.calibration = before
+
+
+@pytest.mark.parametrize("method", ["logistic", "isotonic"])
+def test_predict_uses_the_forced_calibration_method(openset_run, method):
+    """predict() gives the calibrated score of the map fitted on val, for each map."""
+    from moaspace.tl.calibrate import confidence_features
+    from moaspace.tl.predict import encode_labels, knn_scores, knn_search, prototypes
+
+    _, model, adata, test = openset_run
+    before = model.calibration
+    try:
+        cal = model.calibrate(adata, method=method)
+        assert cal.method == method and set(cal.logistic) == {"knn", "prototype"}
+        assert cal.validation["brier_after"] == cal.validation["brier_out_of_fold"][method]
+        pred = predict(model, test, compound_key=None)
+        assert pred.uns["moa_predict"]["calibration_method"] == method
+        ref = model.reference
+        ref_z, ref_moa = np.asarray(ref.X), ref.obs["moa"].astype(str).to_numpy()
+        codes, classes = encode_labels(ref_moa, sorted(set(ref_moa)))
+        z = pred.obsm["X_moa"]
+        sims, idx = knn_search(z, ref_z, max(cal.k, cal.wide_k))
+        votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes))
+        centres, _ = prototypes(ref_z, ref_moa, classes)
+        feats = confidence_features(votes, z, centres, sims, idx, codes, wide_k=cal.wide_k)
+        _, expected = cal.calibrate_scores(votes, "knn", feats)
+        np.testing.assert_allclose(pred.obs["moa_pred_score"].to_numpy(), expected, atol=1e-5)
+        score = pred.obs["moa_pred_score"].to_numpy()
+        assert ((score > 0) & (score < 1)).all()
+    finally:
+        model.calibration = before
