@@ -474,3 +474,28 @@ def test_predict_uses_the_forced_calibration_method(openset_run, method):
         assert ((score > 0) & (score < 1)).all()
     finally:
         model.calibration = before
+
+
+def test_cli_calibrate_rewrites_the_calibration(openset_run, tmp_path):
+    root, _, adata, _ = openset_run
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("model.pt", "atlas.h5ad", "calibration.json", "config.json"):
+        (model_dir / name).write_bytes((root / "model" / name).read_bytes())
+    write_h5ad(adata, tmp_path / "data.h5ad")
+    runner = CliRunner()
+    res = runner.invoke(app, ["calibrate", str(model_dir), str(tmp_path / "data.h5ad"),
+                              "--target-false-unknown", "0.2", "--score", "energy"])
+    assert res.exit_code == 0, res.output
+    loaded = MoaModel.load(model_dir)  # checksums in config.json match the new file
+    assert loaded.calibration.score == "energy"
+    assert loaded.calibration.target_false_unknown == 0.2
+    assert loaded.calibration.validation["false_unknown_rate"]["energy"] <= 0.2
+    before = (model_dir / "calibration.json").read_bytes()
+    res = runner.invoke(app, ["calibrate", str(model_dir), str(tmp_path / "data.h5ad"),
+                              "--split", "train"])  # no held-out rows there: clear error
+    assert res.exit_code == 1 and "in the training atlas" in res.output, res.output
+    assert (model_dir / "calibration.json").read_bytes() == before
+    res = runner.invoke(app, ["calibrate", str(model_dir), str(tmp_path / "data.h5ad"),
+                              "--target-false-unknown", "1.5"])
+    assert res.exit_code == 2

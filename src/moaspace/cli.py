@@ -433,6 +433,54 @@ def predict(
 
 @app.command()
 @handle_errors
+def calibrate(
+    model_dir: Annotated[Path, typer.Argument(help="Trained model directory (updated in place).")],
+    data: Annotated[Path, typer.Argument(help=".h5ad with held-out compounds of known MoAs.")],
+    split: Annotated[
+        str, typer.Option(help="Use rows with obs['split'] == SPLIT ('all': every row).")
+    ] = "val",
+    target_false_unknown: Annotated[
+        float, typer.Option(help="False-unknown rate the threshold allows on these rows.")
+    ] = 0.05,
+    method: Annotated[
+        str, typer.Option(help="auto | isotonic | temperature | logistic | none.")
+    ] = "auto",
+    score: Annotated[str, typer.Option(help="Open-set score: auto | prototype | knn | energy | msp.")
+                     ] = "auto",
+    min_tas: Annotated[
+        float | None, typer.Option(help="Store a 'no call' TAS cut-off in the calibration.")
+    ] = None,
+) -> None:
+    """Refit the calibrated scores and the 'unknown' threshold of a trained model.
+
+    train() already calibrates on its validation compounds; use this to
+    recalibrate on a larger or newer set of held-out compounds (they must not
+    be in the training atlas) or for another false-unknown rate. Rewrites
+    calibration.json and config.json (checksums) in MODEL_DIR.
+
+    Example:
+
+        moaspace calibrate model heldout.h5ad --split all --target-false-unknown 0.1
+    """
+    from .model import MoaModel
+
+    if not 0 < target_false_unknown < 1:
+        raise typer.BadParameter("--target-false-unknown must be in (0, 1)")
+    if min_tas is not None and not 0 <= min_tas <= 1:
+        raise typer.BadParameter("--min-tas must be in [0, 1]")
+    model = MoaModel.load(model_dir)
+    adata = _load_h5ad(data)
+    cal = model.calibrate(adata, split=None if split == "all" else split,
+                          target_false_unknown=target_false_unknown, method=method,
+                          score=score, min_tas=min_tas)
+    model.save(model_dir, overwrite=True)
+    _summary("calibrate", [("model", model_dir), ("calibration", cal.method),
+                           ("open-set score", cal.score),
+                           ("target false-unknown rate", target_false_unknown)])
+
+
+@app.command()
+@handle_errors
 def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="Trained model directory.")],
     data: Annotated[Path, typer.Argument(help=".h5ad with obs['split'] and obs['moa'].")],

@@ -666,8 +666,11 @@ class MoaModel:
         # a backed view is fine: embed() streams its rows in chunks
         shared = set(sub.obs_names.astype(str)) & set(self.reference.obs_names.astype(str))
         if shared:
-            logger.warning("%d calibration signatures are in the training atlas: the calibration "
-                           "will be over-confident", len(shared))
+            # their nearest neighbour is themselves: every score would look certain
+            raise InputError(
+                f"{len(shared)} calibration signatures are in the training atlas, e.g. "
+                f"{preview(sorted(shared), 3)}; calibrate on held-out compounds (the "
+                "validation split, or new compounds)")
         return self._fit_calibration(
             self.embed(sub), sub.obs[moa_key].astype(str).to_numpy(), self._tas(sub.obs),
             groups=sub.obs[self.keys["compound"]].astype(str).to_numpy(),
