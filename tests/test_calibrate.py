@@ -364,6 +364,14 @@ def test_unknown_moas_score_higher_than_known(openset_run):
     assert (labels[called] == known_pred[called]).all()  # a call is the argmax label
     score = pred.obs["moa_pred_score"].to_numpy()
     assert ((score > 0) & (score <= 1)).all()
+    # compound level: 'unknown' when most of a compound's signatures are
+    calls = predict(model, test, compound_key="pert_id").uns["moa_compound_calls"]
+    cpd_unknown = is_unknown.reindex(calls.index).to_numpy()
+    called_unknown = (calls["moa_pred"] == "unknown").to_numpy()
+    np.testing.assert_array_equal(called_unknown, calls["share_unknown"].to_numpy() > 0.5)
+    assert called_unknown[cpd_unknown].mean() > called_unknown[~cpd_unknown].mean()
+    assert (calls.loc[~called_unknown, "moa_pred"] == calls.loc[~called_unknown,
+                                                                 "moa_pred_known"]).all()
     closed = predict(model, test, compound_key=None, open_set=False)
     assert "unknown" not in set(closed.obs["moa_pred"].astype(str))
     np.testing.assert_array_equal(closed.obs["moa_pred_score"], pred.obs["moa_pred_score"])

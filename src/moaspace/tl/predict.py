@@ -338,6 +338,10 @@ def predict(
                               index=compounds).groupby(level=0).mean().reindex(calls.index)
             calls["unknown_score"] = by["score"].to_numpy()
             calls["share_unknown"] = by["unknown"].to_numpy()
+            # a compound is 'unknown' when most of its signatures are: averaging over
+            # doses/cells makes the call steadier than any single signature's
+            calls["moa_pred_known"] = calls["moa_pred"]
+            calls.loc[calls["share_unknown"] > 0.5, "moa_pred"] = "unknown"
         adata.uns["moa_compound_calls"] = calls
     return adata
 
