@@ -139,16 +139,22 @@ def negative_log_likelihood(proba: np.ndarray, codes: np.ndarray) -> float:
     return float(-np.log(np.clip(p, 1e-12, None)).mean())
 
 
+def _paired(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
+    """Confidences and 0/1 outcomes as float64 arrays of the same shape."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if confidence.shape != correct.shape:
+        raise InputError("confidence and correct must have the same shape")
+    return confidence, correct
+
+
 def brier_score(confidence, correct) -> float:
     """Mean squared error of the confidence against "top call correct" (0/1); nan for no rows.
 
     Unlike ECE it also rewards sharpness: a calibrated predictor that separates
     right from wrong calls scores lower than one that gives everyone the mean
     accuracy."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    if confidence.shape != correct.shape:
-        raise InputError("confidence and correct must have the same shape")
+    confidence, correct = _paired(confidence, correct)
     if len(correct) == 0:
         return float("nan")
     return float(np.mean((confidence - correct) ** 2))
@@ -160,10 +166,7 @@ def binary_nll(confidence, correct, eps: float = NLL_EPS) -> float:
     Confidences are clipped to ``[eps, 1 - eps]`` (default 1e-3), so one confident
     error costs at most ``-log(eps)`` (6.9 nats) instead of infinity; nan for no rows.
     """
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    if confidence.shape != correct.shape:
-        raise InputError("confidence and correct must have the same shape")
+    confidence, correct = _paired(confidence, correct)
     if len(correct) == 0:
         return float("nan")
     p = np.clip(confidence, eps, 1.0 - eps)
