@@ -49,38 +49,17 @@ MB = 2**20
 
 
 def write_h5ad(path: Path, n_obs: int, n_vars: int, seed: int = 0, block: int = 1000) -> dict:
-    """A labelled float32 .h5ad written block by block (never whole in memory).
+    """The synthetic backed .h5ad of ``tests/_synthetic.write_blocked_h5ad`` and its sizes.
 
     20 MoAs x 10 compounds; compounds of group 0 are validation, of group 1
-    test. X = MoA centroid + noise, stored as anndata's dense array.
+    test. X = 0.7 x MoA centroid + noise.
     """
-    import anndata as ad
-    import h5py
-    import pandas as pd
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _synthetic import write_blocked_h5ad
 
     t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    cpd = rng.integers(0, 200, n_obs)
-    moa, group = cpd % 20, (cpd // 20) % 10
-    obs = pd.DataFrame({"moa": [f"MoA{m:02d}" for m in moa],
-                        "pert_id": [f"C{c:03d}" for c in cpd],
-                        "split": np.where(group == 0, "val",
-                                          np.where(group == 1, "test", "train"))},
-                       index=[f"S{i:07d}" for i in range(n_obs)])
-    var = pd.DataFrame(index=[str(10_000 + j) for j in range(n_vars)])
-    ad.AnnData(obs=obs, var=var).write_h5ad(path)
-    centroids = 0.7 * rng.standard_normal((20, n_vars)).astype(np.float32)
-    noise = rng.standard_normal((block, n_vars), dtype=np.float32)  # reused, rows shuffled
-    with h5py.File(path, "a") as f:
-        if "X" in f:
-            del f["X"]
-        x = f.create_dataset("X", (n_obs, n_vars), dtype="f4")
-        x.attrs["encoding-type"] = "array"
-        x.attrs["encoding-version"] = "0.2.0"
-        for start in range(0, n_obs, block):
-            stop = min(n_obs, start + block)
-            x[start:stop] = centroids[moa[start:stop]] + noise[rng.permutation(block)[
-                :stop - start]]
+    write_blocked_h5ad(path, n_obs, n_vars, n_moas=20, n_compounds=200, centroid_scale=0.7,
+                       seed=seed, block=block)
     return {"path": str(path), "file_bytes": path.stat().st_size,
             "x_bytes": n_obs * n_vars * 4, "shape": [n_obs, n_vars],
             "write_seconds": round(time.perf_counter() - t0, 1)}

@@ -78,3 +78,41 @@ def make_synthetic(
         index=pd.Index([str(1000 + i) for i in range(n_genes)]),
     )
     return ad.AnnData(X=x, obs=obs, var=var)
+
+
+def write_blocked_h5ad(path, n_obs: int, n_vars: int, *, n_moas: int = 10,
+                       n_compounds: int = 100, centroid_scale: float = 1.0, seed: int = 0,
+                       block: int = 1000) -> None:
+    """A labelled float32 .h5ad written block by block (never whole in memory).
+
+    ``n_compounds`` compounds over ``n_moas`` MoAs (compound ``c`` has MoA
+    ``c % n_moas``); compound group ``(c // n_moas) % 10`` 0 is validation, 1
+    test, the rest training. X = ``centroid_scale`` x MoA centroid + unit
+    noise (one block of noise, rows reshuffled per block), stored as anndata's
+    dense array. For out-of-core training tests and benchmarks.
+    """
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    cpd = rng.integers(0, n_compounds, n_obs)
+    moa, group = cpd % n_moas, (cpd // n_moas) % 10
+    width = len(str(n_obs - 1))
+    obs = pd.DataFrame({"moa": [f"MoA{m:02d}" for m in moa],
+                        "pert_id": [f"C{c:03d}" for c in cpd],
+                        "split": np.where(group == 0, "val",
+                                          np.where(group == 1, "test", "train"))},
+                       index=[f"S{i:0{width}d}" for i in range(n_obs)])
+    var = pd.DataFrame(index=[str(10_000 + j) for j in range(n_vars)])
+    ad.AnnData(obs=obs, var=var).write_h5ad(path)
+    centroids = centroid_scale * rng.standard_normal((n_moas, n_vars)).astype(np.float32)
+    noise = rng.standard_normal((block, n_vars), dtype=np.float32)
+    with h5py.File(path, "a") as f:
+        if "X" in f:
+            del f["X"]
+        x = f.create_dataset("X", (n_obs, n_vars), dtype="f4")
+        x.attrs["encoding-type"] = "array"
+        x.attrs["encoding-version"] = "0.2.0"
+        for start in range(0, n_obs, block):
+            stop = min(n_obs, start + block)
+            x[start:stop] = centroids[moa[start:stop]] + noise[rng.permutation(block)[
+                :stop - start]]

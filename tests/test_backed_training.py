@@ -25,7 +25,6 @@ import textwrap
 from pathlib import Path
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,7 +32,7 @@ import scipy.sparse as sp
 import torch
 from typer.testing import CliRunner
 
-from _synthetic import make_synthetic
+from _synthetic import make_synthetic, write_blocked_h5ad
 from moaspace.cli import app
 from moaspace.crispr import RAW_REFERENCE
 from moaspace.data.prepare import read_h5ad, write_h5ad
@@ -212,35 +211,6 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-def write_big_h5ad(path: Path, n_obs: int, n_vars: int, seed: int = 0, block: int = 1000):
-    """A labelled float32 .h5ad written block by block (never whole in memory).
-
-    10 MoAs x 10 compounds each; compounds of group 0 are validation, of
-    group 1 test. X = MoA centroid + noise, stored as anndata's dense array.
-    """
-    rng = np.random.default_rng(seed)
-    cpd = rng.integers(0, 100, n_obs)
-    moa, group = cpd % 10, (cpd // 10) % 10
-    obs = pd.DataFrame({"moa": [f"MoA{m}" for m in moa], "pert_id": [f"C{c}" for c in cpd],
-                        "split": np.where(group == 0, "val",
-                                          np.where(group == 1, "test", "train"))},
-                       index=[f"S{i}" for i in range(n_obs)])
-    ad.AnnData(obs=obs, var=pd.DataFrame(index=[str(10_000 + j) for j in range(n_vars)])) \
-        .write_h5ad(path)
-    centroids = rng.standard_normal((10, n_vars)).astype(np.float32)
-    noise = rng.standard_normal((block, n_vars), dtype=np.float32)  # reused, rows shuffled
-    with h5py.File(path, "a") as f:
-        if "X" in f:
-            del f["X"]
-        x = f.create_dataset("X", (n_obs, n_vars), dtype="f4")
-        x.attrs["encoding-type"] = "array"
-        x.attrs["encoding-version"] = "0.2.0"
-        for start in range(0, n_obs, block):
-            stop = min(n_obs, start + block)
-            x[start:stop] = centroids[moa[start:stop]] + noise[rng.permutation(block)[
-                :stop - start]]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
@@ -248,7 +218,7 @@ def test_training_on_data_larger_than_the_memory_limit(tmp_path):
     n_obs, n_vars = 8000, 12_328  # the width of all L1000 genes; X is 394 MB of float32
     headroom = 160 * MB  # what the driver may allocate after imports: under half the matrix
     path = tmp_path / "big.h5ad"
-    write_big_h5ad(path, n_obs, n_vars)
+    write_blocked_h5ad(path, n_obs, n_vars)
     assert ad.read_h5ad(path, backed="r").shape == (n_obs, n_vars)
     x_bytes = n_obs * n_vars * 4
     assert path.stat().st_size > x_bytes > 2 * headroom
