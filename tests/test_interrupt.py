@@ -12,6 +12,7 @@ Training kill/resume is tested in tests/test_model.py
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,16 +73,29 @@ def _temps(folder: Path, name: str, suffix: str) -> list[Path]:
     return sorted(folder.glob(f".{name}.*{suffix}"))
 
 
+@contextlib.contextmanager
+def _to_be_killed(cmd: list[str]):
+    """Run ``cmd``; the body must SIGKILL it. Always reaped; asserts it died by SIGKILL."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def _kill_when_writing(cmd: list[str], folder: Path, name: str, suffix: str,
                        min_bytes: int = 1, timeout: float = 240.0) -> int:
     """Start ``cmd``; SIGKILL it as soon as its temporary output holds ``min_bytes``.
 
     Returns the size of the temporary file at the moment of the kill.
     """
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     deadline = time.monotonic() + timeout
     size = -1
-    try:
+    with _to_be_killed(cmd) as proc:
         while time.monotonic() < deadline:
             temps = _temps(folder, name, suffix)
             if temps:
@@ -98,12 +112,6 @@ def _kill_when_writing(cmd: list[str], folder: Path, name: str, suffix: str,
             time.sleep(0.001)
         else:
             pytest.fail(f"no temporary output .{name}.*{suffix} within {timeout} s")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
     return size
 
 
@@ -179,9 +187,7 @@ def test_write_gctx_killed_mid_write_keeps_previous_file(tmp_path):
     marker = tmp_path / "marker"
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(marker)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    with _to_be_killed([sys.executable, str(script), str(out), str(marker)]) as proc:
         deadline = time.monotonic() + 120
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -189,12 +195,6 @@ def test_write_gctx_killed_mid_write_keeps_previous_file(tmp_path):
         temps = _temps(tmp_path, out.name, ".gctx.tmp")
         assert len(temps) == 1 and temps[0].stat().st_size > 0
         os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
     assert out.read_bytes() == before
     again = read_gctx(out)
     np.testing.assert_array_equal(again.X, X)
