@@ -562,18 +562,8 @@ class MoaModel:
             x = self._aligned_rows(adata, pos, start, start + batch_size, source)
             if not np.isfinite(x).all():
                 raise InputError("the query has NaN/inf values; drop or impute them first")
-            out[start:start + batch_size] = self._embed_matrix(x, batch_size)
-        return out
-
-    @torch.no_grad()
-    def _embed_matrix(self, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-        net = self._require_net()
-        net.eval()
-        device = next(net.parameters()).device
-        out = np.zeros((x.shape[0], net.encoder.embedding_dim), dtype=np.float32)
-        for start in range(0, x.shape[0], batch_size):
-            xb = torch.from_numpy(x[start:start + batch_size]).to(device)
-            out[start:start + batch_size] = net.embed(xb).float().cpu().numpy()
+            out[start:start + batch_size] = self._embed_source(InMemoryRows(x),
+                                                                np.arange(len(x)))
         return out
 
     @torch.no_grad()
