@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from .._utils import atomic_write_text
 from ..errors import InputError, MoaspaceError
@@ -341,10 +342,8 @@ def score_logits(scores: np.ndarray, predict_method: str = "knn") -> np.ndarray:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    x = np.asarray(logits, dtype=np.float64) / temperature
-    x = x - x.max(axis=1, keepdims=True)
-    p = np.exp(x)
-    return p / p.sum(axis=1, keepdims=True)
+    """Row-wise softmax of ``logits / temperature`` (float64)."""
+    return special.softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
 def fit_temperature(logits: np.ndarray, codes: np.ndarray,
@@ -359,8 +358,7 @@ def fit_temperature(logits: np.ndarray, codes: np.ndarray,
 
     def nll(log_t: float) -> float:
         x = logits / math.exp(log_t)
-        x = x - x.max(axis=1, keepdims=True)
-        return float((np.log(np.exp(x).sum(axis=1)) - x[rows, codes]).mean())
+        return float((special.logsumexp(x, axis=1) - x[rows, codes]).mean())
 
     res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])),
                           method="bounded", options={"xatol": 1e-4})

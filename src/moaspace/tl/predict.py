@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy import special
 
 from ..errors import InputError, MoaspaceError
 
@@ -184,9 +185,7 @@ def prototype_scores(
 ) -> np.ndarray:
     """Softmax over cosine similarities to the class centres."""
     logits = l2_normalize(query) @ centres.T / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+    return special.softmax(logits, axis=1).astype(np.float32)
 
 
 def top_k_table(
