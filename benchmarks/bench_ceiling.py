@@ -35,9 +35,9 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+from _simdata import simulate_prepared
 
-from moaspace.data.prepare import prepare
-from moaspace.data.simulate import _TIME_GENERIC, SimulationConfig, _build_world, simulate
+from moaspace.data.simulate import _TIME_GENERIC, SimulationConfig, _build_world
 from moaspace.data.split import split
 from moaspace.tl.metrics import classification_metrics
 
@@ -81,9 +81,7 @@ def main() -> None:
     config = SimulationConfig(seed=0)
     if args.data is None:
         work = Path(tempfile.mkdtemp())
-        paths = simulate(work / "sim", config)
-        adata = prepare(*(paths[k] for k in ("gctx", "siginfo", "geneinfo", "compoundinfo",
-                                             "moa_labels")), progress=False)
+        _, adata = simulate_prepared(work / "sim", config)
     else:
         adata = ad.read_h5ad(args.data)
     world = _build_world(config)

@@ -23,13 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import anndata as ad
-import numpy as np
-import pandas as pd
+from _simdata import prepare_knockdowns, raw_reference, simulate_prepared
 from scipy.stats import binomtest
 
 from moaspace.crispr import score_knockdowns
-from moaspace.data.prepare import prepare
 from moaspace.data.simulate import SimulationConfig, simulate
 from moaspace.data.split import split
 from moaspace.model import MoaModel
@@ -46,9 +43,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp())
     config = SimulationConfig(seed=args.seed)
-    paths = simulate(work / "sim", config)
-    adata = prepare(*(paths[k] for k in ("gctx", "siginfo", "geneinfo", "compoundinfo",
-                                         "moa_labels")), progress=False)
+    paths, adata = simulate_prepared(work / "sim", config)
     adata = split(adata, "compound", seed=args.seed)
     t0 = time.perf_counter()
     model = MoaModel(adata)
@@ -56,14 +51,11 @@ def main() -> None:
     result = {"seed": args.seed, "signatures": adata.n_obs,
               "moas": int(adata.obs["moa"].nunique()),
               "train_seconds": time.perf_counter() - t0, "scales": {}}
-    tr = adata[adata.obs["split"] == "train"]
-    raw = ad.AnnData(np.asarray(tr.X), obs=tr.obs[["pert_id", "moa"]].astype(str),
-                     var=pd.DataFrame(index=tr.var_names))
+    raw = raw_reference(adata)
     for scale in (float(s) for s in args.scales.split(",")):
         kd_paths = simulate(work / f"kd_{scale}", dataclasses.replace(config,
                                                                       knockdown_scale=scale))
-        kd = prepare(kd_paths["gctx_xpr"], kd_paths["siginfo"], kd_paths["geneinfo"],
-                     pert_type="trt_xpr", times=None, progress=False)
+        kd = prepare_knockdowns(kd_paths)
         out = score_knockdowns(model, kd, paths["compoundinfo"], raw_reference=raw)
         summary = out["summary"]
         table = out["table"]

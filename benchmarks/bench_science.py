@@ -22,13 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
+from _simdata import prepare_knockdowns, raw_reference, simulate_prepared
 
 from moaspace.crispr import score_knockdowns
-from moaspace.data.prepare import prepare
-from moaspace.data.simulate import SimulationConfig, simulate
+from moaspace.data.simulate import SimulationConfig
 from moaspace.data.split import split
 from moaspace.explain import explain
 from moaspace.model import MoaModel
@@ -52,10 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp())
-    paths = simulate(work / "sim", SimulationConfig(seed=args.seed))
+    paths, adata = simulate_prepared(work / "sim", SimulationConfig(seed=args.seed))
     truth = json.loads(paths["truth"].read_text())
-    adata = prepare(*(paths[k] for k in ("gctx", "siginfo", "geneinfo", "compoundinfo",
-                                         "moa_labels")), progress=False)
     adata = split(adata, "compound", seed=args.seed)
     result = {"seed": args.seed, "signatures": adata.n_obs, "moas": adata.obs["moa"].nunique()}
 
@@ -83,13 +80,8 @@ def main() -> None:
             "seconds_gsea": e["summary"]["seconds_gsea"], "per_moa": hits,
         }
 
-    kd = prepare(paths["gctx_xpr"], paths["siginfo"], paths["geneinfo"], pert_type="trt_xpr",
-                 times=None, progress=False)
-    tr = adata[adata.obs["split"] == "train"]
-    raw = ad.AnnData(np.asarray(tr.X), obs=tr.obs[["pert_id", "moa"]].astype(str),
-                     var=pd.DataFrame(index=tr.var_names))
-    result["crispr"] = score_knockdowns(model, kd, paths["compoundinfo"],
-                                        raw_reference=raw)["summary"]
+    result["crispr"] = score_knockdowns(model, prepare_knockdowns(paths), paths["compoundinfo"],
+                                        raw_reference=raw_reference(adata))["summary"]
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_science.json").write_text(json.dumps(result, indent=2, default=float))
