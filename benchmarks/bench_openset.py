@@ -294,7 +294,7 @@ def figures(run: dict, pooled: dict, seeds: str, out_dir: Path) -> None:
          for m in names for when in ("before", "after")},
         ece={f"{names[m]} {when}": pooled[m][when]["ece"]
              for m in names for when in ("before", "after")},
-        title=f"Reliability, known test signatures (seeds {seeds} pooled)")
+        title=f"Reliability, known test rows, seeds {seeds}")
     fig.savefig(out_dir / "bench_openset_reliability.png", dpi=90)
     rocs = {f"moaspace {n}": r for n, r in ours["roc_test"].items() if n != "msp"}
     rocs.update({f"raw {n}": r for n, r in raw["roc_test"].items() if n != "msp"})
