@@ -507,3 +507,139 @@ def test_cli_calibrate_rewrites_the_calibration(openset_run, tmp_path):
     res = runner.invoke(app, ["calibrate", str(model_dir), str(tmp_path / "data.h5ad"),
                               "--target-false-unknown", "1.5"])
     assert res.exit_code == 2
+
+
+# ------------------------------------------------- review fixes (session 3)
+def test_ece_is_nan_for_non_finite_confidences_and_curves_skip_them():
+    conf = np.array([0.95, 0.97, np.nan, 0.1])
+    correct = np.array([0, 0, 1, 0])
+    assert np.isnan(expected_calibration_error(conf, correct))
+    assert np.isnan(expected_calibration_error(np.full(3, np.nan), np.ones(3)))
+    curve = reliability_curve(conf, correct, n_bins=10)
+    assert curve["n"].sum() == 3  # the NaN row is in no bin
+    assert expected_calibration_error(conf[[0, 1, 3]], correct[[0, 1, 3]]) == pytest.approx(
+        (2 * 0.96 + 0.1) / 3)
+    # a single validation row cannot be fitted out of fold: its ECE is undefined, not 0
+    oof = _out_of_fold_confidence("isotonic", np.array([0.9]), np.zeros((1, 2)), np.array([0]),
+                                  np.array([True]), None)
+    assert np.isnan(expected_calibration_error(oof, [1]))
+
+
+def test_float32_scores_on_a_bin_edge_stay_in_their_right_closed_bin():
+    edges = np.array([0.2, 0.4, 0.6, 0.8])
+    for conf in (edges, edges.astype(np.float32)):
+        curve = reliability_curve(conf, np.ones(4), n_bins=5)
+        assert curve["n"].tolist() == [1, 1, 1, 1, 0]  # (0, .2], (.2, .4], ...
+    third = np.float32(1 / 3)  # 5/15 in float32 is above 1/3
+    assert reliability_curve([third], [1], n_bins=15)["n"].tolist()[4] == 1
+
+
+def test_calibration_load_names_the_file(tmp_path):
+    cal = Calibration(classes=["A", "B"], score="knn", thresholds={"knn": 0.3})
+    bad = cal.to_dict()
+    bad["method"] = "magic"
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(MoaspaceError, match=f"{path}.*calibration method"):
+        Calibration.load(path)
+    missing = cal.to_dict()
+    missing["thresholds"] = {"energy": 0.1}
+    path.write_text(json.dumps(missing))
+    with pytest.raises(MoaspaceError, match=f"{path}.*no threshold for the open-set score 'knn'"):
+        Calibration.load(path)
+
+
+def test_msp_unknown_score_does_not_depend_on_the_prediction_method(openset_run):
+    """msp's threshold is fitted on the calibration's kNN vote: predict(method='prototype')
+    must score unknowns on that vote too, not on the prototype softmax."""
+    _, model, adata, test = openset_run
+    before = model.calibration
+    try:
+        model.calibrate(adata, score="msp")
+        by_knn = predict(model, test, compound_key=None)
+        by_proto = predict(model, test, method="prototype", compound_key=None)
+        np.testing.assert_allclose(by_proto.obs["moa_unknown_score"].to_numpy(),
+                                   by_knn.obs["moa_unknown_score"].to_numpy(), atol=1e-6)
+        share = (by_proto.obs["moa_pred"].astype(str) == "unknown").mean()
+        assert share == (by_knn.obs["moa_pred"].astype(str) == "unknown").mean() < 0.9
+    finally:
+        model.calibration = before
+
+
+def test_predict_defaults_to_the_calibrated_k(openset_run, caplog):
+    _, model, _, test = openset_run
+    cal = model.calibration
+    old_k = cal.k
+    try:
+        cal.k = 7  # as if the model had been trained (and calibrated) with knn_k=7
+        with caplog.at_level(logging.WARNING, logger="moaspace"):
+            pred = predict(model, test, compound_key=None)
+        assert pred.uns["moa_predict"]["k"] == 7
+        assert "may be miscalibrated" not in caplog.text
+        with caplog.at_level(logging.WARNING, logger="moaspace"):
+            assert predict(model, test, k=3, compound_key=None).uns["moa_predict"]["k"] == 3
+        assert "may be miscalibrated" in caplog.text
+    finally:
+        cal.k = old_k
+
+
+def test_calibrating_on_training_compounds_warns_and_names_them(openset_run, caplog):
+    _, model, adata, _ = openset_run
+    before = model.calibration
+    try:
+        atlas = set(model.reference.obs_names)
+        train = adata[adata.obs["split"] == "train"]
+        # other signatures of training compounds: same compounds, new signature ids
+        other = train[:40].copy()
+        other.obs_names = [f"new_{i}" for i in range(other.n_obs)]
+        assert not set(other.obs_names) & atlas
+        with caplog.at_level(logging.WARNING, logger="moaspace"):
+            model.calibrate(other, split=None)
+        assert "also in the training atlas" in caplog.text
+        assert other.obs["pert_id"].astype(str).iloc[0] in caplog.text
+        # a signature id of the atlas that names another compound is not the same signature
+        val = adata[adata.obs["split"] == "val"].copy()
+        names = list(val.obs_names)
+        names[0] = sorted(atlas)[0]
+        val.obs_names = names
+        model.calibrate(val, split=None)
+        with pytest.raises(InputError, match="in the training atlas"):
+            model.calibrate(train[:20].copy(), split=None)
+        no_compound = val.copy()
+        del no_compound.obs["pert_id"]
+        with pytest.raises(InputError, match="pert_id"):
+            model.calibrate(no_compound, split=None)
+    finally:
+        model.calibration = before
+
+
+def test_compound_calls_leave_out_no_call_signatures():
+    from moaspace.tl.predict import compound_calls
+
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]], dtype=np.float32)
+    compounds = ["c1", "c1", "c1", "c2"]
+    everyone = compound_calls(scores, ["A", "B"], compounds)
+    assert everyone.loc["c1", "moa_pred"] == "B" and everyone.loc["c1", "n_voting"] == 3
+    voting = np.array([True, False, False, False])
+    calls = compound_calls(scores, ["A", "B"], compounds, voting=voting)
+    assert calls.loc["c1", "moa_pred"] == "A" and calls.loc["c1", "moa_pred_score"] == \
+        pytest.approx(0.9)
+    assert calls.loc["c1", "n_signatures"] == 3 and calls.loc["c1", "n_voting"] == 1
+    assert calls.loc["c2", "moa_pred"] == "no call" and np.isnan(calls.loc["c2",
+                                                                           "moa_pred_score"])
+    assert calls.loc["c2", "top3"] == "" and list(calls.index) == ["c1", "c2"]
+
+
+def test_predict_compound_level_with_min_tas(openset_run):
+    _, model, _, test = openset_run
+    q = test.copy()
+    cut = float(np.quantile(q.obs["tas"], 0.5))
+    pred = predict(model, q, min_tas=cut, open_set=False)
+    calls = pred.uns["moa_compound_calls"]
+    no_call = pred.obs["moa_pred"].astype(str) == "no call"
+    assert no_call.any()
+    per_cpd = pd.Series(~no_call.to_numpy(), index=q.obs["pert_id"].astype(str)).groupby(
+        level=0).sum()
+    assert (calls["n_voting"] == per_cpd.reindex(calls.index)).all()
+    silent = per_cpd[per_cpd == 0].index
+    assert (calls.loc[silent, "moa_pred"] == "no call").all()

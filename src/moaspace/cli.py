@@ -344,7 +344,11 @@ def predict(
     model_dir: Annotated[Path, typer.Argument(help="Trained model directory.")],
     query: Annotated[Path, typer.Argument(help="Query .h5ad (signatures x genes).")],
     out: Annotated[Path, typer.Option(help="Output .h5ad with predictions.")],
-    k: Annotated[int, typer.Option(help="Neighbours in the kNN vote.")] = 10,
+    k: Annotated[
+        int | None,
+        typer.Option(help="Neighbours in the kNN vote (default: the k the model was "
+                          "calibrated for, its knn_k, 10)."),
+    ] = None,
     method: Annotated[str, typer.Option(help="knn | prototype.")] = "knn",
     top_k: Annotated[int, typer.Option(help="MoAs kept per signature in the table.")] = 5,
     compound_level: Annotated[
@@ -486,7 +490,11 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help=".h5ad with obs['split'] and obs['moa'].")],
     out: Annotated[Path, typer.Option(help="Metrics JSON (a .md twin is written too).")],
     split_name: Annotated[str, typer.Option("--split", help="Which split to score.")] = "test",
-    k: Annotated[int, typer.Option(help="Neighbours in the kNN vote.")] = 10,
+    k: Annotated[
+        int | None,
+        typer.Option(help="Neighbours in the kNN vote (default: as calibrated, the model's "
+                          "knn_k)."),
+    ] = None,
 ) -> None:
     """Score a model on held-out signatures: signature and compound level, hierarchy.
 

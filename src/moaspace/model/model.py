@@ -652,18 +652,38 @@ class MoaModel:
             if not rows.any():
                 raise InputError(f"no rows with obs[{split_key!r}] == {split!r} to calibrate on "
                                  "(a split without validation compounds cannot be calibrated)")
+        compound_key = self.keys["compound"]
+        if compound_key not in adata.obs.columns:
+            raise InputError(f"obs[{compound_key!r}] is missing: calibration folds are grouped "
+                             "by compound")
         sub = adata[rows]
         # a backed view is fine: embed() streams its rows in chunks
-        shared = set(sub.obs_names.astype(str)) & set(self.reference.obs_names.astype(str))
-        if shared:
+        ref_obs = self.reference.obs
+        compounds = sub.obs[compound_key].astype(str)
+        ref_compound = ref_obs["pert_id"].astype(str) if "pert_id" in ref_obs.columns else None
+        names = pd.Index(sub.obs_names.astype(str))
+        same = names.isin(ref_obs.index.astype(str))
+        if ref_compound is not None and same.any():  # a shared name is the same signature
+            # only if it is also the same compound (plain "0", "1", ... names recur)
+            same[same] = (ref_compound.reindex(names[same]).to_numpy()
+                          == compounds.to_numpy()[same])
+        if same.any():
             # their nearest neighbour is themselves: every score would look certain
             raise InputError(
-                f"{len(shared)} calibration signatures are in the training atlas, e.g. "
-                f"{preview(sorted(shared), 3)}; calibrate on held-out compounds (the "
+                f"{int(same.sum())} calibration signatures are in the training atlas, e.g. "
+                f"{preview(sorted(names[same]), 3)}; calibrate on held-out compounds (the "
                 "validation split, or new compounds)")
+        if ref_compound is not None:
+            seen = sorted(set(compounds) & set(ref_compound))
+            if seen:
+                logger.warning(
+                    "%d of the %d calibration compounds are also in the training atlas (e.g. "
+                    "%s): their signatures find their own compound among the neighbours, so "
+                    "the calibrated scores and the unknown threshold fit known compounds, "
+                    "not new ones", len(seen), compounds.nunique(), preview(seen, 3))
         return self._fit_calibration(
             self.embed(sub), sub.obs[moa_key].astype(str).to_numpy(), self._tas(sub.obs),
-            groups=sub.obs[self.keys["compound"]].astype(str).to_numpy(),
+            groups=compounds.to_numpy(),
             target_false_unknown=target_false_unknown, method=method, score=score,
             min_tas=min_tas)
 

@@ -68,7 +68,14 @@ from scipy import special
 
 from .._utils import atomic_write_text
 from ..errors import InputError, MoaspaceError
-from .predict import encode_labels, knn_scores, knn_search, l2_normalize, prototypes
+from .predict import (
+    NO_CALL_LABEL,
+    encode_labels,
+    knn_scores,
+    knn_search,
+    l2_normalize,
+    prototypes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +93,7 @@ WIDE_K = 50
 LOGISTIC_C = 1.0
 #: probabilities are clipped to [NLL_EPS, 1 - NLL_EPS] in :func:`binary_nll`
 NLL_EPS = 1e-3
-UNKNOWN, NO_CALL = "unknown", "no call"
+UNKNOWN, NO_CALL = "unknown", NO_CALL_LABEL
 #: added to kNN vote shares before the log, so a class with no vote keeps a finite logit
 KNN_EPS = 1e-3
 #: temperature of :func:`moaspace.tl.predict.prototype_scores` (scores = softmax(cos / 0.1))
@@ -97,14 +104,18 @@ DEFAULT_N_BINS = 15
 # --------------------------------------------------------------------------- metrics
 def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return np.searchsorted(edges[1:-1], np.clip(confidence, 0.0, 1.0), side="left")
+    # rounded first: a float32 score that means 0.2 is 0.2000000030 and would leave its
+    # right-closed bin (0.1333, 0.2] for the next one
+    conf = np.round(np.clip(np.asarray(confidence, np.float64), 0.0, 1.0), 6)
+    return np.searchsorted(edges[1:-1], conf, side="left")
 
 
 def reliability_curve(confidence, correct, n_bins: int = DEFAULT_N_BINS) -> pd.DataFrame:
     """Per equal-width confidence bin: ``bin_lo, bin_hi, n, confidence, accuracy``.
 
     Bins are right-closed, ``(lo, hi]`` (0 goes to the first); empty bins have
-    ``n == 0`` and NaN confidence / accuracy.
+    ``n == 0`` and NaN confidence / accuracy. Rows with a non-finite confidence
+    are left out (they belong to no bin).
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
@@ -112,6 +123,8 @@ def reliability_curve(confidence, correct, n_bins: int = DEFAULT_N_BINS) -> pd.D
         raise InputError("confidence and correct must be 1-D arrays of the same length")
     if n_bins < 1:
         raise InputError(f"n_bins must be >= 1, got {n_bins}")
+    finite = np.isfinite(confidence)
+    confidence, correct = confidence[finite], correct[finite]
     b = _bin_index(confidence, n_bins)
     n = np.bincount(b, minlength=n_bins)
     conf_sum = np.bincount(b, weights=confidence, minlength=n_bins)
@@ -125,7 +138,14 @@ def reliability_curve(confidence, correct, n_bins: int = DEFAULT_N_BINS) -> pd.D
 
 
 def expected_calibration_error(confidence, correct, n_bins: int = DEFAULT_N_BINS) -> float:
-    """ECE with ``n_bins`` equal-width bins (see the module docstring); nan for no rows."""
+    """ECE with ``n_bins`` equal-width bins (see the module docstring).
+
+    NaN when there are no rows or any confidence is not finite (e.g. an
+    out-of-fold confidence that could not be fitted): such an ECE is undefined,
+    and dropping the rows would report a calibration that was never measured.
+    """
+    if not np.isfinite(np.asarray(confidence, dtype=np.float64)).all():
+        return float("nan")
     curve = reliability_curve(confidence, correct, n_bins)
     total = int(curve["n"].sum())
     if total == 0:
@@ -590,7 +610,12 @@ class Calibration:
             raise MoaspaceError(f"calibration format {fmt!r}; this moaspace reads "
                                 f"{CALIBRATION_FORMAT}: refit with MoaModel.calibrate")
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
+        cal = cls(**{k: v for k, v in data.items() if k in names})
+        missing = [n for n in OPENSET_SCORES if n not in cal.thresholds]
+        if cal.score not in cal.thresholds:
+            raise MoaspaceError(f"no threshold for the open-set score {cal.score!r} "
+                                f"(thresholds missing: {missing})")
+        return cal
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -603,7 +628,12 @@ class Calibration:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise MoaspaceError(f"{path}: unreadable calibration ({exc})") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except MoaspaceError as exc:
+            raise type(exc)(f"{path}: {exc}") from exc
+        except TypeError as exc:  # a field of the wrong kind
+            raise MoaspaceError(f"{path}: not a valid calibration ({exc})") from exc
 
 
 def _jsonable(obj):
@@ -757,8 +787,8 @@ def fit_calibration(
     val["nll_correct_before"] = binary_nll(before, correct)
     val["nll_correct_after"] = val["nll_correct_out_of_fold"][method]
     val["nll_before"] = negative_log_likelihood(softmax(score_logits(votes, "knn")), codes)
-    if proba is not None:
-        val["nll_after"] = negative_log_likelihood(proba, codes)
+    if proba is not None:  # temperature only; in sample, unlike the out-of-fold scores above
+        val["nll_after_in_sample"] = negative_log_likelihood(proba, codes)
     val["reliability_before"] = _records(reliability_curve(before, correct, n_bins))
     val["reliability_after"] = _records(reliability_curve(oof, correct, n_bins))
 

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate(
-    model, adata, *, split: str = "test", split_key: str = "split", k: int = 10,
+    model, adata, *, split: str = "test", split_key: str = "split", k: int | None = None,
     moa_key: str = "moa", compound_key: str = "pert_id", seed: int = 0,
 ) -> dict:
     """Metrics of ``model`` on the rows with ``obs[split_key] == split``.
@@ -37,6 +37,7 @@ def evaluate(
     if not rows.any():
         raise InputError(f"no rows with {split_key} == {split!r}")
     held = predict(model, adata[rows], k=k, compound_key=None)
+    k = int(held.uns["moa_predict"]["k"])  # None: resolved by predict (the calibrated k)
     scores, classes = held.obsm["moa_scores"], held.uns["moa_classes"]
     y = held.obs[moa_key].astype(str).to_numpy()
     out = classification_metrics(y, scores, classes)

@@ -246,9 +246,9 @@ def predict(
     model,
     adata,
     *,
-    k: int = 10,
+    k: int | None = None,
     method: str = "knn",
-    weighting: str = "distance",
+    weighting: str | None = None,
     top_k: int = 5,
     compound_key: str | None = "pert_id",
     backend: str = "torch",
@@ -266,7 +266,9 @@ def predict(
     level calls (mean of the signature scores) go to ``uns["moa_compound_calls"]``.
 
     ``method``: ``knn`` (distance-weighted cosine kNN, k configurable) or
-    ``prototype`` (nearest MoA centre).
+    ``prototype`` (nearest MoA centre). ``k`` and ``weighting`` default to
+    those the calibration was fitted for (else the model's ``knn_k``, 10, and
+    ``distance``), so that the calibrated score matches the vote it reads.
 
     With a calibrated model (``model.calibration``, fitted on the validation
     compounds at the end of training; :mod:`moaspace.tl.calibrate`)
@@ -286,6 +288,12 @@ def predict(
     ref_moa = reference.obs["moa"].astype(str).to_numpy()
     classes = sorted(set(ref_moa))
     cal = getattr(model, "calibration", None)
+    if k is None:
+        k = cal.k if cal is not None else int(getattr(getattr(model, "config", None), "knn_k", 10))
+    if weighting is None:
+        weighting = cal.weighting if cal is not None else "distance"
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
     if method not in ("knn", "prototype"):
         raise InputError(f"unknown method {method!r}; use 'knn' or 'prototype'")
     if cal is None and open_set:
@@ -330,8 +338,9 @@ def predict(
     adata.uns["moa_predict"] = info
     if compound_key and compound_key in adata.obs.columns:
         compounds = adata.obs[compound_key].astype(str).to_numpy()
-        calls = compound_calls(scores, classes, compounds)
-        if "moa_unknown_score" in adata.obs.columns:  # mean score, share of 'unknown' calls
+        calls = compound_calls(scores, classes, compounds,
+                               voting=np.asarray(labels, dtype=object) != NO_CALL_LABEL)
+        if cal is not None:  # mean unknown score, share of 'unknown' calls
             by = pd.DataFrame({"score": adata.obs["moa_unknown_score"].to_numpy(np.float64),
                                "unknown": np.asarray(labels == "unknown", dtype=np.float64)},
                               index=compounds).groupby(level=0).mean().reindex(calls.index)
@@ -363,8 +372,12 @@ def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, classes, c
         features = confidence_features(scores, z, centres, sims, idx,
                                        encode_labels(ref_moa, classes)[0], wide_k=cal.wide_k)
     _, pred_score = cal.calibrate_scores(scores, method, features)
-    unknown = openset_scores(z, centres=centres, knn_sims=sims, k=cal.k,
-                             class_scores=scores if cal.score == "msp" else None,
+    # the msp threshold was fitted on the calibration's kNN vote, whatever this call predicts with
+    votes = None
+    if cal.score == "msp":
+        votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], encode_labels(ref_moa, classes)[0],
+                           len(classes), weighting=cal.weighting)
+    unknown = openset_scores(z, centres=centres, knn_sims=sims, k=cal.k, class_scores=votes,
                              energy_scale=cal.energy_scale)[cal.score]
     adata.obs["moa_unknown_score"] = unknown.astype(np.float32)
     labels = np.asarray(labels, dtype=object).copy()
@@ -394,20 +407,41 @@ def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, classes, c
     return labels, np.asarray(pred_score, np.float32), extra
 
 
-def compound_calls(scores: np.ndarray, classes: Sequence, compounds: Sequence) -> pd.DataFrame:
-    """One MoA call per compound: mean of its signatures' scores (soft vote)."""
-    agg = aggregate_scores(scores, compounds, how="mean")
-    values = agg.to_numpy()
-    best = values.argmax(axis=1)
-    order = np.argsort(-values, axis=1)[:, :3]
+#: label of a compound none of whose signatures may vote (= moaspace.tl.calibrate.NO_CALL)
+NO_CALL_LABEL = "no call"
+
+
+def compound_calls(scores: np.ndarray, classes: Sequence, compounds: Sequence,
+                   voting: np.ndarray | None = None) -> pd.DataFrame:
+    """One MoA call per compound: mean of its signatures' scores (soft vote).
+
+    ``voting`` (bool per signature, default all): signatures that take part, e.g.
+    not those flagged 'no call' for a low TAS; a compound none of whose
+    signatures vote is called ``"no call"`` (score NaN). ``n_signatures`` counts
+    all of a compound's signatures, ``n_voting`` those that voted.
+    """
+    compounds = np.asarray(compounds).astype(str)
+    voting = np.ones(len(compounds), bool) if voting is None else np.asarray(voting, bool)
+    if len(voting) != len(compounds) or len(scores) != len(compounds):
+        raise InputError("scores, compounds and voting must have one entry per signature")
     classes = np.asarray(classes, dtype=object)
-    counts = pd.Series(np.asarray(compounds).astype(str)).value_counts()
+    every = np.unique(compounds)
+    agg = aggregate_scores(np.asarray(scores)[voting], compounds[voting], how="mean")
+    values = agg.reindex(every).to_numpy()
+    silent = np.isnan(values).all(axis=1) if values.size else np.ones(len(every), bool)
+    best = np.where(silent, 0, np.nan_to_num(values, nan=-np.inf).argmax(axis=1))
+    order = np.argsort(-np.nan_to_num(values, nan=-np.inf), axis=1, kind="stable")[:, :3]
+    pred = np.where(silent, NO_CALL_LABEL, classes[best] if len(classes) else NO_CALL_LABEL)
+    score = np.where(silent, np.nan, values[np.arange(len(best)), best] if values.size else np.nan)
+    counts = pd.Series(compounds).value_counts()
+    n_voting = pd.Series(compounds[voting]).value_counts()
     return pd.DataFrame(
         {
-            "compound": agg.index.astype(str),
-            "n_signatures": counts.reindex(agg.index).to_numpy(),
-            "moa_pred": classes[best],
-            "moa_pred_score": values[np.arange(len(best)), best],
-            "top3": [";".join(classes[o]) for o in order],
+            "compound": every,
+            "n_signatures": counts.reindex(every).to_numpy(),
+            "n_voting": n_voting.reindex(every).fillna(0).astype(int).to_numpy(),
+            "moa_pred": pred,
+            "moa_pred_score": score,
+            "top3": ["" if q else ";".join(classes[o]) for q, o in zip(silent, order, strict=True)],
         }
     ).set_index("compound", drop=False).rename_axis(None)
