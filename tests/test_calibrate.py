@@ -643,3 +643,18 @@ def test_predict_compound_level_with_min_tas(openset_run):
     assert (calls["n_voting"] == per_cpd.reindex(calls.index)).all()
     silent = per_cpd[per_cpd == 0].index
     assert (calls.loc[silent, "moa_pred"] == "no call").all()
+
+
+def test_predict_warns_when_queries_are_atlas_signatures(openset_run, caplog):
+    _, model, adata, test = openset_run
+    train = adata[adata.obs["split"] == "train"][:15].copy()
+    with caplog.at_level(logging.WARNING, logger="moaspace"):
+        predict(model, train, compound_key="pert_id")
+    assert "15 of 15 query signatures are in the training atlas" in caplog.text
+    caplog.clear()
+    renamed = train.copy()
+    renamed.obs["pert_id"] = "another compound"  # same names, other compound: not the same rows
+    with caplog.at_level(logging.WARNING, logger="moaspace"):
+        predict(model, renamed, compound_key="pert_id")
+        predict(model, test, compound_key="pert_id")
+    assert "in the training atlas" not in caplog.text

@@ -658,23 +658,19 @@ class MoaModel:
                              "by compound")
         sub = adata[rows]
         # a backed view is fine: embed() streams its rows in chunks
+        from ..tl.predict import atlas_signatures
+
         ref_obs = self.reference.obs
         compounds = sub.obs[compound_key].astype(str)
-        ref_compound = ref_obs["pert_id"].astype(str) if "pert_id" in ref_obs.columns else None
-        names = pd.Index(sub.obs_names.astype(str))
-        same = names.isin(ref_obs.index.astype(str))
-        if ref_compound is not None and same.any():  # a shared name is the same signature
-            # only if it is also the same compound (plain "0", "1", ... names recur)
-            same[same] = (ref_compound.reindex(names[same]).to_numpy()
-                          == compounds.to_numpy()[same])
+        same = atlas_signatures(sub.obs_names, compounds.to_numpy(), ref_obs)
         if same.any():
             # their nearest neighbour is themselves: every score would look certain
             raise InputError(
                 f"{int(same.sum())} calibration signatures are in the training atlas, e.g. "
-                f"{preview(sorted(names[same]), 3)}; calibrate on held-out compounds (the "
-                "validation split, or new compounds)")
-        if ref_compound is not None:
-            seen = sorted(set(compounds) & set(ref_compound))
+                f"{preview(sorted(sub.obs_names[same].astype(str)), 3)}; calibrate on held-out "
+                "compounds (the validation split, or new compounds)")
+        if "pert_id" in ref_obs.columns:
+            seen = sorted(set(compounds) & set(ref_obs["pert_id"].astype(str)))
             if seen:
                 logger.warning(
                     "%d of the %d calibration compounds are also in the training atlas (e.g. "

@@ -283,6 +283,18 @@ def predict(
     """
     adata = adata.copy() if copy else adata
     reference = model.reference
+    compounds_q = (adata.obs[compound_key].astype(str).to_numpy()
+                   if compound_key and compound_key in adata.obs.columns else None)
+    key = compound_key if compounds_q is not None else "pert_id"  # compound_key=None: no
+    in_atlas = atlas_signatures(  # compound calls, but the compound still tells rows apart
+        adata.obs_names,
+        adata.obs[key].astype(str).to_numpy() if key in adata.obs.columns else None,
+        reference.obs)
+    if in_atlas.any():
+        logger.warning(
+            "%d of %d query signatures are in the training atlas (e.g. %s): each finds itself "
+            "as nearest neighbour, so their calls and scores say nothing about new signatures",
+            int(in_atlas.sum()), adata.n_obs, list(adata.obs_names[in_atlas][:3]))
     z = model.embed(adata)
     ref_z = np.asarray(reference.X, dtype=np.float32)
     ref_moa = reference.obs["moa"].astype(str).to_numpy()
@@ -336,8 +348,8 @@ def predict(
             idx, sims, reference.obs["pert_id"].astype(str).to_numpy())
     adata.uns["moa_top_k"] = top_k_table(scores, classes, top_k, index=adata.obs_names)
     adata.uns["moa_predict"] = info
-    if compound_key and compound_key in adata.obs.columns:
-        compounds = adata.obs[compound_key].astype(str).to_numpy()
+    if compounds_q is not None:
+        compounds = compounds_q
         calls = compound_calls(scores, classes, compounds,
                                voting=np.asarray(labels, dtype=object) != NO_CALL_LABEL)
         if cal is not None:  # mean unknown score, share of 'unknown' calls
@@ -405,6 +417,26 @@ def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, classes, c
         logger.info("%d of %d signatures called 'unknown', %d 'no call' (low TAS)",
                     n_unknown, len(labels), n_nocall)
     return labels, np.asarray(pred_score, np.float32), extra
+
+
+def atlas_signatures(names: Sequence, compounds: Sequence | None, reference_obs: pd.DataFrame,
+                     compound_key: str = "pert_id") -> np.ndarray:
+    """Which query signatures are themselves in the atlas (bool per query).
+
+    A query is an atlas signature when its name is an atlas name and, where both
+    know compounds, its compound is that atlas signature's compound too (plain
+    names such as "0", "1", ... recur across unrelated datasets).
+    """
+    names = pd.Index(np.asarray(names).astype(str))
+    atlas_names = reference_obs.index.astype(str)
+    same = np.asarray(names.isin(atlas_names))
+    if same.any() and compounds is not None and compound_key in reference_obs.columns:
+        ref_compound = pd.Series(reference_obs[compound_key].astype(str).to_numpy(),
+                                 index=atlas_names)
+        ref_compound = ref_compound[~ref_compound.index.duplicated()]
+        same[same] = (ref_compound.reindex(names[same]).to_numpy()
+                      == np.asarray(compounds).astype(str)[same])
+    return same
 
 
 #: label of a compound none of whose signatures may vote (= moaspace.tl.calibrate.NO_CALL)
