@@ -106,7 +106,7 @@ def main() -> None:
                 row[f"{m}_mean"] = float(recs[m].mean())
             for b in BASELINES:
                 d = recs["moaspace"] - recs[b]
-                row[f"minus_{b}_mean"], row[f"minus_{b}_sd"] = float(d.mean()), float(d.std(ddof=0))
+                row[f"minus_{b}_mean"], row[f"minus_{b}_sd"] = float(d.mean()), float(d.std(ddof=1))
             summary.append(row)
             print(f"{q:12.2f} {row['n_mean']:6.0f} {row['moaspace_mean']:9.3f} "
                   f"{row['logreg_mean']:7.3f} {row['pca_lda_mean']:8.3f} "
