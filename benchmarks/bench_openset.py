@@ -120,7 +120,7 @@ def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas) -> d
         "roc_test": {n: roc_points(scores[n][known], scores[n][unknown]) for n in OPENSET_SCORES},
         # per-row confidences, pooled over seeds in main() (popped before the JSON is written)
         "_rows": {"before": raw_conf[known], "after": conf[cal.method][known],
-                  "correct": correct[known]},
+                  "correct": correct[known], "compound": compounds[known]},
         "tas_coverage": tas_coverage_curve(
             tas[known], correct[known],
             thresholds=np.nanquantile(tas[known], TAS_LEVELS)).to_dict("records"),
@@ -192,7 +192,33 @@ def pooled_metrics(rows: dict[str, list[dict]]) -> dict:
                          "brier": brier_score(conf, correct), "nll": binary_nll(conf, correct),
                          "reliability": reliability_curve(conf, correct).to_dict("records")}
         out[method] = res
+    out["ece_after_difference"] = _bootstrap_ece_difference(rows)
     return out
+
+
+def _bootstrap_ece_difference(rows: dict[str, list[dict]], n_boot: int = 1000) -> dict:
+    """Pooled ECE after calibration, moaspace minus raw kNN, with a 95% interval from a
+    bootstrap over (seed, compound) clusters: a compound's signatures are not independent."""
+    ours, raw = rows["moaspace"], rows["raw_knn"]
+    conf = {m: np.concatenate([p["after"] for p in rows[m]]) for m in rows}
+    hit = {m: np.concatenate([p["correct"] for p in rows[m]]) for m in rows}
+    # the two methods score the same known test rows of each seed, in the same order
+    keys = np.concatenate([[f"{i}:{c}" for c in p["compound"]] for i, p in enumerate(ours)])
+    assert all((a["compound"] == b["compound"]).all() for a, b in zip(ours, raw, strict=True))
+    _, cluster = np.unique(keys, return_inverse=True)
+    members = np.split(np.argsort(cluster, kind="stable"), np.cumsum(np.bincount(cluster))[:-1])
+    rng = np.random.default_rng(0)
+    diffs = np.empty(n_boot)
+    for b in range(n_boot):
+        pick = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        diffs[b] = (expected_calibration_error(conf["moaspace"][pick], hit["moaspace"][pick])
+                    - expected_calibration_error(conf["raw_knn"][pick], hit["raw_knn"][pick]))
+    point = (expected_calibration_error(conf["moaspace"], hit["moaspace"])
+             - expected_calibration_error(conf["raw_knn"], hit["raw_knn"]))
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    return {"difference": float(point), "ci95": [float(lo), float(hi)],
+            "share_of_resamples_below_zero": float((diffs < 0).mean()),
+            "clusters": len(members), "n_boot": n_boot}
 
 
 def _paired(runs: list[dict], metric: str) -> str:
@@ -245,6 +271,11 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
             lines.append(f"| {method} | {p['n']} | " + " | ".join(
                 f"{p[when][metric]:.3f}" for metric in ("ece", "brier", "nll")
                 for when in ("before", "after")) + " |")
+        d = pooled["ece_after_difference"]
+        lines += ["", f"Pooled ECE after, moaspace minus raw kNN: {d['difference']:+.4f}, 95% "
+                  f"interval [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] (bootstrap over the "
+                  f"{d['clusters']} seed x compound clusters; below zero in "
+                  f"{d['share_of_resamples_below_zero']:.0%} of {d['n_boot']} resamples)."]
     fitted = [m for m in CALIBRATION_METHODS if m != "none"]
     lines += ["", "Every calibration method on the same test rows (ECE / Brier / NLL), and its "
               "out-of-fold Brier score on the validation rows, which chose the method:", "",
