@@ -525,13 +525,15 @@ def test_ece_is_nan_for_non_finite_confidences_and_curves_skip_them():
     assert np.isnan(expected_calibration_error(oof, [1]))
 
 
-def test_float32_scores_on_a_bin_edge_stay_in_their_right_closed_bin():
-    edges = np.array([0.2, 0.4, 0.6, 0.8])
-    for conf in (edges, edges.astype(np.float32)):
-        curve = reliability_curve(conf, np.ones(4), n_bins=5)
-        assert curve["n"].tolist() == [1, 1, 1, 1, 0]  # (0, .2], (.2, .4], ...
-    third = np.float32(1 / 3)  # 5/15 in float32 is above 1/3
-    assert reliability_curve([third], [1], n_bins=15)["n"].tolist()[4] == 1
+@pytest.mark.parametrize("n_bins", [5, 10, 15])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scores_on_a_bin_edge_stay_in_their_right_closed_bin(n_bins, dtype):
+    # every edge j / n_bins, exactly as float64 and as the nearest float32 (which can be
+    # above it, e.g. float32(1/3) > 1/3): bins are (lo, hi], so edge j is in bin j - 1
+    edges = (np.arange(1, n_bins + 1) / n_bins).astype(dtype)
+    curve = reliability_curve(edges, np.ones(n_bins), n_bins=n_bins)
+    assert curve["n"].tolist() == [1] * n_bins
+    assert reliability_curve(np.array([0.0], dtype), [1], n_bins=n_bins)["n"].iloc[0] == 1
 
 
 def test_calibration_load_names_the_file(tmp_path):
@@ -630,19 +632,31 @@ def test_compound_calls_leave_out_no_call_signatures():
     assert calls.loc["c2", "top3"] == "" and list(calls.index) == ["c1", "c2"]
 
 
-def test_predict_compound_level_with_min_tas(openset_run):
+@pytest.mark.parametrize("open_set", [False, True])
+def test_predict_compound_level_with_min_tas(openset_run, open_set):
     _, model, _, test = openset_run
     q = test.copy()
-    cut = float(np.quantile(q.obs["tas"], 0.5))
-    pred = predict(model, q, min_tas=cut, open_set=False)
+    cpd = q.obs["pert_id"].astype(str)
+    quiet = cpd.iloc[0]
+    tas = q.obs["tas"].to_numpy(np.float64).copy()
+    tas[(cpd == quiet).to_numpy()] = 0.0  # one compound with nothing but inactive signatures
+    q.obs["tas"] = tas
+    cut = float(np.quantile(tas, 0.5))
+    pred = predict(model, q, min_tas=cut, open_set=open_set)
     calls = pred.uns["moa_compound_calls"]
-    no_call = pred.obs["moa_pred"].astype(str) == "no call"
-    assert no_call.any()
-    per_cpd = pd.Series(~no_call.to_numpy(), index=q.obs["pert_id"].astype(str)).groupby(
-        level=0).sum()
+    label = pred.obs["moa_pred"].astype(str).to_numpy()
+    no_call = label == "no call"
+    assert no_call.any() and not no_call.all()
+    per_cpd = pd.Series(~no_call, index=cpd.to_numpy()).groupby(level=0).sum()
     assert (calls["n_voting"] == per_cpd.reindex(calls.index)).all()
     silent = per_cpd[per_cpd == 0].index
+    assert quiet in silent
     assert (calls.loc[silent, "moa_pred"] == "no call").all()
+    if open_set:  # the unknown share is over the signatures that vote
+        voting = pd.Series(~no_call, index=cpd.to_numpy())
+        unknown = pd.Series(label == "unknown", index=cpd.to_numpy())[voting.to_numpy()]
+        share = unknown.groupby(level=0).mean().reindex(calls.index)
+        np.testing.assert_allclose(calls["share_unknown"].to_numpy(), share.to_numpy())
 
 
 def test_predict_warns_when_queries_are_atlas_signatures(openset_run, caplog):

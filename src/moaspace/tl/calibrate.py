@@ -103,9 +103,9 @@ DEFAULT_N_BINS = 15
 
 # --------------------------------------------------------------------------- metrics
 def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # rounded first: a float32 score that means 0.2 is 0.2000000030 and would leave its
-    # right-closed bin (0.1333, 0.2] for the next one
+    # confidences and edges both rounded to 6 decimals: a float32 score that means 0.2 is
+    # 0.2000000030 and would leave its right-closed bin (0.1333, 0.2] for the next one
+    edges = np.round(np.linspace(0.0, 1.0, n_bins + 1), 6)
     conf = np.round(np.clip(np.asarray(confidence, np.float64), 0.0, 1.0), 6)
     return np.searchsorted(edges[1:-1], conf, side="left")
 

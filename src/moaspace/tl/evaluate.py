@@ -69,6 +69,7 @@ def evaluate(
     if compound_key in held.obs.columns:
         labels["compound"] = held.obs[compound_key].astype(str).to_numpy()
     out["hierarchy"] = {
+        "k": min(k, len(y) - 1),
         "knn_share": neighbour_label_shares(z, labels, k=min(k, len(y) - 1)),
         "silhouette_moa": silhouette(z, y, seed=seed),
     }
@@ -111,7 +112,7 @@ def metrics_markdown(metrics: dict) -> str:
     if h:
         lines += ["", "| hierarchy | value |", "|---|---|"]
         for key, value in h.get("knn_share", {}).items():
-            lines.append(f"| share of 10-NN with same {key} | {value:.3f} |")
+            lines.append(f"| share of {h.get('k', 10)}-NN with same {key} | {value:.3f} |")
         for key in ("silhouette_moa", "silhouette_compound"):
             if key in h:
                 lines.append(f"| {key.replace('_', ' by ')} | {h[key]:.3f} |")

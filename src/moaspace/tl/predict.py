@@ -350,12 +350,12 @@ def predict(
     adata.uns["moa_predict"] = info
     if compounds_q is not None:
         compounds = compounds_q
-        calls = compound_calls(scores, classes, compounds,
-                               voting=np.asarray(labels, dtype=object) != NO_CALL_LABEL)
-        if cal is not None:  # mean unknown score, share of 'unknown' calls
+        voting = np.asarray(labels, dtype=object) != NO_CALL_LABEL
+        calls = compound_calls(scores, classes, compounds, voting=voting)
+        if cal is not None:  # mean unknown score, share of 'unknown' calls (voting rows)
             by = pd.DataFrame({"score": adata.obs["moa_unknown_score"].to_numpy(np.float64),
                                "unknown": np.asarray(labels == "unknown", dtype=np.float64)},
-                              index=compounds).groupby(level=0).mean().reindex(calls.index)
+                              index=compounds)[voting].groupby(level=0).mean().reindex(calls.index)
             calls["unknown_score"] = by["score"].to_numpy()
             calls["share_unknown"] = by["unknown"].to_numpy()
             # a compound is 'unknown' when most of its signatures are: averaging over
