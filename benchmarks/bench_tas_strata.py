@@ -74,6 +74,24 @@ def strata(pred: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def quartiles(pred: pd.DataFrame) -> dict:
+    """Accuracy of each method in each TAS quartile of the test signatures (disjoint bins),
+    and in the lowest quartile the class each method calls most often: where a method
+    spends its calls when the signature carries little signal."""
+    q = pd.qcut(pred["tas"].rank(method="first"), 4, labels=False).to_numpy()
+    out = {"accuracy": [], "lowest_quartile_top_call": {}}
+    for b in range(4):
+        rows = pred[q == b]
+        out["accuracy"].append({m: float((rows[m] == rows["moa"]).mean())
+                                for m in ("moaspace", *BASELINES)})
+    low = pred[q == 0]
+    for m in ("moaspace", *BASELINES):
+        top = low[m].value_counts().index[0]
+        out["lowest_quartile_top_call"][m] = {"moa": str(top), "calls": int((low[m] == top).sum()),
+                                              "true": int((low["moa"] == top).sum())}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=None,
@@ -92,8 +110,10 @@ def main() -> None:
     out = {"signatures": adata.n_obs, "seeds": seeds, "max_epochs": args.max_epochs,
            "schemes": {}}
     for scheme in args.schemes.split(","):
-        per_seed = [{"seed": s, "strata": strata(predictions(adata, scheme, s, args.max_epochs))}
-                    for s in seeds]
+        per_seed = []
+        for s in seeds:
+            pred = predictions(adata, scheme, s, args.max_epochs)
+            per_seed.append({"seed": s, "strata": strata(pred), "quartiles": quartiles(pred)})
         summary = []
         print(f"\n{scheme} split: macro-F1 on test signatures with TAS >= a quantile of the "
               f"test TAS (mean over seeds {args.seeds}); paired moaspace - baseline, mean ± sd")
@@ -112,6 +132,10 @@ def main() -> None:
                   f"{row['logreg_mean']:7.3f} {row['pca_lda_mean']:8.3f} "
                   f"{row['minus_logreg_mean']:+9.3f} ± {row['minus_logreg_sd']:.3f} "
                   f"{row['minus_pca_lda_mean']:+9.3f} ± {row['minus_pca_lda_sd']:.3f}")
+        print("accuracy per TAS quartile (lowest first), per seed: "
+              + "; ".join(f"seed {r['seed']}: " + ", ".join(
+                  f"{m} " + "/".join(f"{a[m]:.2f}" for a in r["quartiles"]["accuracy"])
+                  for m in ("moaspace", "logreg")) for r in per_seed))
         out["schemes"][scheme] = {"per_seed": per_seed, "summary": summary}
     out["seconds"] = time.perf_counter() - t0
     RESULTS.mkdir(exist_ok=True)
