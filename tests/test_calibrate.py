@@ -672,3 +672,26 @@ def test_predict_warns_when_queries_are_atlas_signatures(openset_run, caplog):
         predict(model, renamed, compound_key="pert_id")
         predict(model, test, compound_key="pert_id")
     assert "in the training atlas" not in caplog.text
+
+
+@pytest.mark.parametrize("label", ["unknown", "No call", " "])
+def test_moa_labels_that_clash_with_abstentions_are_refused(label):
+    adata = make_synthetic(n_moas=3, compounds_per_moa=4, n_genes=16, seed=1)
+    split(adata, "compound", seed=0)
+    moa = adata.obs["moa"].astype(str).to_numpy().copy()
+    moa[moa == moa[0]] = label
+    adata.obs["moa"] = moa
+    with pytest.raises(InputError, match="name no mechanism"):
+        MoaModel(adata)
+
+
+def test_calibrate_reads_tas_from_the_named_column(openset_run):
+    _, model, adata, _ = openset_run
+    before = model.calibration
+    try:
+        renamed = adata.copy()
+        renamed.obs["activity"] = renamed.obs.pop("tas")
+        assert "tas_coverage" not in model.calibrate(renamed).validation
+        assert "tas_coverage" in model.calibrate(renamed, tas_key="activity").validation
+    finally:
+        model.calibration = before

@@ -232,6 +232,15 @@ class MoaModel:
             raise InputError(
                 f"the training split has {len(self.moas)} MoA(s); a classifier needs at least two"
             )
+        from ..tl.calibrate import NO_CALL, UNKNOWN
+
+        reserved = [m for m in self.moas if m.strip().lower() in (UNKNOWN, NO_CALL, "")]
+        if reserved:
+            # predict() writes these labels where it abstains; a class of that name (or an
+            # empty one) would be indistinguishable from an abstention
+            raise InputError(
+                f"obs[{moa_key!r}] has MoA labels {reserved} that name no mechanism (or clash "
+                f"with predict's {UNKNOWN!r} / {NO_CALL!r} calls): drop or relabel those rows")
         self.fingerprint = data_fingerprint(adata, split_key)
 
     # ------------------------------------------------------------------ input
@@ -607,10 +616,10 @@ class MoaModel:
         return self._reference
 
     # ------------------------------------------------------------ calibration
-    def _tas(self, obs: pd.DataFrame) -> np.ndarray | None:
-        if "tas" not in obs.columns:
+    def _tas(self, obs: pd.DataFrame, tas_key: str = "tas") -> np.ndarray | None:
+        if tas_key not in obs.columns:
             return None
-        return pd.to_numeric(obs["tas"], errors="coerce").to_numpy(np.float64)
+        return pd.to_numeric(obs[tas_key], errors="coerce").to_numpy(np.float64)
 
     def _fit_calibration(self, z: np.ndarray, labels: np.ndarray, tas: np.ndarray | None,
                          **kwargs):
@@ -625,7 +634,7 @@ class MoaModel:
 
     def calibrate(self, adata: ad.AnnData, *, split: str | None = "val",
                   target_false_unknown: float = 0.05, method: str = "auto",
-                  score: str = "auto", min_tas: float | None = None):
+                  score: str = "auto", min_tas: float | None = None, tas_key: str = "tas"):
         """(Re)fit the calibration on held-out signatures of known MoAs; returns it.
 
         Uses the rows of ``adata`` with ``obs[split_key] == split`` (all rows
@@ -636,7 +645,8 @@ class MoaModel:
         ``moa_pred_score`` is a probability, picks the open-set score
         (``score="auto"``: best AUROC against leave-own-MoA-out
         pseudo-unknowns) and its threshold for ``target_false_unknown``, and
-        stores ``min_tas`` (no call below it; None: off). ``save()`` writes it
+        stores ``min_tas`` (no call below it; None: off; the TAS column is
+        ``obs[tas_key]``, used for the accuracy-vs-TAS curve). ``save()`` writes it
         to ``calibration.json``. See :mod:`moaspace.tl.calibrate`.
         """
         self._require_net()
@@ -678,7 +688,8 @@ class MoaModel:
                     "the calibrated scores and the unknown threshold fit known compounds, "
                     "not new ones", len(seen), compounds.nunique(), preview(seen, 3))
         return self._fit_calibration(
-            self.embed(sub), sub.obs[moa_key].astype(str).to_numpy(), self._tas(sub.obs),
+            self.embed(sub), sub.obs[moa_key].astype(str).to_numpy(),
+            self._tas(sub.obs, tas_key),
             groups=compounds.to_numpy(),
             target_false_unknown=target_false_unknown, method=method, score=score,
             min_tas=min_tas)
