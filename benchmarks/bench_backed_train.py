@@ -46,6 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MB = 2**20
+sys.path.insert(0, str(ROOT / "tests"))  # _synthetic: the test suite's data and memory helpers
 
 
 def write_h5ad(path: Path, n_obs: int, n_vars: int, seed: int = 0, block: int = 1000) -> dict:
@@ -54,7 +55,6 @@ def write_h5ad(path: Path, n_obs: int, n_vars: int, seed: int = 0, block: int = 
     20 MoAs x 10 compounds; compounds of group 0 are validation, of group 1
     test. X = 0.7 x MoA centroid + noise.
     """
-    sys.path.insert(0, str(ROOT / "tests"))
     from _synthetic import write_blocked_h5ad
 
     t0 = time.perf_counter()
@@ -75,22 +75,14 @@ def drop_from_page_cache(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ worker process
-def _status(key: str) -> int:
-    """Bytes of a /proc/self/status field (VmSize, VmPeak, VmRSS, VmHWM)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def worker(spec: dict) -> dict:
     """One training run; ``spec``: path, mode (memory | backed), limit_mb, hp, train."""
     import anndata as ad
     import lightning as L
-    import pandas as pd
     import torch
 
+    from _synthetic import proc_status_bytes as _status
+    from _synthetic import warm_up_training
     from moaspace.model import MoaModel
 
     torch.set_num_threads(spec["threads"])
@@ -106,16 +98,7 @@ def worker(spec: dict) -> dict:
         def on_train_epoch_end(self, trainer, pl_module):  # before validation
             self.train_s.append(time.perf_counter() - self._t)
 
-    # warm-up: lazy imports, thread pools and Lightning's one-off allocations go into
-    # the baseline, not into the limit's headroom
-    n = 64
-    obs = pd.DataFrame({"moa": np.arange(n) % 2, "pert_id": np.arange(n) % 8,
-                        "split": np.where(np.arange(n) % 8 == 0, "val", "train")},
-                       index=[f"w{i}" for i in range(n)]).astype(str)
-    warm = ad.AnnData(np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32),
-                      obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(8)]))
-    MoaModel(warm, hidden_dims=(8,), embedding_dim=4).train(
-        max_epochs=1, batch_size=16, progress_bar=False, accelerator="cpu")
+    warm_up_training()
 
     out: dict = {"mode": spec["mode"], "base_vsz_bytes": _status("VmSize"),
                  "base_rss_bytes": _status("VmRSS")}

@@ -116,3 +116,28 @@ def write_blocked_h5ad(path, n_obs: int, n_vars: int, *, n_moas: int = 10,
             stop = min(n_obs, start + block)
             x[start:stop] = centroids[moa[start:stop]] + noise[rng.permutation(block)[
                 :stop - start]]
+
+
+def proc_status_bytes(key: str) -> int:
+    """Bytes of a /proc/self/status field (VmSize, VmPeak, VmRSS, VmHWM); 0 if absent."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def warm_up_training() -> None:
+    """A tiny in-memory training, so that lazy imports, thread pools and Lightning's
+    one-off allocations belong to a memory baseline taken afterwards, not to the
+    headroom measured against it (memory-limit test and benchmark)."""
+    from moaspace.model import MoaModel
+
+    n = 64
+    obs = pd.DataFrame({"moa": np.arange(n) % 2, "pert_id": np.arange(n) % 8,
+                        "split": np.where(np.arange(n) % 8 == 0, "val", "train")},
+                       index=[f"w{i}" for i in range(n)]).astype(str)
+    warm = ad.AnnData(np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32),
+                      obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(8)]))
+    MoaModel(warm, hidden_dims=(8,), embedding_dim=4).train(
+        max_epochs=1, batch_size=16, progress_bar=False, accelerator="cpu")

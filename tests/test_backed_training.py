@@ -169,26 +169,12 @@ def test_cli_train_backed(h5ad_path, tmp_path):
 # ------------------------------------------------------------- larger than a memory limit
 DRIVER = textwrap.dedent('''
     import json, resource, sys
-    import anndata as ad, numpy as np, pandas as pd, torch
+    import anndata as ad, torch
     from moaspace.model import MoaModel
+    from _synthetic import proc_status_bytes as status, warm_up_training
 
     torch.set_num_threads(1)
-
-    def status(key):  # bytes, from /proc/self/status (VmSize, VmPeak, VmRSS, VmHWM)
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-
-    # warm-up: a tiny in-memory training, so lazy imports, thread pools and Lightning's
-    # one-off allocations belong to the baseline and not to the headroom
-    n = 64
-    obs = pd.DataFrame({"moa": np.arange(n) % 2, "pert_id": np.arange(n) % 8,
-                        "split": np.where(np.arange(n) % 8 == 0, "val", "train")},
-                       index=[f"w{i}" for i in range(n)]).astype(str)
-    warm = ad.AnnData(np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32),
-                      obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(8)]))
-    MoaModel(warm, hidden_dims=(8,), embedding_dim=4).train(
-        max_epochs=1, batch_size=16, progress_bar=False, accelerator="cpu")
+    warm_up_training()
 
     path, headroom, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     base = {"vsz": status("VmSize"), "rss": status("VmRSS")}
@@ -224,7 +210,9 @@ def test_training_on_data_larger_than_the_memory_limit(tmp_path):
     assert path.stat().st_size > x_bytes > 2 * headroom
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+    tests = str(Path(__file__).parent)  # the driver imports _synthetic from here
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
     # one process (imports take most of its time): the in-memory load first, then backed
     run = subprocess.run([sys.executable, str(driver), str(path), str(headroom),
                           str(tmp_path / "model")], capture_output=True, text=True,
