@@ -147,6 +147,23 @@ def test_backed_nan_rows_are_named(h5ad_path, tmp_path):
     assert str(adata.obs_names[bad[0]]) in str(err.value)
 
 
+def test_raw_reference_of_a_backed_gene_view_matches_in_memory(h5ad_path, tmp_path):
+    """save_raw_reference reads a backed view (not row-indexable) at the kept rows only."""
+    from moaspace.crispr import save_raw_reference
+
+    memory = read_h5ad(h5ad_path)
+    genes = list(memory.var_names[::3])
+    refs = []
+    for name, adata in (("memory", memory[:, genes]),
+                        ("backed", ad.read_h5ad(h5ad_path, backed="r")[:, genes])):
+        (tmp_path / name).mkdir()
+        refs.append(read_h5ad(save_raw_reference(adata, tmp_path / name, max_signatures=100)))
+    assert refs[0].shape == (100, len(genes))
+    assert np.array_equal(refs[0].X, refs[1].X)
+    assert list(refs[0].obs_names) == list(refs[1].obs_names)
+    assert (refs[0].obs == refs[1].obs).all().all()
+
+
 def test_cli_train_backed(h5ad_path, tmp_path):
     runner = CliRunner()
     outs = {}

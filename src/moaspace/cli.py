@@ -211,28 +211,6 @@ def _load_h5ad(path: Path, backed: bool = False):
     return adata
 
 
-def _raw_reference_rows(adata, split_key: str = "split", max_signatures: int = 50_000):
-    """In memory: just the training rows ``save_raw_reference`` keeps, read from a backed file.
-
-    ``save_raw_reference`` indexes the AnnData, which a backed view (``--genes
-    landmark``) does not allow; it keeps at most ``max_signatures`` training
-    rows (the same seeded subsample), so this is bounded whatever the file size.
-    """
-    import anndata as ad
-    import numpy as np
-
-    from .model.data import backed_rows
-
-    rows = np.ones(adata.n_obs, bool)
-    if split_key in adata.obs.columns:
-        rows = (adata.obs[split_key].astype(str) == "train").to_numpy()
-    idx = np.flatnonzero(rows)
-    if len(idx) > max_signatures:
-        idx = np.sort(np.random.default_rng(0).choice(idx, max_signatures, replace=False))
-    x = backed_rows(adata).rows(idx).numpy()
-    return ad.AnnData(x, obs=adata.obs.iloc[idx].copy(), var=adata.var.copy())
-
-
 @app.command("split")
 @handle_errors
 def split_cmd(
@@ -331,7 +309,7 @@ def train(
     from .crispr import save_raw_reference
 
     # raw-signature comparison for `moaspace crispr`
-    save_raw_reference(_raw_reference_rows(adata) if backed else adata, out)
+    save_raw_reference(adata, out)
     _summary("train", [("model directory", out), ("signatures x genes", adata.shape),
                        ("MoAs", len(model.moas)), ("compounds", len(model.compounds)),
                        ("best epoch", model.best_epoch),

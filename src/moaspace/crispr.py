@@ -73,9 +73,12 @@ def save_raw_reference(adata: ad.AnnData, model_dir: str | os.PathLike,
     The raw-signature (no model) comparison of :func:`score_knockdowns` runs
     the same kNN vote as the model, over these signatures instead of their
     embeddings. At most ``max_signatures`` (a seeded subsample) are kept to
-    bound the file size; written atomically.
+    bound the file size; written atomically. A backed AnnData (also a gene
+    subset view of one, which cannot be indexed by rows) is read at the kept
+    rows only.
     """
     from .data.prepare import write_h5ad
+    from .model.data import backed_rows
 
     rows = np.ones(adata.n_obs, bool)
     if split_key in adata.obs.columns:
@@ -83,12 +86,16 @@ def save_raw_reference(adata: ad.AnnData, model_dir: str | os.PathLike,
     idx = np.flatnonzero(rows)
     if len(idx) > max_signatures:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_signatures, replace=False))
-    sub = adata[idx]
-    X = np.asarray(sub.X.toarray() if hasattr(sub.X, "toarray") else sub.X, dtype=np.float32)
-    obs = pd.DataFrame({"pert_id": sub.obs["pert_id"].astype(str).to_numpy(),
-                        "moa": sub.obs["moa"].astype(str).to_numpy()},
-                       index=sub.obs_names.astype(str))
-    ref = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=sub.var_names.astype(str)))
+    if adata.isbacked:
+        X = backed_rows(adata).rows(idx).numpy()
+    else:
+        sub = adata.X[idx]
+        X = np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=np.float32)
+    kept = adata.obs.iloc[idx]
+    obs = pd.DataFrame({"pert_id": kept["pert_id"].astype(str).to_numpy(),
+                        "moa": kept["moa"].astype(str).to_numpy()},
+                       index=kept.index.astype(str))
+    ref = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=adata.var_names.astype(str)))
     return write_h5ad(ref, Path(model_dir) / RAW_REFERENCE)
 
 
