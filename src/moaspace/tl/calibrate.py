@@ -273,6 +273,14 @@ def choose_min_tas(tas, correct, target_accuracy: float) -> float | None:
 
 
 # ------------------------------------------------------------------ open-set scores
+def _prototype_scores(cos: np.ndarray, energy_scale: float) -> dict[str, np.ndarray]:
+    """``prototype`` and ``energy`` unknown scores from cosines to the MoA prototypes
+    (a prototype left out is ``-inf``): one definition for real and pseudo-unknowns."""
+    cos = np.asarray(cos, dtype=np.float64)
+    return {"prototype": 1.0 - cos.max(axis=1),
+            "energy": -special.logsumexp(energy_scale * cos, axis=1) / energy_scale}
+
+
 def openset_scores(
     z: np.ndarray,
     *,
@@ -292,11 +300,7 @@ def openset_scores(
     ``class_scores``: per-class kNN vote shares, for ``msp``.
     Returns a dict over :data:`OPENSET_SCORES` (``msp`` only with ``class_scores``).
     """
-    from scipy.special import logsumexp
-
-    cos = l2_normalize(z) @ np.asarray(centres, np.float32).T
-    out = {"prototype": 1.0 - cos.max(axis=1),
-           "energy": -logsumexp(energy_scale * cos.astype(np.float64), axis=1) / energy_scale}
+    out = _prototype_scores(l2_normalize(z) @ np.asarray(centres, np.float32).T, energy_scale)
     if knn_sims is None:
         if reference is None:
             raise InputError("openset_scores needs knn_sims or a reference to search")
@@ -325,14 +329,10 @@ def leave_moa_out_scores(
     (a *pseudo-unknown*), which is how the open-set score is chosen without
     touching the test MoAs. ``codes``: MoA code of each query (>= 0).
     """
-    from scipy.special import logsumexp
-
     n_classes = len(centres)
     cos = (l2_normalize(z) @ np.asarray(centres, np.float32).T).astype(np.float64)
-    rows = np.arange(len(codes))
-    cos[rows, codes] = -np.inf
-    out = {"prototype": 1.0 - cos.max(axis=1),
-           "energy": -logsumexp(energy_scale * cos, axis=1) / energy_scale,
+    cos[np.arange(len(codes)), codes] = -np.inf  # the query's own MoA is not there
+    out = {**_prototype_scores(cos, energy_scale),
            "knn": np.empty(len(codes)), "msp": np.empty(len(codes))}
     for c in np.unique(codes):
         q = np.flatnonzero(codes == c)

@@ -68,9 +68,10 @@ def evaluate(
     labels = {"moa": y}
     if compound_key in held.obs.columns:
         labels["compound"] = held.obs[compound_key].astype(str).to_numpy()
+    k_share = min(k, len(y) - 1)
     out["hierarchy"] = {
-        "k": min(k, len(y) - 1),
-        "knn_share": neighbour_label_shares(z, labels, k=min(k, len(y) - 1)),
+        "k": k_share,
+        "knn_share": neighbour_label_shares(z, labels, k=k_share),
         "silhouette_moa": silhouette(z, y, seed=seed),
     }
     if "compound" in labels:

@@ -333,9 +333,9 @@ def predict(
                        "score and no 'unknown' calls are made", method)
     else:
         labels, pred_score, extra = _open_set_calls(
-            cal, adata, z, scores, sims, idx, ref_z, ref_moa, classes, centres, labels, method,
-            k, weighting, open_set=open_set is not False, min_tas=min_tas, tas_key=tas_key,
-            info=info)
+            cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, classes, centres, labels,
+            method, k, weighting, open_set=open_set is not False, min_tas=min_tas,
+            tas_key=tas_key, info=info)
     adata.obsm["X_moa"] = z
     adata.obsm["moa_scores"] = scores
     adata.uns["moa_classes"] = list(classes)
@@ -349,13 +349,13 @@ def predict(
     adata.uns["moa_top_k"] = top_k_table(scores, classes, top_k, index=adata.obs_names)
     adata.uns["moa_predict"] = info
     if compounds_q is not None:
-        compounds = compounds_q
         voting = np.asarray(labels, dtype=object) != NO_CALL_LABEL
-        calls = compound_calls(scores, classes, compounds, voting=voting)
+        calls = compound_calls(scores, classes, compounds_q, voting=voting)
         if cal is not None:  # mean unknown score, share of 'unknown' calls (voting rows)
             by = pd.DataFrame({"score": adata.obs["moa_unknown_score"].to_numpy(np.float64),
                                "unknown": np.asarray(labels == "unknown", dtype=np.float64)},
-                              index=compounds)[voting].groupby(level=0).mean().reindex(calls.index)
+                              index=compounds_q)[voting].groupby(level=0).mean().reindex(
+                                  calls.index)
             calls["unknown_score"] = by["score"].to_numpy()
             calls["share_unknown"] = by["unknown"].to_numpy()
             # a compound is 'unknown' when most of its signatures are: averaging over
@@ -366,9 +366,10 @@ def predict(
     return adata
 
 
-def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, classes, centres, labels,
-                    method, k, weighting, *, open_set, min_tas, tas_key, info):
-    """Calibrated score, unknown score and the abstentions of :func:`predict`."""
+def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, classes, centres,
+                    labels, method, k, weighting, *, open_set, min_tas, tas_key, info):
+    """Calibrated score, unknown score and the abstentions of :func:`predict`
+    (``codes``: class code of every atlas signature)."""
     from .calibrate import NO_CALL, UNKNOWN, confidence_features, openset_scores
 
     if list(cal.classes) != list(classes):
@@ -381,14 +382,13 @@ def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, classes, c
         centres, _ = prototypes(ref_z, ref_moa, classes)
     features = None
     if cal.method == "logistic":
-        features = confidence_features(scores, z, centres, sims, idx,
-                                       encode_labels(ref_moa, classes)[0], wide_k=cal.wide_k)
+        features = confidence_features(scores, z, centres, sims, idx, codes, wide_k=cal.wide_k)
     _, pred_score = cal.calibrate_scores(scores, method, features)
     # the msp threshold was fitted on the calibration's kNN vote, whatever this call predicts with
     votes = None
     if cal.score == "msp":
-        votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], encode_labels(ref_moa, classes)[0],
-                           len(classes), weighting=cal.weighting)
+        votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes),
+                           weighting=cal.weighting)
     unknown = openset_scores(z, centres=centres, knn_sims=sims, k=cal.k, class_scores=votes,
                              energy_scale=cal.energy_scale)[cal.score]
     adata.obs["moa_unknown_score"] = unknown.astype(np.float32)
