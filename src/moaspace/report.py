@@ -131,9 +131,10 @@ def build_report(run_dir: str | os.PathLike) -> str:
         if metrics.get("compound_level"):
             md_rows.append(("compound-level macro-F1",
                             f"{metrics['compound_level']['macro_f1']:.3f}"))
-        for key, value in metrics.get("hierarchy", {}).get("knn_share", {}).items():
-            k = metrics["hierarchy"].get("k", 10)
-            md_rows.append((f"share of {k} nearest neighbours with the same {key}",
+        hierarchy = metrics.get("hierarchy", {})
+        for key, value in hierarchy.get("knn_share", {}).items():
+            md_rows.append((f"share of {hierarchy.get('k', 10)} nearest neighbours with the "
+                            f"same {key}",
                             f"{value:.3f}"))
         parts.append(_kv(md_rows))
         parts.append(_img(pl.per_moa_f1(metrics)))
