@@ -46,6 +46,7 @@ from .module import (
     MoaModule,
     MoaNet,
     TrainData,
+    embed_row_source,
 )
 
 logger = logging.getLogger(__name__)
@@ -575,19 +576,11 @@ class MoaModel:
                                                                 np.arange(len(x)))
         return out
 
-    @torch.no_grad()
     def _embed_source(self, source: RowSource, idx: np.ndarray,
                       batch_size: int = 8192) -> np.ndarray:
         """Embeddings of rows ``idx`` of a row source, read ``batch_size`` rows at a time."""
         net = self._require_net()
-        net.eval()
-        device = next(net.parameters()).device
-        batch_size = min(batch_size, source.chunk_rows or batch_size)
-        out = np.zeros((len(idx), net.encoder.embedding_dim), dtype=np.float32)
-        for start in range(0, len(idx), batch_size):
-            xb = source.rows(idx[start:start + batch_size]).to(device)
-            out[start:start + batch_size] = net.embed(xb).float().cpu().numpy()
-        return out
+        return embed_row_source(net, source, idx, batch_size=batch_size).cpu().numpy()
 
     def _build_reference(self, idx: np.ndarray, data: TrainData) -> ad.AnnData:
         emb = self._embed_source(data.x, idx)

@@ -149,6 +149,29 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 # ---------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------
+@torch.no_grad()
+def embed_row_source(net: MoaNet, source, idx: np.ndarray, device=None,
+                     batch_size: int = 8192) -> torch.Tensor:
+    """Embeddings (float32, on ``device``) of rows ``idx`` of a row source, in eval mode.
+
+    Reads ``batch_size`` rows at a time (fewer when the source is backed and
+    reads in chunks); the net's train/eval mode is restored afterwards. Used
+    for validation during training and for the atlas after it.
+    """
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device if device is None else device
+    batch_size = min(batch_size, source.chunk_rows or batch_size)
+    out = torch.empty((len(idx), net.encoder.embedding_dim), dtype=torch.float32, device=device)
+    try:
+        for start in range(0, len(idx), batch_size):
+            xb = source.rows(idx[start:start + batch_size]).to(device)
+            out[start:start + batch_size] = net.embed(xb).float()
+    finally:
+        net.train(was_training)
+    return out
+
+
 @dataclass
 class TrainData:
     """Training data; indices select rows of ``x``.
@@ -367,18 +390,9 @@ class MoaModule(L.LightningModule):
         return out["loss"]
 
     # --- validation + early stopping -----------------------------------------
-    @torch.no_grad()
     def embed_rows(self, idx: np.ndarray, batch: int = 8192) -> torch.Tensor:
         """Embed rows of the training data in eval mode (BN running stats, no dropout)."""
-        was_training = self.net.training
-        self.net.eval()
-        batch = min(batch, self.data.x.chunk_rows or batch)  # bounded reads when backed
-        out = []
-        for start in range(0, len(idx), batch):
-            rows = torch.as_tensor(idx[start:start + batch], dtype=torch.long)
-            out.append(self.net.embed(self.data.x.rows(rows).to(self.device)).float())
-        self.net.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, self.net.encoder.embedding_dim)
+        return embed_row_source(self.net, self.data.x, idx, self.device, batch)
 
     def validation_f1(self) -> float:
         """kNN macro-F1 of validation signatures against training embeddings."""
