@@ -3,6 +3,7 @@ temperature scaling, the ``moa`` split, and open-set prediction end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -693,5 +694,74 @@ def test_calibrate_reads_tas_from_the_named_column(openset_run):
         renamed.obs["activity"] = renamed.obs.pop("tas")
         assert "tas_coverage" not in model.calibrate(renamed).validation
         assert "tas_coverage" in model.calibrate(renamed, tas_key="activity").validation
+    finally:
+        model.calibration = before
+
+
+def test_each_prediction_method_has_its_own_calibration_map(tmp_path):
+    curve = {"x": [0.0, 1.0], "y": [0.2, 0.9]}
+    cal = Calibration(classes=["A", "B"], method="isotonic", methods={"prototype": "none"},
+                      isotonic={"knn": curve, "prototype": curve},
+                      score="energy", thresholds={"energy": -0.3})
+    scores = np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32)
+    _, knn_conf = cal.calibrate_scores(scores, "knn")
+    _, proto_conf = cal.calibrate_scores(scores, "prototype")
+    assert knn_conf == pytest.approx([0.2 + 0.7 * 0.9, 0.2 + 0.7 * 0.8])
+    assert proto_conf == pytest.approx([0.9, 0.8])  # 'none': the raw top score
+    back = Calibration.load(cal.save(tmp_path / "calibration.json"))
+    assert back.methods == {"prototype": "none"} and back.method_for("knn") == "isotonic"
+    # a calibration written before per-method maps: every method falls back to `method`
+    old = {k: v for k, v in cal.to_dict().items() if k != "methods"}
+    assert Calibration.from_dict(old).method_for("prototype") == "isotonic"
+    with pytest.raises(MoaspaceError, match="calibration methods"):
+        Calibration.from_dict({**cal.to_dict(), "methods": {"prototype": "platt"}})
+
+
+def test_auto_picks_the_prototype_map_on_prototype_scores():
+    """'auto' validates the prototype map on the prototype scores themselves (out of fold),
+    not by the kNN vote's choice."""
+    from moaspace.tl.calibrate import PROTOTYPE_TEMPERATURE
+    from moaspace.tl.predict import encode_labels, prototype_scores, prototypes
+
+    adata = make_synthetic(n_moas=6, compounds_per_moa=8, n_genes=48, seed=5)
+    split(adata, "compound", seed=0)
+    s = adata.obs["split"].astype(str).to_numpy()
+    x, y = np.asarray(adata.X), adata.obs["moa"].astype(str).to_numpy()
+    cal = fit_calibration(x[s == "val"], y[s == "val"], x[s == "train"], y[s == "train"],
+                          groups=adata.obs["pert_id"].astype(str).to_numpy()[s == "val"])
+    knn_brier = cal.validation["brier_out_of_fold"]
+    proto = cal.validation["prototype"]
+    assert cal.methods == {"knn": min(knn_brier, key=knn_brier.get),
+                           "prototype": min(proto["brier_out_of_fold"],
+                                            key=proto["brier_out_of_fold"].get)}
+    assert cal.method == cal.methods["knn"] and proto["method"] == cal.methods["prototype"]
+    # the 'none' entry is the Brier score of the raw prototype scores of the val rows
+    centres, classes = prototypes(x[s == "train"], y[s == "train"])
+    sc = prototype_scores(x[s == "val"], centres, PROTOTYPE_TEMPERATURE)
+    right = sc.argmax(1) == encode_labels(y[s == "val"], classes)[0]
+    assert proto["brier_out_of_fold"]["none"] == pytest.approx(brier_score(sc.max(1), right))
+    assert proto["accuracy"] == pytest.approx(right.mean())
+    forced = fit_calibration(x[s == "val"], y[s == "val"], x[s == "train"], y[s == "train"],
+                             method="temperature")
+    assert forced.methods == {"knn": "temperature", "prototype": "temperature"}
+
+
+def test_predict_by_prototype_uses_the_prototype_map(openset_run):
+    _, model, _, test = openset_run
+    before = model.calibration
+    try:
+        # a copy: the module-scoped model's own calibration is left as it was
+        cal = dataclasses.replace(before, methods={"prototype": "none", "knn": "isotonic"})
+        model.calibration = cal
+        by_proto = predict(model, test, method="prototype", compound_key=None)
+        assert by_proto.uns["moa_predict"]["calibration_method"] == "none"
+        np.testing.assert_allclose(by_proto.obs["moa_pred_score"].to_numpy(),
+                                   by_proto.obsm["moa_scores"].max(axis=1), atol=1e-6)
+        by_knn = predict(model, test, compound_key=None)
+        assert by_knn.uns["moa_predict"]["calibration_method"] == "isotonic"
+        curve = cal.isotonic["knn"]
+        np.testing.assert_allclose(
+            by_knn.obs["moa_pred_score"].to_numpy(),
+            np.interp(by_knn.obsm["moa_scores"].max(axis=1), curve["x"], curve["y"]), atol=1e-6)
     finally:
         model.calibration = before

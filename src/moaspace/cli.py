@@ -456,7 +456,8 @@ def calibrate(
                           target_false_unknown=target_false_unknown, method=method,
                           score=score, min_tas=min_tas)
     model.save(model_dir, overwrite=True)
-    _summary("calibrate", [("model", model_dir), ("calibration", cal.method),
+    maps = f"{cal.method_for('knn')} (kNN), {cal.method_for('prototype')} (prototype)"
+    _summary("calibrate", [("model", model_dir), ("calibration", maps),
                            ("open-set score", cal.score),
                            ("target false-unknown rate", target_false_unknown)])
 

@@ -521,7 +521,9 @@ class Calibration:
 
     ``temperature`` / ``isotonic`` / ``logistic``: per prediction method
     (``knn``, ``prototype``); ``method`` says which one makes
-    ``moa_pred_score``. ``wide_k``: neighbours of the wider vote that the
+    ``moa_pred_score`` of kNN predictions and ``methods`` which one per
+    prediction method (each chosen on its own out-of-fold Brier score; a
+    method missing there falls back to ``method``). ``wide_k``: neighbours of the wider vote that the
     logistic calibration reads (:func:`confidence_features`).
     ``score`` is the open-set score used for ``unknown`` calls and
     ``thresholds`` holds a threshold for every score (all chosen for
@@ -534,6 +536,7 @@ class Calibration:
     k: int = 10
     weighting: str = "distance"
     method: str = "isotonic"
+    methods: dict = field(default_factory=dict)
     temperature: dict = field(default_factory=dict)
     isotonic: dict = field(default_factory=dict)
     logistic: dict = field(default_factory=dict)
@@ -554,6 +557,14 @@ class Calibration:
         if self.score not in OPENSET_SCORES:
             raise MoaspaceError(f"open-set score must be one of {list(OPENSET_SCORES)}, "
                                 f"got {self.score!r}")
+        bad = {k: v for k, v in self.methods.items() if v not in CALIBRATION_METHODS}
+        if bad:
+            raise MoaspaceError(f"calibration methods must be among {list(CALIBRATION_METHODS)}, "
+                                f"got {bad}")
+
+    def method_for(self, predict_method: str = "knn") -> str:
+        """The calibration map applied to the scores of ``predict_method``."""
+        return self.methods.get(predict_method, self.method)
 
     @property
     def threshold(self) -> float:
@@ -571,9 +582,10 @@ class Calibration:
         """
         scores = np.asarray(scores)
         top = scores.max(axis=1)
-        if self.method == "none":
+        method = self.method_for(predict_method)
+        if method == "none":
             return None, top.astype(np.float32)
-        if self.method == "logistic":
+        if method == "logistic":
             fit = self.logistic.get(predict_method)
             if fit is None:
                 raise MoaspaceError(f"no logistic calibration for method {predict_method!r}")
@@ -583,7 +595,7 @@ class Calibration:
             if len(features) != len(scores):
                 raise InputError("features and scores must have one row per query")
             return None, apply_logistic(fit, features).astype(np.float32)
-        if self.method == "isotonic":
+        if method == "isotonic":
             curve = self.isotonic.get(predict_method)
             if curve is None:
                 raise MoaspaceError(f"no isotonic calibration for method {predict_method!r}")
@@ -653,6 +665,13 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 
 # --------------------------------------------------------------------- fitting
+def _lowest_brier(oofs: dict[str, np.ndarray], correct: np.ndarray) -> str:
+    """The calibration map with the lowest out-of-fold Brier score (ties: listed order)."""
+    briers = {m: brier_score(o, correct) for m, o in oofs.items()}
+    return min(CALIBRATION_METHODS, key=lambda m: (np.nan_to_num(briers[m], nan=np.inf),
+                                                    CALIBRATION_METHODS.index(m)))
+
+
 def fit_calibration(
     z: np.ndarray,
     labels,
@@ -693,7 +712,8 @@ def fit_calibration(
         (logistic regression of P(correct) on :func:`confidence_features`: the
         top score, a ``wide_k``-neighbour vote and the prototype margin),
         ``none`` (the raw top score), or ``auto`` (default): the one with the
-        lowest out-of-fold Brier score on the validation rows.
+        lowest out-of-fold Brier score on the validation rows, chosen for the
+        kNN vote and the prototype scores separately (``Calibration.methods``).
     target_false_unknown
         Share of known validation queries allowed above the unknown threshold.
     score
@@ -763,18 +783,34 @@ def fit_calibration(
                       target_false_unknown=float(target_false_unknown),
                       min_tas=None if min_tas is None else float(min_tas))
 
+    # out-of-fold (grouped by compound) scores of every map, for each prediction method: the
+    # map is chosen per method, as kNN vote shares and prototype softmaxes differ in shape
+    oof_by = {}
+    for name, sc in (("knn", votes), ("prototype", proto)):
+        right = sc.argmax(axis=1) == codes
+        oof_by[name] = {m: _out_of_fold_confidence(m, sc.max(axis=1), score_logits(sc, name),
+                                                   codes, right, groups, feats[name])
+                        for m in CALIBRATION_METHODS}
+        if name == "prototype":
+            chosen = method if method != "auto" else _lowest_brier(oof_by[name], right)
+            val["prototype"] = {
+                "method": chosen, "accuracy": float(right.mean()),
+                "ece_before": expected_calibration_error(sc.max(axis=1), right, n_bins),
+                "brier_out_of_fold": {m: brier_score(o, right) for m, o in oof_by[name].items()},
+                "ece_out_of_fold": {m: expected_calibration_error(o, right, n_bins)
+                                    for m, o in oof_by[name].items()},
+            }
+            cal.methods["prototype"] = chosen
     correct = votes.argmax(axis=1) == codes
     before = votes.max(axis=1)
-    oofs = {m: _out_of_fold_confidence(m, before, score_logits(votes, "knn"), codes, correct,
-                                       groups, feats["knn"]) for m in CALIBRATION_METHODS}
+    oofs = oof_by["knn"]
     val["brier_out_of_fold"] = {m: brier_score(o, correct) for m, o in oofs.items()}
     val["nll_correct_out_of_fold"] = {m: binary_nll(o, correct) for m, o in oofs.items()}
     val["ece_out_of_fold"] = {m: expected_calibration_error(o, correct, n_bins)
                               for m, o in oofs.items()}
     if method == "auto":
-        briers = val["brier_out_of_fold"]
-        method = min(CALIBRATION_METHODS, key=lambda m: (np.nan_to_num(briers[m], nan=np.inf),
-                                                          CALIBRATION_METHODS.index(m)))
+        method = _lowest_brier(oofs, correct)
+    cal.methods["knn"] = method
     cal.method = method
     oof = oofs[method]
     proba, conf = cal.calibrate_scores(votes, "knn", feats["knn"])

@@ -55,7 +55,7 @@ def evaluate(
                              proba_conf=held.obs["moa_pred_score"].to_numpy())
         # NaN (e.g. AUROC without unknown-MoA rows) -> null: strict JSON
         out["open_set"] = {"score": cal.score, "threshold": cal.threshold,
-                           "calibration": cal.method,
+                           "calibration": cal.method_for(held.uns["moa_predict"]["method"]),
                            **{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                               for k, v in m.items()}}
     if compound_key in held.obs.columns:

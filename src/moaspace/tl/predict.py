@@ -381,7 +381,7 @@ def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, cla
     if centres is None:
         centres, _ = prototypes(ref_z, ref_moa, classes)
     features = None
-    if cal.method == "logistic":
+    if cal.method_for(method) == "logistic":
         features = confidence_features(scores, z, centres, sims, idx, codes, wide_k=cal.wide_k)
     _, pred_score = cal.calibrate_scores(scores, method, features)
     # the msp threshold was fitted on the calibration's kNN vote, whatever this call predicts with
@@ -397,7 +397,7 @@ def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, cla
     info.update({"open_set": bool(open_set), "unknown_score": cal.score,
                  "unknown_threshold": cal.threshold,
                  "target_false_unknown": cal.target_false_unknown,
-                 "calibration_method": cal.method})
+                 "calibration_method": cal.method_for(method)})
     if open_set:
         labels[cal.is_unknown(unknown)] = UNKNOWN
         extra.append(UNKNOWN)
