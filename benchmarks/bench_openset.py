@@ -21,7 +21,7 @@ training signatures, calibrated on the same validation compounds by the same cod
 Writes ``benchmarks/results/bench_openset.json`` / ``.md`` and three figures, prints the
 tables.
 
-    python benchmarks/bench_openset.py [--seeds 0,1,2,3,4,5] [--max-epochs 30] [--moa-fraction 0.2]
+    python benchmarks/bench_openset.py [--seeds 0,1,...,23] [--max-epochs 30] [--moa-fraction 0.2]
 """
 
 from __future__ import annotations
@@ -202,13 +202,16 @@ def pooled_metrics(rows: dict[str, list[dict]]) -> dict:
                          "brier": brier_score(conf, correct), "nll": binary_nll(conf, correct),
                          "reliability": reliability_curve(conf, correct).to_dict("records")}
         out[method] = res
-    out["ece_after_difference"] = _bootstrap_ece_difference(rows)
+    diffs = _bootstrap_differences(rows)
+    for name, d in diffs.items():
+        out[f"{name}_after_difference"] = d
     return out
 
 
-def _bootstrap_ece_difference(rows: dict[str, list[dict]], n_boot: int = 1000) -> dict:
-    """Pooled ECE after calibration, moaspace minus raw kNN, with a 95% interval from a
-    bootstrap over (seed, compound) clusters: a compound's signatures are not independent."""
+def _bootstrap_differences(rows: dict[str, list[dict]], n_boot: int = 1000) -> dict:
+    """Pooled ECE, Brier and NLL after calibration, moaspace minus raw kNN, each with a 95%
+    interval from one bootstrap over (seed, compound) clusters (a compound's signatures
+    are not independent); the three metrics are computed on the same resamples."""
     ours, raw = rows["moaspace"], rows["raw_knn"]
     conf = {m: np.concatenate([p["after"] for p in rows[m]]) for m in rows}
     hit = {m: np.concatenate([p["correct"] for p in rows[m]]) for m in rows}
@@ -217,18 +220,25 @@ def _bootstrap_ece_difference(rows: dict[str, list[dict]], n_boot: int = 1000) -
     assert all((a["compound"] == b["compound"]).all() for a, b in zip(ours, raw, strict=True))
     _, cluster = np.unique(keys, return_inverse=True)
     members = np.split(np.argsort(cluster, kind="stable"), np.cumsum(np.bincount(cluster))[:-1])
+    metrics = {"ece": expected_calibration_error, "brier": brier_score, "nll": binary_nll}
+
+    def diff(fn, pick=slice(None)):
+        return (fn(conf["moaspace"][pick], hit["moaspace"][pick])
+                - fn(conf["raw_knn"][pick], hit["raw_knn"][pick]))
+
     rng = np.random.default_rng(0)
-    diffs = np.empty(n_boot)
+    diffs = {name: np.empty(n_boot) for name in metrics}
     for b in range(n_boot):
         pick = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        diffs[b] = (expected_calibration_error(conf["moaspace"][pick], hit["moaspace"][pick])
-                    - expected_calibration_error(conf["raw_knn"][pick], hit["raw_knn"][pick]))
-    point = (expected_calibration_error(conf["moaspace"], hit["moaspace"])
-             - expected_calibration_error(conf["raw_knn"], hit["raw_knn"]))
-    lo, hi = np.quantile(diffs, [0.025, 0.975])
-    return {"difference": float(point), "ci95": [float(lo), float(hi)],
-            "share_of_resamples_below_zero": float((diffs < 0).mean()),
-            "clusters": len(members), "n_boot": n_boot}
+        for name, fn in metrics.items():
+            diffs[name][b] = diff(fn, pick)
+    out = {}
+    for name, fn in metrics.items():
+        lo, hi = np.quantile(diffs[name], [0.025, 0.975])
+        out[name] = {"difference": float(diff(fn)), "ci95": [float(lo), float(hi)],
+                     "share_of_resamples_below_zero": float((diffs[name] < 0).mean()),
+                     "clusters": len(members), "n_boot": n_boot}
+    return out
 
 
 def _paired(runs: list[dict], metric: str) -> str:
@@ -281,11 +291,12 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
             lines.append(f"| {method} | {p['n']} | " + " | ".join(
                 f"{p[when][metric]:.3f}" for metric in ("ece", "brier", "nll")
                 for when in ("before", "after")) + " |")
-        d = pooled["ece_after_difference"]
-        lines += ["", f"Pooled ECE after, moaspace minus raw kNN: {d['difference']:+.4f}, 95% "
-                  f"interval [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] (bootstrap over the "
-                  f"{d['clusters']} seed x compound clusters; below zero in "
-                  f"{d['share_of_resamples_below_zero']:.0%} of {d['n_boot']} resamples)."]
+        for metric, label in (("ece", "ECE"), ("brier", "Brier"), ("nll", "NLL")):
+            d = pooled[f"{metric}_after_difference"]
+            lines += ["", f"Pooled {label} after, moaspace minus raw kNN: {d['difference']:+.4f}, "
+                      f"95% interval [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] (bootstrap over "
+                      f"the {d['clusters']} seed x compound clusters; below zero in "
+                      f"{d['share_of_resamples_below_zero']:.0%} of {d['n_boot']} resamples)."]
     fitted = [m for m in CALIBRATION_METHODS if m != "none"]
     lines += ["", "Every calibration method on the same test rows (ECE / Brier / NLL), and its "
               "out-of-fold Brier score on the validation rows, which chose the method:", "",
@@ -356,7 +367,7 @@ def figures(run: dict, pooled: dict, seeds: str, out_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1,2,3,4,5")
+    parser.add_argument("--seeds", default=",".join(map(str, range(24))))
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--moa-fraction", type=float, default=0.2)
     parser.add_argument("--sim-seed", type=int, default=0)

@@ -715,6 +715,10 @@ def test_each_prediction_method_has_its_own_calibration_map(tmp_path):
     assert Calibration.from_dict(old).method_for("prototype") == "isotonic"
     with pytest.raises(MoaspaceError, match="calibration methods"):
         Calibration.from_dict({**cal.to_dict(), "methods": {"prototype": "platt"}})
+    with pytest.raises(MoaspaceError, match="kNN calibration map"):
+        Calibration.from_dict({**cal.to_dict(), "methods": {"knn": "none"}})
+    back.method = "none"  # switching `method` switches the kNN map (what bench_openset does)
+    assert back.calibrate_scores(scores, "knn")[1] == pytest.approx([0.9, 0.8])
 
 
 def test_auto_picks_the_prototype_map_on_prototype_scores():
@@ -731,10 +735,10 @@ def test_auto_picks_the_prototype_map_on_prototype_scores():
                           groups=adata.obs["pert_id"].astype(str).to_numpy()[s == "val"])
     knn_brier = cal.validation["brier_out_of_fold"]
     proto = cal.validation["prototype"]
-    assert cal.methods == {"knn": min(knn_brier, key=knn_brier.get),
-                           "prototype": min(proto["brier_out_of_fold"],
+    assert cal.method == min(knn_brier, key=knn_brier.get)
+    assert cal.methods == {"prototype": min(proto["brier_out_of_fold"],
                                             key=proto["brier_out_of_fold"].get)}
-    assert cal.method == cal.methods["knn"] and proto["method"] == cal.methods["prototype"]
+    assert proto["method"] == cal.methods["prototype"]
     # the 'none' entry is the Brier score of the raw prototype scores of the val rows
     centres, classes = prototypes(x[s == "train"], y[s == "train"])
     sc = prototype_scores(x[s == "val"], centres, PROTOTYPE_TEMPERATURE)
@@ -743,7 +747,7 @@ def test_auto_picks_the_prototype_map_on_prototype_scores():
     assert proto["accuracy"] == pytest.approx(right.mean())
     forced = fit_calibration(x[s == "val"], y[s == "val"], x[s == "train"], y[s == "train"],
                              method="temperature")
-    assert forced.methods == {"knn": "temperature", "prototype": "temperature"}
+    assert forced.method == "temperature" and forced.methods == {"prototype": "temperature"}
 
 
 def test_predict_by_prototype_uses_the_prototype_map(openset_run):
@@ -751,7 +755,7 @@ def test_predict_by_prototype_uses_the_prototype_map(openset_run):
     before = model.calibration
     try:
         # a copy: the module-scoped model's own calibration is left as it was
-        cal = dataclasses.replace(before, methods={"prototype": "none", "knn": "isotonic"})
+        cal = dataclasses.replace(before, method="isotonic", methods={"prototype": "none"})
         model.calibration = cal
         by_proto = predict(model, test, method="prototype", compound_key=None)
         assert by_proto.uns["moa_predict"]["calibration_method"] == "none"

@@ -521,9 +521,9 @@ class Calibration:
 
     ``temperature`` / ``isotonic`` / ``logistic``: per prediction method
     (``knn``, ``prototype``); ``method`` says which one makes
-    ``moa_pred_score`` of kNN predictions and ``methods`` which one per
-    prediction method (each chosen on its own out-of-fold Brier score; a
-    method missing there falls back to ``method``). ``wide_k``: neighbours of the wider vote that the
+    ``moa_pred_score`` of kNN predictions, ``methods`` the map of any other
+    prediction method (``prototype``; each chosen on its own out-of-fold Brier
+    score; a method missing there falls back to ``method``). ``wide_k``: neighbours of the wider vote that the
     logistic calibration reads (:func:`confidence_features`).
     ``score`` is the open-set score used for ``unknown`` calls and
     ``thresholds`` holds a threshold for every score (all chosen for
@@ -557,6 +557,8 @@ class Calibration:
         if self.score not in OPENSET_SCORES:
             raise MoaspaceError(f"open-set score must be one of {list(OPENSET_SCORES)}, "
                                 f"got {self.score!r}")
+        if "knn" in self.methods:  # one place for the kNN map, so setting `method` switches it
+            raise MoaspaceError("the kNN calibration map is `method`, not methods['knn']")
         bad = {k: v for k, v in self.methods.items() if v not in CALIBRATION_METHODS}
         if bad:
             raise MoaspaceError(f"calibration methods must be among {list(CALIBRATION_METHODS)}, "
@@ -564,7 +566,8 @@ class Calibration:
 
     def method_for(self, predict_method: str = "knn") -> str:
         """The calibration map applied to the scores of ``predict_method``."""
-        return self.methods.get(predict_method, self.method)
+        return self.method if predict_method == "knn" else self.methods.get(predict_method,
+                                                                             self.method)
 
     @property
     def threshold(self) -> float:
@@ -810,7 +813,6 @@ def fit_calibration(
                               for m, o in oofs.items()}
     if method == "auto":
         method = _lowest_brier(oofs, correct)
-    cal.methods["knn"] = method
     cal.method = method
     oof = oofs[method]
     proba, conf = cal.calibrate_scores(votes, "knn", feats["knn"])
