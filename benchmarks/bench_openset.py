@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from _simdata import simulate_prepared
@@ -63,8 +64,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TAS_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 
 
-def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas) -> dict:
-    """Open-set and calibration metrics of one embedding (ours or raw) on the test rows."""
+def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas, *, hidden=None,
+                   hidden_centres=None) -> dict:
+    """Open-set and calibration metrics of one embedding (ours or raw) on the test rows;
+    ``hidden``/``hidden_centres``: our model's last hidden layer (raw z-scores have none)."""
     classes = cal.classes
     codes, _ = encode_labels(ref_labels, classes)
     sims, idx = knn_search(z_test, reference, max(cal.k, 10, cal.wide_k))
@@ -73,7 +76,8 @@ def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas) -> d
     from moaspace.tl.calibrate import openset_scores
 
     scores = openset_scores(z_test, centres=centres, knn_sims=sims, k=cal.k, class_scores=votes,
-                            energy_scale=cal.energy_scale)
+                            energy_scale=cal.energy_scale, hidden=hidden,
+                            hidden_centres=hidden_centres)
     y = test_obs["moa"].astype(str).to_numpy()
     unknown = np.isin(y, list(held_moas))
     pred = np.asarray(classes, dtype=object)[votes.argmax(axis=1)].astype(str)
@@ -88,7 +92,7 @@ def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas) -> d
     compounds = test_obs["pert_id"].astype(str).to_numpy()
     cpd_unknown = pd.Series(unknown).groupby(compounds).first()
     per_score = {}
-    for name in OPENSET_SCORES:
+    for name in [n for n in OPENSET_SCORES if n in scores]:
         m = open_set_metrics(y, pred, scores[name], classes, cal.thresholds[name],
                              raw_conf=raw_conf, proba_conf=conf[cal.method])
         mean = pd.Series(scores[name]).groupby(compounds).mean()
@@ -117,7 +121,7 @@ def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas) -> d
             "before": reliability_curve(raw_conf[known], correct[known]).to_dict("records"),
             "after": reliability_curve(conf[cal.method][known], correct[known]).to_dict("records"),
         },
-        "roc_test": {n: roc_points(scores[n][known], scores[n][unknown]) for n in OPENSET_SCORES},
+        "roc_test": {n: roc_points(s[known], s[unknown]) for n, s in scores.items()},
         # per-row confidences, pooled over seeds in main() (popped before the JSON is written)
         "_rows": {"before": raw_conf[known], "after": conf[cal.method][known],
                   "correct": correct[known], "compound": compounds[known]},
@@ -151,7 +155,8 @@ def run_seed(adata, seed: int, args) -> dict:
     test = data[s == "test"].copy()
     ours = evaluate_space(model.calibration, model.embed(test), test.obs,
                           np.asarray(model.reference.X), model.reference.obs["moa"].astype(str),
-                          held)
+                          held, hidden=model.embed(test, layer="hidden"),
+                          hidden_centres=model.hidden_prototypes)
     # the library path gives the same calls as the metrics above
     pred = predict(model, test, compound_key=None)
     n_unknown = int((pred.obs["moa_pred"].astype(str) == "unknown").sum())
@@ -248,6 +253,47 @@ def _paired(runs: list[dict], metric: str) -> str:
     return f"{d.mean():+.3f} ± {d.std(ddof=0):.3f} (lower in {(d < 0).sum()}/{len(d)})"
 
 
+def paired_auroc(runs: list[dict], key: str) -> dict:
+    """moaspace minus raw_knn per seed, each with its chosen open-set score: mean, sd
+    (ddof 1), seeds higher, and a two-sided sign-test p over the seeds (held-out MoAs
+    differ between seeds, so the seeds are the independent units)."""
+    from scipy.stats import binomtest
+
+    d = np.array([r["methods"]["moaspace"]["chosen"][key]
+                  - r["methods"]["raw_knn"]["chosen"][key] for r in runs])
+    higher, lower = int((d > 0).sum()), int((d < 0).sum())
+    p = binomtest(higher, higher + lower).pvalue if higher + lower else float("nan")
+    return {"mean": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else float("nan"),
+            "higher": higher, "n": len(d), "sign_test_p": float(p)}
+
+
+def without_hidden(runs: list[dict]) -> dict:
+    """moaspace as it was before the hidden-layer score: per seed the embedding score with
+    the best validation (pseudo-unknown) AUROC among the other scores, same tie rule as
+    ``fit_calibration``; its test AUROCs and the paired difference to raw kNN."""
+    names = [n for n in OPENSET_SCORES if n != "hidden_prototype"]
+    out = {"chosen": [], "auroc": [], "auroc_compound": []}
+    for r in runs:
+        ps = r["methods"]["moaspace"]["per_score"]
+        best = max(names, key=lambda n: (np.nan_to_num(ps[n]["auroc_validation_pseudo"],
+                                                       nan=-1.0), -OPENSET_SCORES.index(n)))
+        out["chosen"].append(best)
+        for key in ("auroc", "auroc_compound"):
+            out[key].append(ps[best][key])
+    for key in ("auroc", "auroc_compound"):
+        d = np.array(out[key]) - np.array([r["methods"]["raw_knn"]["chosen"][key] for r in runs])
+        out[f"{key}_minus_raw"] = {"mean": float(d.mean()),
+                                   "sd": float(d.std(ddof=1)) if len(d) > 1 else float("nan"),
+                                   "higher": int((d > 0).sum()), "n": len(d)}
+    return out
+
+
+def _paired_auroc(runs: list[dict], key: str) -> str:
+    s = paired_auroc(runs, key)
+    return (f"{s['mean']:+.3f} ± {s['sd']:.3f} (sd, ddof 1; higher in {s['higher']}/{s['n']}, "
+            f"sign test p = {s['sign_test_p']:.2g})")
+
+
 def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
     lines = ["| method | open-set score (chosen on val) | AUROC known vs unknown | compound AUROC | "
              f"false-unknown rate (target {target:.0%}) | unknown detected | macro-F1 known, "
@@ -263,6 +309,16 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
             f"{_mean_std([m['unknown_detected'] for m in c])} | "
             f"{_mean_std([m['macro_f1_known_open'] for m in c])} | "
             f"{_mean_std([m['macro_f1_known_closed'] for m in c])} |")
+    lines += ["", "Paired per seed, moaspace minus raw kNN, each with the open-set score it chose "
+              "on validation (positive: ours better): AUROC " + _paired_auroc(runs, "auroc")
+              + "; compound AUROC " + _paired_auroc(runs, "auroc_compound") + "."]
+    old = without_hidden(runs)
+    d = old["auroc_minus_raw"]
+    lines += ["", "Without the hidden-layer score (moaspace choosing among the embedding's scores on "
+              f"validation, as before it existed: {', '.join(sorted(set(old['chosen'])))}): AUROC "
+              f"{_mean_std(old['auroc'])}, compound AUROC {_mean_std(old['auroc_compound'])}; "
+              f"paired minus raw kNN {d['mean']:+.3f} ± {d['sd']:.3f} (sd, ddof 1; higher in "
+              f"{d['higher']}/{d['n']})."]
     lines += ["", "Calibration of `moa_pred_score` on the known test signatures: ECE (15 bins), "
               "Brier score and NLL (nats, probabilities clipped to [0.001, 0.999]) of \"top call "
               "correct\", before (kNN vote share) and after the calibration chosen on validation "
@@ -318,7 +374,10 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
     for method in ("moaspace", "raw_knn"):
         cells = []
         for name in OPENSET_SCORES:
-            ms = [r["methods"][method]["per_score"][name] for r in runs]
+            ms = [r["methods"][method]["per_score"].get(name) for r in runs]
+            if any(m is None for m in ms):  # raw z-scores have no hidden layer
+                cells.append("–")
+                continue
             cells.append(f"{_mean_std([m['auroc'] for m in ms])} "
                          f"({_mean_std([m['auroc_validation_pseudo'] for m in ms])})")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -356,13 +415,16 @@ def figures(run: dict, pooled: dict, seeds: str, out_dir: Path) -> None:
              for m in names for when in ("before", "after")},
         title=f"Reliability, known test rows, seeds {seeds}")
     fig.savefig(out_dir / "bench_openset_reliability.png", dpi=90)
+    plt.close(fig)  # rewritten after every seed
     rocs = {f"moaspace {n}": r for n, r in ours["roc_test"].items() if n != "msp"}
     rocs.update({f"raw {n}": r for n, r in raw["roc_test"].items() if n != "msp"})
     fig = pl.openset_curve(rocs, chosen=f"moaspace {ours['score']}",
                            title=f"Held-out MoAs vs known MoAs, test (seed {run['seed']})")
     fig.savefig(out_dir / "bench_openset_roc.png", dpi=90)
+    plt.close(fig)  # rewritten after every seed
     fig = pl.tas_coverage({"moaspace": ours["tas_coverage"], "raw kNN": raw["tas_coverage"]})
     fig.savefig(out_dir / "bench_openset_tas.png", dpi=90)
+    plt.close(fig)  # rewritten after every seed
 
 
 def main() -> None:
@@ -391,6 +453,8 @@ def main() -> None:
             "moas": int(adata.obs["moa"].nunique()), "moa_fraction": args.moa_fraction,
             "max_epochs": args.max_epochs, "target_false_unknown": target,
             "seconds": time.perf_counter() - t0, "runs": runs, "pooled": pooled,
+            "paired_auroc": {key: paired_auroc(runs, key) for key in ("auroc", "auroc_compound")},
+            "moaspace_without_hidden_score": without_hidden(runs),
         }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "bench_openset.json").write_text(json.dumps(result, indent=1, default=float))

@@ -427,8 +427,9 @@ def calibrate(
     method: Annotated[
         str, typer.Option(help="auto | isotonic | temperature | logistic | none.")
     ] = "auto",
-    score: Annotated[str, typer.Option(help="Open-set score: auto | prototype | knn | energy | msp.")
-                     ] = "auto",
+    score: Annotated[str, typer.Option(
+        help="Open-set score: auto | prototype | knn | energy | msp | hidden_prototype.")
+    ] = "auto",
     min_tas: Annotated[
         float | None, typer.Option(help="Store a 'no call' TAS cut-off in the calibration.")
     ] = None,

@@ -70,16 +70,27 @@ class Encoder(nn.Module):
                 layers.append(nn.Dropout(dropout))
             width = int(hidden)
         self.body = nn.Sequential(*layers)
+        self.hidden_dim = int(width)
         self.head = nn.Linear(width, self.embedding_dim)
 
-    def forward_raw(self, x: torch.Tensor) -> torch.Tensor:
-        """The embedding before normalisation (what a softmax classifier head sees)."""
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations of the last hidden layer, ``(n, hidden_dim)``.
+
+        The margin losses pull the normalised output of every training MoA onto
+        its class centre, which also pulls a signature of an unseen MoA onto
+        some known centre; the layer before keeps more of what sets it apart,
+        so the open-set score ``hidden_prototype`` reads it
+        (:func:`moaspace.tl.calibrate.openset_scores`).
+        """
         if self.clip is not None:
             x = x.clamp(-self.clip, self.clip)
         if self.training and self.input_noise > 0:
             x = x + self.input_noise * torch.randn_like(x)
-        x = self.input_dropout(x)
-        return self.head(self.body(x))
+        return self.body(self.input_dropout(x))
+
+    def forward_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding before normalisation (what a softmax classifier head sees)."""
+        return self.head(self.hidden(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding, shape ``(n, embedding_dim)``."""

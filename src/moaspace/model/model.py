@@ -39,6 +39,7 @@ from .._utils import atomic_path, atomic_write_text, preview
 from ..errors import InputError, MoaspaceError
 from .data import InMemoryRows, RowSource, backed_rows
 from .module import (
+    LAYERS,
     LOSSES,
     SAMPLING,
     AtomicCheckpointIO,
@@ -456,11 +457,15 @@ class MoaModel:
             "world_size": int(trainer.world_size),
         }
         self._reference = self._build_reference(data.train_idx, data)
+        # the atlas's classes are the training MoAs, sorted: self.moas, whose codes data.moa are
+        self._reference.uns["moaspace"]["hidden_prototypes"] = self._hidden_centres(
+            data.x, data.train_idx, data.moa[data.train_idx].numpy())
         if len(data.val_idx):  # calibrated scores and the 'unknown' threshold, on val compounds
             val = self._build_reference(data.val_idx, data)
             self._fit_calibration(np.asarray(val.X), val.obs["moa"].astype(str).to_numpy(),
                                   self._tas(self.adata.obs.iloc[data.val_idx]),
-                                  groups=val.obs["pert_id"].astype(str).to_numpy())
+                                  groups=val.obs["pert_id"].astype(str).to_numpy(),
+                                  hidden=self._embed_source(data.x, data.val_idx, layer="hidden"))
         else:
             self.calibration = None
             logger.warning("no validation signatures: the model is not calibrated (no 'unknown' "
@@ -556,31 +561,60 @@ class MoaModel:
 
     @torch.no_grad()
     def embed(self, adata: ad.AnnData, batch_size: int = 8192,
-              max_missing_fraction: float | None = None) -> np.ndarray:
+              max_missing_fraction: float | None = None, layer: str = "embedding") -> np.ndarray:
         """Unit-norm embeddings ``(n_obs, embedding_dim)`` of ``adata``'s signatures.
 
         Streams ``batch_size`` rows at a time, so a backed AnnData
         (``read_h5ad(path, backed="r")``) is embedded without loading ``X``.
+        ``layer="hidden"``: the last hidden layer's activations instead
+        (``(n_obs, hidden_dim)``, not normalised), which the open-set score
+        ``hidden_prototype`` reads.
         """
         net = self._require_net()
+        if layer not in LAYERS:
+            raise InputError(f"layer must be one of {list(LAYERS)}, got {layer!r}")
         pos = self._gene_positions(adata, max_missing_fraction)
         source = backed_rows(adata) if adata.isbacked else None
         if source is not None:
             batch_size = min(batch_size, source.chunk_rows)
-        out = np.zeros((adata.n_obs, net.encoder.embedding_dim), dtype=np.float32)
+        width = net.encoder.embedding_dim if layer == "embedding" else net.encoder.hidden_dim
+        out = np.zeros((adata.n_obs, width), dtype=np.float32)
         for start in range(0, adata.n_obs, batch_size):
             x = self._aligned_rows(adata, pos, start, start + batch_size, source)
             if not np.isfinite(x).all():
                 raise InputError("the query has NaN/inf values; drop or impute them first")
             out[start:start + batch_size] = self._embed_source(InMemoryRows(x),
-                                                                np.arange(len(x)))
+                                                                np.arange(len(x)), layer=layer)
         return out
 
     def _embed_source(self, source: RowSource, idx: np.ndarray,
-                      batch_size: int = 8192) -> np.ndarray:
+                      batch_size: int = 8192, layer: str = "embedding") -> np.ndarray:
         """Embeddings of rows ``idx`` of a row source, read ``batch_size`` rows at a time."""
         net = self._require_net()
-        return embed_row_source(net, source, idx, batch_size=batch_size).cpu().numpy()
+        return embed_row_source(net, source, idx, batch_size=batch_size,
+                                layer=layer).cpu().numpy()
+
+    def _hidden_centres(self, source: RowSource, idx: np.ndarray, moa: np.ndarray,
+                        block: int = 8192) -> np.ndarray:
+        """Unit MoA prototypes of the last hidden layer over rows ``idx`` (MoA codes
+        ``moa``), accumulated block by block so the hidden atlas is never held whole."""
+        from ..tl.predict import l2_normalize
+
+        net = self._require_net()
+        sums = np.zeros((len(self.moas), net.encoder.hidden_dim), dtype=np.float64)
+        for start in range(0, len(idx), block):
+            h = l2_normalize(self._embed_source(source, idx[start:start + block], layer="hidden"))
+            np.add.at(sums, moa[start:start + block], h)
+        return l2_normalize(sums).astype(np.float32)
+
+    @property
+    def hidden_prototypes(self) -> np.ndarray | None:
+        """MoA prototypes of the last hidden layer (rows in the atlas's sorted MoA order),
+        stored with the atlas; None for a model saved before they existed."""
+        if self._reference is None:
+            return None
+        centres = self._reference.uns.get("moaspace", {}).get("hidden_prototypes")
+        return None if centres is None else np.asarray(centres, dtype=np.float32)
 
     def _build_reference(self, idx: np.ndarray, data: TrainData) -> ad.AnnData:
         emb = self._embed_source(data.x, idx)
@@ -619,10 +653,13 @@ class MoaModel:
         from ..tl.calibrate import fit_calibration
 
         ref = self.reference
+        centres = self.hidden_prototypes
+        if centres is None:
+            kwargs.pop("hidden", None)
         self.calibration = fit_calibration(
             z, labels, np.asarray(ref.X, dtype=np.float32), ref.obs["moa"].astype(str).to_numpy(),
             classes=sorted(set(ref.obs["moa"].astype(str))), k=self.config.knn_k, tas=tas,
-            **kwargs)
+            hidden_centres=centres if "hidden" in kwargs else None, **kwargs)
         return self.calibration
 
     def calibrate(self, adata: ad.AnnData, *, split: str | None = "val",
@@ -680,10 +717,11 @@ class MoaModel:
                     "%s): their signatures find their own compound among the neighbours, so "
                     "the calibrated scores and the unknown threshold fit known compounds, "
                     "not new ones", len(seen), compounds.nunique(), preview(seen, 3))
+        hidden = None if self.hidden_prototypes is None else self.embed(sub, layer="hidden")
         return self._fit_calibration(
             self.embed(sub), sub.obs[moa_key].astype(str).to_numpy(),
             self._tas(sub.obs, tas_key),
-            groups=compounds.to_numpy(),
+            groups=compounds.to_numpy(), hidden=hidden,
             target_false_unknown=target_false_unknown, method=method, score=score,
             min_tas=min_tas)
 

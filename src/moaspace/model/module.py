@@ -149,24 +149,33 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 # ---------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------
+LAYERS = ("embedding", "hidden")
+
+
 @torch.no_grad()
 def embed_row_source(net: MoaNet, source, idx: np.ndarray, device=None,
-                     batch_size: int = 8192) -> torch.Tensor:
+                     batch_size: int = 8192, layer: str = "embedding") -> torch.Tensor:
     """Embeddings (float32, on ``device``) of rows ``idx`` of a row source, in eval mode.
 
     Reads ``batch_size`` rows at a time (fewer when the source is backed and
     reads in chunks); the net's train/eval mode is restored afterwards. Used
-    for validation during training and for the atlas after it.
+    for validation during training and for the atlas after it. ``layer``:
+    ``embedding`` (unit-norm output) or ``hidden`` (last hidden layer,
+    :meth:`Encoder.hidden <moaspace.model.encoder.Encoder.hidden>`).
     """
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device if device is None else device
     batch_size = min(batch_size, source.chunk_rows or batch_size)
-    out = torch.empty((len(idx), net.encoder.embedding_dim), dtype=torch.float32, device=device)
+    width = net.encoder.embedding_dim if layer == "embedding" else net.encoder.hidden_dim
+    fn = net.embed if layer == "embedding" else net.encoder.hidden
+    out = torch.empty((len(idx), width), dtype=torch.float32, device=device)
     try:
         for start in range(0, len(idx), batch_size):
             xb = source.rows(idx[start:start + batch_size]).to(device)
-            out[start:start + batch_size] = net.embed(xb).float()
+            out[start:start + batch_size] = fn(xb).float()
     finally:
         net.train(was_training)
     return out

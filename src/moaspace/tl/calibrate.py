@@ -81,7 +81,8 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT = 1
-OPENSET_SCORES = ("prototype", "knn", "energy", "msp")
+#: open-set scores; ``hidden_prototype`` needs a model's last hidden layer (not raw z-scores)
+OPENSET_SCORES = ("prototype", "knn", "energy", "msp", "hidden_prototype")
 #: how moa_pred_score is made; "none" keeps the raw top score (chosen when no fitted map
 #: beats it out of fold); fit_calibration(method="auto") picks by out-of-fold Brier score
 CALIBRATION_METHODS = ("isotonic", "temperature", "logistic", "none")
@@ -281,6 +282,18 @@ def _prototype_scores(cos: np.ndarray, energy_scale: float) -> dict[str, np.ndar
             "energy": -special.logsumexp(energy_scale * cos, axis=1) / energy_scale}
 
 
+def _hidden_cosines(hidden: np.ndarray, hidden_centres: np.ndarray | None) -> np.ndarray:
+    if hidden_centres is None:
+        raise InputError("the hidden_prototype score needs hidden_centres (the model's "
+                         "hidden_prototypes)")
+    hidden = np.asarray(hidden, dtype=np.float32)
+    hidden_centres = np.asarray(hidden_centres, dtype=np.float32)
+    if hidden.ndim != 2 or hidden.shape[1] != hidden_centres.shape[1]:
+        raise InputError(f"hidden activations {hidden.shape} do not match the hidden "
+                         f"prototypes {hidden_centres.shape}")
+    return (l2_normalize(hidden) @ l2_normalize(hidden_centres).T).astype(np.float64)
+
+
 def openset_scores(
     z: np.ndarray,
     *,
@@ -291,6 +304,8 @@ def openset_scores(
     class_scores: np.ndarray | None = None,
     energy_scale: float = 30.0,
     backend: str = "torch",
+    hidden: np.ndarray | None = None,
+    hidden_centres: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Unknown scores of queries ``z`` (higher = farther from every known MoA).
 
@@ -298,9 +313,16 @@ def openset_scores(
     ``knn_sims``: cosine similarities of each query's nearest atlas
     neighbours, sorted descending (or pass ``reference`` to compute them).
     ``class_scores``: per-class kNN vote shares, for ``msp``.
-    Returns a dict over :data:`OPENSET_SCORES` (``msp`` only with ``class_scores``).
+    ``hidden``, ``hidden_centres``: the queries' last-hidden-layer activations
+    and that layer's MoA prototypes (``MoaModel.embed(..., layer="hidden")``,
+    ``MoaModel.hidden_prototypes``), for ``hidden_prototype``: one minus the
+    cosine to the nearest of them.
+    Returns a dict over :data:`OPENSET_SCORES` (``msp`` only with
+    ``class_scores``, ``hidden_prototype`` only with ``hidden``).
     """
     out = _prototype_scores(l2_normalize(z) @ np.asarray(centres, np.float32).T, energy_scale)
+    if hidden is not None:
+        out["hidden_prototype"] = 1.0 - _hidden_cosines(hidden, hidden_centres).max(axis=1)
     if knn_sims is None:
         if reference is None:
             raise InputError("openset_scores needs knn_sims or a reference to search")
@@ -322,18 +344,26 @@ def leave_moa_out_scores(
     weighting: str = "distance",
     energy_scale: float = 30.0,
     backend: str = "torch",
+    hidden: np.ndarray | None = None,
+    hidden_centres: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Open-set scores of known queries with their own MoA removed from atlas and prototypes.
 
     Each query then looks like a signature of an MoA the model has never seen
     (a *pseudo-unknown*), which is how the open-set score is chosen without
     touching the test MoAs. ``codes``: MoA code of each query (>= 0).
+    ``hidden``, ``hidden_centres``: as in :func:`openset_scores`.
     """
     n_classes = len(centres)
+    rows = np.arange(len(codes))
     cos = (l2_normalize(z) @ np.asarray(centres, np.float32).T).astype(np.float64)
-    cos[np.arange(len(codes)), codes] = -np.inf  # the query's own MoA is not there
+    cos[rows, codes] = -np.inf  # the query's own MoA is not there
     out = {**_prototype_scores(cos, energy_scale),
            "knn": np.empty(len(codes)), "msp": np.empty(len(codes))}
+    if hidden is not None:
+        hcos = _hidden_cosines(hidden, hidden_centres)
+        hcos[rows, codes] = -np.inf
+        out["hidden_prototype"] = 1.0 - hcos.max(axis=1)
     for c in np.unique(codes):
         q = np.flatnonzero(codes == c)
         keep = np.flatnonzero(ref_codes != c)
@@ -694,6 +724,8 @@ def fit_calibration(
     n_bins: int = DEFAULT_N_BINS,
     wide_k: int = WIDE_K,
     backend: str = "torch",
+    hidden: np.ndarray | None = None,
+    hidden_centres: np.ndarray | None = None,
 ) -> Calibration:
     """Fit probability calibration and the open-set threshold on validation queries.
 
@@ -731,12 +763,21 @@ def fit_calibration(
         compound), not in-sample.
     wide_k
         Neighbours of the wider vote in :func:`confidence_features`.
+    hidden, hidden_centres
+        Last-hidden-layer activations of the ``z`` rows and that layer's MoA
+        prototypes (a model's; see :func:`openset_scores`): adds the
+        ``hidden_prototype`` open-set score to those compared.
     """
     if method != "auto" and method not in CALIBRATION_METHODS:
         raise InputError(f"method must be 'auto' or one of {list(CALIBRATION_METHODS)}, "
                          f"got {method!r}")
     if score != "auto" and score not in OPENSET_SCORES:
         raise InputError(f"score must be 'auto' or one of {list(OPENSET_SCORES)}, got {score!r}")
+    if score == "hidden_prototype" and hidden is None:
+        raise InputError("score 'hidden_prototype' needs the hidden-layer activations and "
+                         "prototypes of a model (this one has none: retrain it)")
+    if hidden is not None and len(hidden) != len(z):
+        raise InputError(f"hidden has {len(hidden)} rows for {len(z)} calibration rows")
     z = np.asarray(z, dtype=np.float32)
     reference = np.asarray(reference, dtype=np.float32)
     labels = np.asarray(labels).astype(str)
@@ -760,6 +801,7 @@ def fit_calibration(
         logger.warning("only %d calibration signatures: the calibration will be noisy",
                        int(known.sum()))
     z, codes = z[known], codes[known]
+    hidden = None if hidden is None else np.asarray(hidden, dtype=np.float32)[known]
     tas = None if tas is None else np.asarray(tas, dtype=np.float64)[known]
     groups = None if groups is None else np.asarray(groups).astype(str)[known]
 
@@ -831,21 +873,22 @@ def fit_calibration(
     val["reliability_after"] = _records(reliability_curve(oof, correct, n_bins))
 
     known_s = openset_scores(z, centres=centres, knn_sims=sims, k=k, class_scores=votes,
-                             energy_scale=energy_scale)
+                             energy_scale=energy_scale, hidden=hidden,
+                             hidden_centres=hidden_centres)
     pseudo = leave_moa_out_scores(z, codes, reference, ref_codes, centres, k=k,
                                   weighting=weighting, energy_scale=energy_scale,
-                                  backend=backend)
-    val["auroc_pseudo_unknown"] = {n: unknown_auroc(known_s[n], pseudo[n]) for n in OPENSET_SCORES}
-    thresholds = {n: choose_threshold(known_s[n], target_false_unknown) for n in OPENSET_SCORES}
-    val["false_unknown_rate"] = {n: float((known_s[n] > thresholds[n]).mean())
-                                 for n in OPENSET_SCORES}
+                                  backend=backend, hidden=hidden, hidden_centres=hidden_centres)
+    names = [n for n in OPENSET_SCORES if n in known_s]  # hidden_prototype: with a model only
+    val["auroc_pseudo_unknown"] = {n: unknown_auroc(known_s[n], pseudo[n]) for n in names}
+    thresholds = {n: choose_threshold(known_s[n], target_false_unknown) for n in names}
+    val["false_unknown_rate"] = {n: float((known_s[n] > thresholds[n]).mean()) for n in names}
     val["pseudo_unknown_detected"] = {n: float((pseudo[n] > thresholds[n]).mean())
-                                      for n in OPENSET_SCORES}
-    val["roc_pseudo_unknown"] = {n: roc_points(known_s[n], pseudo[n]) for n in OPENSET_SCORES}
+                                      for n in names}
+    val["roc_pseudo_unknown"] = {n: roc_points(known_s[n], pseudo[n]) for n in names}
     if score == "auto":
         aurocs = val["auroc_pseudo_unknown"]
-        score = max(OPENSET_SCORES, key=lambda n: (np.nan_to_num(aurocs[n], nan=-1.0),
-                                                   -OPENSET_SCORES.index(n)))
+        score = max(names, key=lambda n: (np.nan_to_num(aurocs[n], nan=-1.0),
+                                          -OPENSET_SCORES.index(n)))
     cal.score = score
     cal.thresholds = thresholds
     if tas is not None and np.isfinite(tas).any():

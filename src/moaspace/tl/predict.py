@@ -333,7 +333,7 @@ def predict(
                        "score and no 'unknown' calls are made", method)
     else:
         labels, pred_score, extra = _open_set_calls(
-            cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, classes, centres, labels,
+            model, cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, classes, centres, labels,
             method, k, weighting, open_set=open_set is not False, min_tas=min_tas,
             tas_key=tas_key, info=info)
     adata.obsm["X_moa"] = z
@@ -366,8 +366,8 @@ def predict(
     return adata
 
 
-def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, classes, centres,
-                    labels, method, k, weighting, *, open_set, min_tas, tas_key, info):
+def _open_set_calls(model, cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, classes,
+                    centres, labels, method, k, weighting, *, open_set, min_tas, tas_key, info):
     """Calibrated score, unknown score and the abstentions of :func:`predict`
     (``codes``: class code of every atlas signature)."""
     from .calibrate import NO_CALL, UNKNOWN, confidence_features, openset_scores
@@ -389,8 +389,16 @@ def _open_set_calls(cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, cla
     if cal.score == "msp":
         votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes),
                            weighting=cal.weighting)
+    hidden = hidden_centres = None
+    if cal.score == "hidden_prototype":  # the last hidden layer: only when it is the score
+        hidden_centres = getattr(model, "hidden_prototypes", None)
+        if hidden_centres is None:
+            raise MoaspaceError("the calibration's open-set score is 'hidden_prototype' but the "
+                                "model has no hidden prototypes; recalibrate with another score")
+        hidden = model.embed(adata, layer="hidden")
     unknown = openset_scores(z, centres=centres, knn_sims=sims, k=cal.k, class_scores=votes,
-                             energy_scale=cal.energy_scale)[cal.score]
+                             energy_scale=cal.energy_scale, hidden=hidden,
+                             hidden_centres=hidden_centres)[cal.score]
     adata.obs["moa_unknown_score"] = unknown.astype(np.float32)
     labels = np.asarray(labels, dtype=object).copy()
     extra = []
