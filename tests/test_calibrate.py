@@ -730,7 +730,9 @@ def test_auto_picks_the_prototype_map_on_prototype_scores():
     from moaspace.tl.calibrate import PROTOTYPE_TEMPERATURE
     from moaspace.tl.predict import encode_labels, prototype_scores, prototypes
 
-    adata = make_synthetic(n_moas=6, compounds_per_moa=8, n_genes=48, seed=5)
+    # data on which the two choices differ (kNN: isotonic, prototype: none), so a prototype
+    # map copied from the kNN's choice fails here
+    adata = make_synthetic(n_moas=4, compounds_per_moa=8, n_genes=48, seed=4)
     split(adata, "compound", seed=0)
     s = adata.obs["split"].astype(str).to_numpy()
     x, y = np.asarray(adata.X), adata.obs["moa"].astype(str).to_numpy()
@@ -741,7 +743,7 @@ def test_auto_picks_the_prototype_map_on_prototype_scores():
     assert cal.method == min(knn_brier, key=knn_brier.get)
     assert cal.methods == {"prototype": min(proto["brier_out_of_fold"],
                                             key=proto["brier_out_of_fold"].get)}
-    assert proto["method"] == cal.methods["prototype"]
+    assert proto["method"] == cal.methods["prototype"] != cal.method
     # the 'none' entry is the Brier score of the raw prototype scores of the val rows
     centres, classes = prototypes(x[s == "train"], y[s == "train"])
     sc = prototype_scores(x[s == "val"], centres, PROTOTYPE_TEMPERATURE)
@@ -787,8 +789,10 @@ def test_encoder_hidden_layer_feeds_the_embedding():
     x = torch.randn(5, 20) * 20  # beyond the clip: hidden() clips like forward()
     h = enc.hidden(x)
     assert h.shape == (5, enc.hidden_dim) == (5, 8) and (h >= 0).all()  # after the ReLU
-    torch.testing.assert_close(enc.forward_raw(x), enc.head(h))
+    torch.testing.assert_close(h, enc.body(x.clamp(-enc.clip, enc.clip)))  # eval: no dropout
     torch.testing.assert_close(enc(x), torch.nn.functional.normalize(enc.head(h), dim=1))
+    enc.train()  # input dropout is part of the hidden layer's input in training
+    assert not torch.equal(enc.hidden(x), enc.hidden(x))
 
 
 def test_hidden_prototype_scores_by_hand():
@@ -823,6 +827,17 @@ def test_fit_calibration_hidden_score_needs_hidden_activations():
                         score="hidden_prototype")
     cal = fit_calibration(rng.normal(size=(10, 8)), ["A", "B"] * 5, ref, ref_labels)
     assert "hidden_prototype" not in cal.thresholds  # raw z-scores: no hidden layer
+    with pytest.raises(InputError, match="one row per class"):
+        fit_calibration(rng.normal(size=(10, 8)), ["A", "B"] * 5, ref, ref_labels,
+                        hidden=rng.random((10, 4)), hidden_centres=rng.random((3, 4)))
+
+
+def test_calibration_format_1_still_loads_and_2_is_written(tmp_path):
+    cal = Calibration(classes=["A", "B"], score="energy", thresholds={"energy": -0.3})
+    assert cal.to_dict()["format_version"] == 2
+    old = {**cal.to_dict(), "format_version": 1}
+    del old["methods"]
+    assert Calibration.from_dict(old).method_for("prototype") == cal.method
 
 
 def test_model_hidden_prototypes_and_the_hidden_unknown_score(openset_run, tmp_path):
@@ -851,9 +866,27 @@ def test_model_hidden_prototypes_and_the_hidden_unknown_score(openset_run, tmp_p
         np.testing.assert_array_equal(pred.obs["moa_pred"].astype(str) == "unknown", flagged)
     finally:
         model.calibration = before
+    # one pass gives both layers, equal to the separate ones
+    z2, h2 = model.embed_layers(test)
+    np.testing.assert_array_equal(z2, model.embed(test))
+    np.testing.assert_array_equal(h2, model.embed(test, layer="hidden"))
+    with pytest.raises(InputError, match="layers"):
+        model.embed(test, layer="penultimate")
+    # an atlas whose MoAs no longer match its hidden prototypes is refused, not misread
+    meta = loaded._reference.uns["moaspace"]
+    names = list(meta["hidden_prototype_moas"])
+    meta["hidden_prototype_moas"] = names[::-1]
+    with pytest.raises(MoaspaceError, match="changed after training"):
+        _ = loaded.hidden_prototypes
+    meta["hidden_prototype_moas"] = names
     # a model saved before hidden prototypes existed: the other scores, and a clear error
-    del loaded._reference.uns["moaspace"]["hidden_prototypes"]
+    hidden_cal = model.calibrate(adata, score="hidden_prototype")
+    model.calibration = before
+    del meta["hidden_prototypes"]
     assert loaded.hidden_prototypes is None
+    loaded.calibration = hidden_cal
+    with pytest.raises(MoaspaceError, match="no hidden prototypes"):
+        predict(loaded, test, compound_key=None)
     assert "hidden_prototype" not in loaded.calibrate(adata).thresholds
     with pytest.raises(InputError, match="hidden"):
         loaded.calibrate(adata, score="hidden_prototype")

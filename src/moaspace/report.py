@@ -220,7 +220,8 @@ def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
            "called <code>unknown</code>. Pseudo-unknowns: validation signatures scored with "
            "their own MoA removed from the atlas (see docs/confidence.md).</p>"]
     rows = [("validation signatures", val.get("n")),
-            ("calibration (lowest out-of-fold Brier score)", cal.get("method")),
+            ("calibration of kNN / prototype scores",
+             f"{cal.get('method')} / {cal.get('methods', {}).get('prototype', cal.get('method'))}"),
             ("ECE before → after (out-of-fold)", f"{val.get('ece_before', float('nan')):.3f} → "
                                                  f"{val.get('ece_after', float('nan')):.3f}"),
             ("open-set score", score),

@@ -456,16 +456,21 @@ class MoaModel:
             "n_train": len(data.train_idx), "n_val": len(data.val_idx),
             "world_size": int(trainer.world_size),
         }
-        self._reference = self._build_reference(data.train_idx, data)
-        # the atlas's classes are the training MoAs, sorted: self.moas, whose codes data.moa are
-        self._reference.uns["moaspace"]["hidden_prototypes"] = self._hidden_centres(
-            data.x, data.train_idx, data.moa[data.train_idx].numpy())
+        # one pass over the training rows: the atlas and the hidden layer's MoA prototypes
+        # (the atlas's sorted classes are self.moas, in whose order data.moa codes them)
+        emb, centres = self._atlas_embedding(data.x, data.train_idx,
+                                             data.moa[data.train_idx].numpy())
+        self._reference = self._build_reference(data.train_idx, data, emb)
+        self._reference.uns["moaspace"].update(hidden_prototypes=centres,
+                                               hidden_prototype_moas=list(self.moas))
         if len(data.val_idx):  # calibrated scores and the 'unknown' threshold, on val compounds
-            val = self._build_reference(data.val_idx, data)
+            z_val, h_val = self._embed_source(data.x, data.val_idx,
+                                              layers=("embedding", "hidden"))
+            val = self._build_reference(data.val_idx, data, z_val)
             self._fit_calibration(np.asarray(val.X), val.obs["moa"].astype(str).to_numpy(),
                                   self._tas(self.adata.obs.iloc[data.val_idx]),
                                   groups=val.obs["pert_id"].astype(str).to_numpy(),
-                                  hidden=self._embed_source(data.x, data.val_idx, layer="hidden"))
+                                  hidden=h_val)
         else:
             self.calibration = None
             logger.warning("no validation signatures: the model is not calibrated (no 'unknown' "
@@ -570,54 +575,80 @@ class MoaModel:
         (``(n_obs, hidden_dim)``, not normalised), which the open-set score
         ``hidden_prototype`` reads.
         """
+        return self.embed_layers(adata, (layer,), batch_size, max_missing_fraction)[0]
+
+    def embed_layers(self, adata: ad.AnnData, layers: tuple[str, ...] = ("embedding", "hidden"),
+                     batch_size: int = 8192,
+                     max_missing_fraction: float | None = None) -> tuple[np.ndarray, ...]:
+        """One array per entry of ``layers`` (``embedding``, ``hidden``; see :meth:`embed`),
+        all from one pass over ``adata``."""
         net = self._require_net()
-        if layer not in LAYERS:
-            raise InputError(f"layer must be one of {list(LAYERS)}, got {layer!r}")
+        layers = tuple(layers)
+        bad = [layer for layer in layers if layer not in LAYERS]
+        if bad or not layers:
+            raise InputError(f"layers must be among {list(LAYERS)}, got {list(layers)}")
         pos = self._gene_positions(adata, max_missing_fraction)
         source = backed_rows(adata) if adata.isbacked else None
         if source is not None:
             batch_size = min(batch_size, source.chunk_rows)
-        width = net.encoder.embedding_dim if layer == "embedding" else net.encoder.hidden_dim
-        out = np.zeros((adata.n_obs, width), dtype=np.float32)
+        width = {"embedding": net.encoder.embedding_dim, "hidden": net.encoder.hidden_dim}
+        out = tuple(np.zeros((adata.n_obs, width[layer]), dtype=np.float32) for layer in layers)
         for start in range(0, adata.n_obs, batch_size):
             x = self._aligned_rows(adata, pos, start, start + batch_size, source)
             if not np.isfinite(x).all():
                 raise InputError("the query has NaN/inf values; drop or impute them first")
-            out[start:start + batch_size] = self._embed_source(InMemoryRows(x),
-                                                                np.arange(len(x)), layer=layer)
+            got = self._embed_source(InMemoryRows(x), np.arange(len(x)), layers=layers)
+            for o, g in zip(out, got, strict=True):
+                o[start:start + batch_size] = g
         return out
 
-    def _embed_source(self, source: RowSource, idx: np.ndarray,
-                      batch_size: int = 8192, layer: str = "embedding") -> np.ndarray:
-        """Embeddings of rows ``idx`` of a row source, read ``batch_size`` rows at a time."""
+    def _embed_source(self, source: RowSource, idx: np.ndarray, batch_size: int = 8192,
+                      layers: tuple[str, ...] = ("embedding",)) -> tuple[np.ndarray, ...]:
+        """``layers`` of rows ``idx`` of a row source, read ``batch_size`` rows at a time."""
         net = self._require_net()
-        return embed_row_source(net, source, idx, batch_size=batch_size,
-                                layer=layer).cpu().numpy()
+        return tuple(t.numpy() for t in embed_row_source(
+            net, source, idx, batch_size=batch_size, layers=layers, out_device="cpu"))
 
-    def _hidden_centres(self, source: RowSource, idx: np.ndarray, moa: np.ndarray,
-                        block: int = 8192) -> np.ndarray:
-        """Unit MoA prototypes of the last hidden layer over rows ``idx`` (MoA codes
-        ``moa``), accumulated block by block so the hidden atlas is never held whole."""
+    def _atlas_embedding(self, source: RowSource, idx: np.ndarray, moa: np.ndarray,
+                         block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of the atlas rows ``idx`` and the unit MoA prototypes of the last
+        hidden layer over them (MoA codes ``moa``, rows in ``self.moas`` order), in one
+        pass; the hidden activations are summed block by block, never held whole."""
         from ..tl.predict import l2_normalize
 
         net = self._require_net()
+        emb = np.zeros((len(idx), net.encoder.embedding_dim), dtype=np.float32)
         sums = np.zeros((len(self.moas), net.encoder.hidden_dim), dtype=np.float64)
         for start in range(0, len(idx), block):
-            h = l2_normalize(self._embed_source(source, idx[start:start + block], layer="hidden"))
-            np.add.at(sums, moa[start:start + block], h)
-        return l2_normalize(sums).astype(np.float32)
+            z, h = self._embed_source(source, idx[start:start + block],
+                                      layers=("embedding", "hidden"))
+            emb[start:start + block] = z
+            np.add.at(sums, moa[start:start + block], l2_normalize(h))
+        return emb, l2_normalize(sums).astype(np.float32)
 
     @property
     def hidden_prototypes(self) -> np.ndarray | None:
-        """MoA prototypes of the last hidden layer (rows in the atlas's sorted MoA order),
-        stored with the atlas; None for a model saved before they existed."""
+        """MoA prototypes of the last hidden layer, one row per atlas MoA in sorted order
+        (the order of ``predict``'s classes); stored with the atlas with their MoA names.
+        None for a model saved before they existed."""
         if self._reference is None:
             return None
-        centres = self._reference.uns.get("moaspace", {}).get("hidden_prototypes")
-        return None if centres is None else np.asarray(centres, dtype=np.float32)
+        meta = self._reference.uns.get("moaspace", {})
+        centres = meta.get("hidden_prototypes")
+        if centres is None:
+            return None
+        classes = sorted(set(self._reference.obs["moa"].astype(str)))
+        names = [str(m) for m in meta.get("hidden_prototype_moas", [])]
+        if names != classes:
+            raise MoaspaceError(
+                f"the atlas's hidden prototypes are for MoAs {preview(names)}, its signatures "
+                f"for {preview(classes)}: the atlas was changed after training")
+        return np.asarray(centres, dtype=np.float32)
 
-    def _build_reference(self, idx: np.ndarray, data: TrainData) -> ad.AnnData:
-        emb = self._embed_source(data.x, idx)
+    def _build_reference(self, idx: np.ndarray, data: TrainData,
+                         emb: np.ndarray | None = None) -> ad.AnnData:
+        if emb is None:
+            emb = self._embed_source(data.x, idx)[0]
         obs = self.adata.obs.iloc[idx]
         cols = {}
         for name, key in (("moa", self.keys["moa"]), ("pert_id", self.keys["compound"]),
@@ -670,11 +701,13 @@ class MoaModel:
         Uses the rows of ``adata`` with ``obs[split_key] == split`` (all rows
         when ``split`` is None); they must be compounds absent from the
         training atlas (the validation compounds ``train()`` held out are
-        right). Fits isotonic regression or temperature scaling (``method="auto"``:
-        the lower out-of-fold Brier score; raw scores if neither helps) so that
-        ``moa_pred_score`` is a probability, picks the open-set score
-        (``score="auto"``: best AUROC against leave-own-MoA-out
-        pseudo-unknowns) and its threshold for ``target_false_unknown``, and
+        right). Fits a map of the scores to the probability that the call is
+        right (``method="auto"``: of isotonic, temperature, logistic and none, the
+        lowest out-of-fold Brier score, chosen separately for kNN and prototype
+        scores) so that ``moa_pred_score`` is a probability, picks the open-set
+        score (``score="auto"``: best AUROC against leave-own-MoA-out
+        pseudo-unknowns, ``hidden_prototype`` included when the model has hidden
+        prototypes) and its threshold for ``target_false_unknown``, and
         stores ``min_tas`` (no call below it; None: off; the TAS column is
         ``obs[tas_key]``, used for the accuracy-vs-TAS curve). ``save()`` writes it
         to ``calibration.json``. See :mod:`moaspace.tl.calibrate`.
@@ -717,9 +750,12 @@ class MoaModel:
                     "%s): their signatures find their own compound among the neighbours, so "
                     "the calibrated scores and the unknown threshold fit known compounds, "
                     "not new ones", len(seen), compounds.nunique(), preview(seen, 3))
-        hidden = None if self.hidden_prototypes is None else self.embed(sub, layer="hidden")
+        if self.hidden_prototypes is None:
+            z, hidden = self.embed(sub), None
+        else:
+            z, hidden = self.embed_layers(sub, ("embedding", "hidden"))
         return self._fit_calibration(
-            self.embed(sub), sub.obs[moa_key].astype(str).to_numpy(),
+            z, sub.obs[moa_key].astype(str).to_numpy(),
             self._tas(sub.obs, tas_key),
             groups=compounds.to_numpy(), hidden=hidden,
             target_false_unknown=target_false_unknown, method=method, score=score,

@@ -154,31 +154,40 @@ LAYERS = ("embedding", "hidden")
 
 @torch.no_grad()
 def embed_row_source(net: MoaNet, source, idx: np.ndarray, device=None,
-                     batch_size: int = 8192, layer: str = "embedding") -> torch.Tensor:
-    """Embeddings (float32, on ``device``) of rows ``idx`` of a row source, in eval mode.
+                     batch_size: int = 8192, layers: tuple[str, ...] = ("embedding",),
+                     out_device=None) -> tuple[torch.Tensor, ...]:
+    """Embeddings (float32) of rows ``idx`` of a row source, in eval mode, one tensor per
+    entry of ``layers``: ``embedding`` (unit-norm output) and/or ``hidden`` (last hidden
+    layer, :meth:`Encoder.hidden <moaspace.model.encoder.Encoder.hidden>`), from one
+    forward pass.
 
     Reads ``batch_size`` rows at a time (fewer when the source is backed and
     reads in chunks); the net's train/eval mode is restored afterwards. Used
-    for validation during training and for the atlas after it. ``layer``:
-    ``embedding`` (unit-norm output) or ``hidden`` (last hidden layer,
-    :meth:`Encoder.hidden <moaspace.model.encoder.Encoder.hidden>`).
+    for validation during training (on ``device``) and for the atlas after it
+    (``out_device="cpu"``: a whole atlas is not held on a GPU).
     """
-    if layer not in LAYERS:
-        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+    bad = [layer for layer in layers if layer not in LAYERS]
+    if bad or not layers:
+        raise ValueError(f"layers must be among {LAYERS}, got {layers!r}")
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device if device is None else device
+    out_device = device if out_device is None else out_device
     batch_size = min(batch_size, source.chunk_rows or batch_size)
-    width = net.encoder.embedding_dim if layer == "embedding" else net.encoder.hidden_dim
-    fn = net.embed if layer == "embedding" else net.encoder.hidden
-    out = torch.empty((len(idx), width), dtype=torch.float32, device=device)
+    width = {"embedding": net.encoder.embedding_dim, "hidden": net.encoder.hidden_dim}
+    out = [torch.empty((len(idx), width[layer]), dtype=torch.float32, device=out_device)
+           for layer in layers]
     try:
         for start in range(0, len(idx), batch_size):
             xb = source.rows(idx[start:start + batch_size]).to(device)
-            out[start:start + batch_size] = fn(xb).float()
+            h = net.encoder.hidden(xb)
+            # net.embed(x) is normalize(head(hidden(x))) for every loss
+            got = {"hidden": h, "embedding": F.normalize(net.encoder.head(h), dim=1)}
+            for o, layer in zip(out, layers, strict=True):
+                o[start:start + batch_size] = got[layer].float().to(out_device)
     finally:
         net.train(was_training)
-    return out
+    return tuple(out)
 
 
 @dataclass
@@ -401,7 +410,7 @@ class MoaModule(L.LightningModule):
     # --- validation + early stopping -----------------------------------------
     def embed_rows(self, idx: np.ndarray, batch: int = 8192) -> torch.Tensor:
         """Embed rows of the training data in eval mode (BN running stats, no dropout)."""
-        return embed_row_source(self.net, self.data.x, idx, self.device, batch)
+        return embed_row_source(self.net, self.data.x, idx, self.device, batch)[0]
 
     def validation_f1(self) -> float:
         """kNN macro-F1 of validation signatures against training embeddings."""

@@ -22,8 +22,8 @@ raw-signature baseline is calibrated and thresholded by exactly the same code.
 The fitted state is a :class:`Calibration`, serialised to ``calibration.json``
 in the model directory.
 
-Open-set scores (all computable; :func:`openset_scores`)
---------------------------------------------------------
+Open-set scores (:func:`openset_scores`)
+----------------------------------------
 ``prototype``
     1 - max cosine to the MoA prototypes (normalised mean of the atlas
     embeddings of each MoA).
@@ -34,6 +34,11 @@ Open-set scores (all computable; :func:`openset_scores`)
     version of ``prototype`` that also counts how many MoAs are near.
 ``msp``
     1 - max kNN vote share (the usual max-softmax baseline).
+``hidden_prototype``
+    1 - max cosine of the encoder's last hidden layer to that layer's MoA
+    prototypes (a trained model's only: raw arrays have no hidden layer).
+    The margin losses pull an unseen MoA's embedding onto some known
+    centre; the layer before keeps more of what sets it apart.
 
 Which one is used is chosen on validation data (``score="auto"``): every
 validation signature is scored twice, once against the full atlas (a known
@@ -80,7 +85,9 @@ from .predict import (
 logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
-CALIBRATION_FORMAT = 1
+#: 2: ``methods`` (the prototype's own map) and the ``hidden_prototype`` score; 1 still reads
+CALIBRATION_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 #: open-set scores; ``hidden_prototype`` needs a model's last hidden layer (not raw z-scores)
 OPENSET_SCORES = ("prototype", "knn", "energy", "msp", "hidden_prototype")
 #: how moa_pred_score is made; "none" keeps the raw top score (chosen when no fitted map
@@ -556,8 +563,9 @@ class Calibration:
     score; a method missing there falls back to ``method``). ``wide_k``: neighbours of the wider vote that the
     logistic calibration reads (:func:`confidence_features`).
     ``score`` is the open-set score used for ``unknown`` calls and
-    ``thresholds`` holds a threshold for every score (all chosen for
-    ``target_false_unknown`` on the validation rows). ``min_tas``: signatures
+    ``thresholds`` holds a threshold for every score that was compared (all
+    chosen for ``target_false_unknown`` on the validation rows;
+    ``hidden_prototype`` only for a model's calibration). ``min_tas``: signatures
     below it get ``no call`` (None: off). ``validation``: what was measured on
     the validation rows (ECE, NLL, AUROC against pseudo-unknowns, curves).
     """
@@ -651,7 +659,7 @@ class Calibration:
         if not isinstance(data, dict) or "classes" not in data:
             raise MoaspaceError("not a moaspace calibration (no 'classes' entry)")
         fmt = data.get("format_version", CALIBRATION_FORMAT)
-        if fmt != CALIBRATION_FORMAT:
+        if fmt not in _READABLE_FORMATS:
             raise MoaspaceError(f"calibration format {fmt!r}; this moaspace reads "
                                 f"{CALIBRATION_FORMAT}: refit with MoaModel.calibrate")
         names = set(cls.__dataclass_fields__)
@@ -787,6 +795,9 @@ def fit_calibration(
     ref_codes, classes = encode_labels(ref_labels, classes)
     if len(classes) < 2:
         raise InputError("calibration needs a reference with at least two MoAs")
+    if hidden is not None and (hidden_centres is None or len(hidden_centres) != len(classes)):
+        raise InputError(f"hidden_centres must have one row per class ({len(classes)}), got "
+                         f"{None if hidden_centres is None else len(hidden_centres)}")
     codes, _ = encode_labels(labels, classes)
     known = codes >= 0
     if (~known).any():

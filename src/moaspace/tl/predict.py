@@ -295,11 +295,20 @@ def predict(
             "%d of %d query signatures are in the training atlas (e.g. %s): each finds itself "
             "as nearest neighbour, so their calls and scores say nothing about new signatures",
             int(in_atlas.sum()), adata.n_obs, list(adata.obs_names[in_atlas][:3]))
-    z = model.embed(adata)
     ref_z = np.asarray(reference.X, dtype=np.float32)
     ref_moa = reference.obs["moa"].astype(str).to_numpy()
     classes = sorted(set(ref_moa))
     cal = getattr(model, "calibration", None)
+    hidden = hidden_centres = None
+    if cal is not None and cal.score == "hidden_prototype":
+        # the open-set score reads the last hidden layer: both layers from one pass
+        hidden_centres = getattr(model, "hidden_prototypes", None)
+        if hidden_centres is None:
+            raise MoaspaceError("the calibration's open-set score is 'hidden_prototype' but the "
+                                "model has no hidden prototypes; recalibrate with another score")
+        z, hidden = model.embed_layers(adata, ("embedding", "hidden"))
+    else:
+        z = model.embed(adata)
     if k is None:
         k = cal.k if cal is not None else int(getattr(getattr(model, "config", None), "knn_k", 10))
     if weighting is None:
@@ -333,9 +342,9 @@ def predict(
                        "score and no 'unknown' calls are made", method)
     else:
         labels, pred_score, extra = _open_set_calls(
-            model, cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, classes, centres, labels,
-            method, k, weighting, open_set=open_set is not False, min_tas=min_tas,
-            tas_key=tas_key, info=info)
+            cal, adata, z, hidden, hidden_centres, scores, sims, idx,
+            ref_z, ref_moa, codes, classes, centres, labels, method, k, weighting,
+            open_set=open_set is not False, min_tas=min_tas, tas_key=tas_key, info=info)
     adata.obsm["X_moa"] = z
     adata.obsm["moa_scores"] = scores
     adata.uns["moa_classes"] = list(classes)
@@ -366,8 +375,9 @@ def predict(
     return adata
 
 
-def _open_set_calls(model, cal, adata, z, scores, sims, idx, ref_z, ref_moa, codes, classes,
-                    centres, labels, method, k, weighting, *, open_set, min_tas, tas_key, info):
+def _open_set_calls(cal, adata, z, hidden, hidden_centres, scores, sims, idx, ref_z, ref_moa,
+                    codes, classes, centres, labels, method, k, weighting, *, open_set, min_tas,
+                    tas_key, info):
     """Calibrated score, unknown score and the abstentions of :func:`predict`
     (``codes``: class code of every atlas signature)."""
     from .calibrate import NO_CALL, UNKNOWN, confidence_features, openset_scores
@@ -389,13 +399,6 @@ def _open_set_calls(model, cal, adata, z, scores, sims, idx, ref_z, ref_moa, cod
     if cal.score == "msp":
         votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes),
                            weighting=cal.weighting)
-    hidden = hidden_centres = None
-    if cal.score == "hidden_prototype":  # the last hidden layer: only when it is the score
-        hidden_centres = getattr(model, "hidden_prototypes", None)
-        if hidden_centres is None:
-            raise MoaspaceError("the calibration's open-set score is 'hidden_prototype' but the "
-                                "model has no hidden prototypes; recalibrate with another score")
-        hidden = model.embed(adata, layer="hidden")
     unknown = openset_scores(z, centres=centres, knn_sims=sims, k=cal.k, class_scores=votes,
                              energy_scale=cal.energy_scale, hidden=hidden,
                              hidden_centres=hidden_centres)[cal.score]
