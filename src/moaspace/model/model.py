@@ -39,7 +39,6 @@ from .._utils import atomic_path, atomic_write_text, preview
 from ..errors import InputError, MoaspaceError
 from .data import InMemoryRows, RowSource, backed_rows
 from .module import (
-    LAYERS,
     LOSSES,
     SAMPLING,
     AtomicCheckpointIO,
@@ -48,6 +47,7 @@ from .module import (
     MoaNet,
     TrainData,
     embed_row_source,
+    layer_widths,
 )
 
 logger = logging.getLogger(__name__)
@@ -582,17 +582,13 @@ class MoaModel:
                      max_missing_fraction: float | None = None) -> tuple[np.ndarray, ...]:
         """One array per entry of ``layers`` (``embedding``, ``hidden``; see :meth:`embed`),
         all from one pass over ``adata``."""
-        net = self._require_net()
         layers = tuple(layers)
-        bad = [layer for layer in layers if layer not in LAYERS]
-        if bad or not layers:
-            raise InputError(f"layers must be among {list(LAYERS)}, got {list(layers)}")
+        widths = layer_widths(self._require_net(), layers)
         pos = self._gene_positions(adata, max_missing_fraction)
         source = backed_rows(adata) if adata.isbacked else None
         if source is not None:
             batch_size = min(batch_size, source.chunk_rows)
-        width = {"embedding": net.encoder.embedding_dim, "hidden": net.encoder.hidden_dim}
-        out = tuple(np.zeros((adata.n_obs, width[layer]), dtype=np.float32) for layer in layers)
+        out = tuple(np.zeros((adata.n_obs, w), dtype=np.float32) for w in widths)
         for start in range(0, adata.n_obs, batch_size):
             x = self._aligned_rows(adata, pos, start, start + batch_size, source)
             if not np.isfinite(x).all():

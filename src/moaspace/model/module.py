@@ -35,6 +35,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from .._utils import atomic_path
+from ..errors import InputError
 from ..tl.predict import knn_scores, topk_similarity
 from .arcface import ArcFace, count_margins
 from .data import RowSource
@@ -152,6 +153,15 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 LAYERS = ("embedding", "hidden")
 
 
+def layer_widths(net: MoaNet, layers: tuple[str, ...]) -> list[int]:
+    """Width of each of ``layers`` of ``net``; an InputError names any unknown layer."""
+    bad = [layer for layer in layers if layer not in LAYERS]
+    if bad or not layers:
+        raise InputError(f"layers must be among {list(LAYERS)}, got {list(layers)}")
+    width = {"embedding": net.encoder.embedding_dim, "hidden": net.encoder.hidden_dim}
+    return [width[layer] for layer in layers]
+
+
 @torch.no_grad()
 def embed_row_source(net: MoaNet, source, idx: np.ndarray, device=None,
                      batch_size: int = 8192, layers: tuple[str, ...] = ("embedding",),
@@ -166,17 +176,13 @@ def embed_row_source(net: MoaNet, source, idx: np.ndarray, device=None,
     for validation during training (on ``device``) and for the atlas after it
     (``out_device="cpu"``: a whole atlas is not held on a GPU).
     """
-    bad = [layer for layer in layers if layer not in LAYERS]
-    if bad or not layers:
-        raise ValueError(f"layers must be among {LAYERS}, got {layers!r}")
+    widths = layer_widths(net, layers)
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device if device is None else device
     out_device = device if out_device is None else out_device
     batch_size = min(batch_size, source.chunk_rows or batch_size)
-    width = {"embedding": net.encoder.embedding_dim, "hidden": net.encoder.hidden_dim}
-    out = [torch.empty((len(idx), width[layer]), dtype=torch.float32, device=out_device)
-           for layer in layers]
+    out = [torch.empty((len(idx), w), dtype=torch.float32, device=out_device) for w in widths]
     try:
         for start in range(0, len(idx), batch_size):
             xb = source.rows(idx[start:start + batch_size]).to(device)
