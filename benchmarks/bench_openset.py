@@ -48,6 +48,7 @@ from moaspace.tl.calibrate import (
     OPENSET_SCORES,
     binary_nll,
     brier_score,
+    choose_openset_score,
     confidence_features,
     expected_calibration_error,
     fit_calibration,
@@ -271,12 +272,11 @@ def without_hidden(runs: list[dict]) -> dict:
     """moaspace as it was before the hidden-layer score: per seed the embedding score with
     the best validation (pseudo-unknown) AUROC among the other scores, same tie rule as
     ``fit_calibration``; its test AUROCs and the paired difference to raw kNN."""
-    names = [n for n in OPENSET_SCORES if n != "hidden_prototype"]
     out = {"chosen": [], "auroc": [], "auroc_compound": []}
     for r in runs:
         ps = r["methods"]["moaspace"]["per_score"]
-        best = max(names, key=lambda n: (np.nan_to_num(ps[n]["auroc_validation_pseudo"],
-                                                       nan=-1.0), -OPENSET_SCORES.index(n)))
+        best = choose_openset_score({n: s["auroc_validation_pseudo"] for n, s in ps.items()
+                                     if n != "hidden_prototype"})
         out["chosen"].append(best)
         for key in ("auroc", "auroc_compound"):
             out[key].append(ps[best][key])

@@ -713,6 +713,13 @@ def _lowest_brier(oofs: dict[str, np.ndarray], correct: np.ndarray) -> str:
                                                     CALIBRATION_METHODS.index(m)))
 
 
+def choose_openset_score(aurocs: dict[str, float]) -> str:
+    """The open-set score with the highest validation (pseudo-unknown) AUROC among those in
+    ``aurocs`` (NaN counts as lowest; ties: the order of :data:`OPENSET_SCORES`)."""
+    return max(aurocs, key=lambda n: (np.nan_to_num(aurocs[n], nan=-1.0),
+                                      -OPENSET_SCORES.index(n)))
+
+
 def fit_calibration(
     z: np.ndarray,
     labels,
@@ -897,9 +904,7 @@ def fit_calibration(
                                       for n in names}
     val["roc_pseudo_unknown"] = {n: roc_points(known_s[n], pseudo[n]) for n in names}
     if score == "auto":
-        aurocs = val["auroc_pseudo_unknown"]
-        score = max(names, key=lambda n: (np.nan_to_num(aurocs[n], nan=-1.0),
-                                          -OPENSET_SCORES.index(n)))
+        score = choose_openset_score(val["auroc_pseudo_unknown"])
     cal.score = score
     cal.thresholds = thresholds
     if tas is not None and np.isfinite(tas).any():
