@@ -848,31 +848,30 @@ def fit_calibration(
 
     # out-of-fold (grouped by compound) scores of every map, for each prediction method: the
     # map is chosen per method, as kNN vote shares and prototype softmaxes differ in shape
-    oof_by = {}
+    oof_by, chosen = {}, {}
     for name, sc in (("knn", votes), ("prototype", proto)):
         right = sc.argmax(axis=1) == codes
         oof_by[name] = {m: _out_of_fold_confidence(m, sc.max(axis=1), score_logits(sc, name),
                                                    codes, right, groups, feats[name])
                         for m in CALIBRATION_METHODS}
-        if name == "prototype":
-            chosen = method if method != "auto" else _lowest_brier(oof_by[name], right)
-            val["prototype"] = {
-                "method": chosen, "accuracy": float(right.mean()),
-                "ece_before": expected_calibration_error(sc.max(axis=1), right, n_bins),
-                "brier_out_of_fold": {m: brier_score(o, right) for m, o in oof_by[name].items()},
-                "ece_out_of_fold": {m: expected_calibration_error(o, right, n_bins)
-                                    for m, o in oof_by[name].items()},
-            }
-            cal.methods["prototype"] = chosen
+        chosen[name] = method if method != "auto" else _lowest_brier(oof_by[name], right)
+    right = proto.argmax(axis=1) == codes
+    val["prototype"] = {
+        "method": chosen["prototype"], "accuracy": float(right.mean()),
+        "ece_before": expected_calibration_error(proto.max(axis=1), right, n_bins),
+        "brier_out_of_fold": {m: brier_score(o, right) for m, o in oof_by["prototype"].items()},
+        "ece_out_of_fold": {m: expected_calibration_error(o, right, n_bins)
+                            for m, o in oof_by["prototype"].items()},
+    }
+    cal.methods["prototype"] = chosen["prototype"]
     correct = votes.argmax(axis=1) == codes
     before = votes.max(axis=1)
     oofs = oof_by["knn"]
+    method = chosen["knn"]
     val["brier_out_of_fold"] = {m: brier_score(o, correct) for m, o in oofs.items()}
     val["nll_correct_out_of_fold"] = {m: binary_nll(o, correct) for m, o in oofs.items()}
     val["ece_out_of_fold"] = {m: expected_calibration_error(o, correct, n_bins)
                               for m, o in oofs.items()}
-    if method == "auto":
-        method = _lowest_brier(oofs, correct)
     cal.method = method
     oof = oofs[method]
     proba, conf = cal.calibrate_scores(votes, "knn", feats["knn"])
