@@ -676,17 +676,16 @@ class MoaModel:
         return pd.to_numeric(obs[tas_key], errors="coerce").to_numpy(np.float64)
 
     def _fit_calibration(self, z: np.ndarray, labels: np.ndarray, tas: np.ndarray | None,
-                         **kwargs):
+                         hidden: np.ndarray | None = None, **kwargs):
+        """``hidden``: the rows' last-hidden-layer activations, or None (no hidden score)."""
         from ..tl.calibrate import fit_calibration
 
         ref = self.reference
-        centres = self.hidden_prototypes
-        if centres is None:
-            kwargs.pop("hidden", None)
         self.calibration = fit_calibration(
             z, labels, np.asarray(ref.X, dtype=np.float32), ref.obs["moa"].astype(str).to_numpy(),
             classes=sorted(set(ref.obs["moa"].astype(str))), k=self.config.knn_k, tas=tas,
-            hidden_centres=centres if "hidden" in kwargs else None, **kwargs)
+            hidden=hidden, hidden_centres=None if hidden is None else self.hidden_prototypes,
+            **kwargs)
         return self.calibration
 
     def calibrate(self, adata: ad.AnnData, *, split: str | None = "val",
