@@ -58,22 +58,43 @@ from moaspace.tl.calibrate import (
     tas_coverage_curve,
     unknown_auroc,
 )
-from moaspace.tl.predict import encode_labels, knn_scores, knn_search, predict, prototypes
+from moaspace.tl.predict import (
+    encode_labels,
+    knn_scores,
+    knn_search,
+    predict,
+    prototype_scores,
+    prototypes,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: rows of the tables: moaspace with its default predictor (nearest hidden-layer prototype),
+#: the same model's kNN vote in the embedding, and the raw-signature baseline
+SHOWN = ("moaspace", "moaspace_knn", "raw_knn")
 #: TAS cut-offs as quantiles of the known test signatures' TAS: coverage 100%, 80%, ... 20%
 TAS_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 
 
 def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas, *, hidden=None,
-                   hidden_centres=None) -> dict:
+                   hidden_centres=None, predictor: str = "knn") -> dict:
     """Open-set and calibration metrics of one embedding (ours or raw) on the test rows;
-    ``hidden``/``hidden_centres``: our model's last hidden layer (raw z-scores have none)."""
+    ``hidden``/``hidden_centres``: our model's last hidden layer (raw z-scores have none).
+    ``predictor``: how the MoA is called and whose score is calibrated, ``knn`` (the
+    vote in ``z_test``) or ``hidden_prototype`` (a model's default), each with its own
+    calibration map chosen on validation."""
     classes = cal.classes
     codes, _ = encode_labels(ref_labels, classes)
     sims, idx = knn_search(z_test, reference, max(cal.k, 10, cal.wide_k))
     votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes))
     centres, _ = prototypes(reference, ref_labels, classes)
+    if predictor == "knn":
+        class_scores, layer, layer_centres = votes, z_test, centres
+        cal_val = cal.validation
+    else:
+        class_scores = prototype_scores(hidden, hidden_centres)
+        layer, layer_centres = hidden, hidden_centres
+        cal_val = cal.validation[predictor]
+    chosen_map = cal.method_for(predictor)
     from moaspace.tl.calibrate import openset_scores
 
     scores = openset_scores(z_test, centres=centres, knn_sims=sims, k=cal.k, class_scores=votes,
@@ -81,21 +102,25 @@ def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas, *, h
                             hidden_centres=hidden_centres)
     y = test_obs["moa"].astype(str).to_numpy()
     unknown = np.isin(y, list(held_moas))
-    pred = np.asarray(classes, dtype=object)[votes.argmax(axis=1)].astype(str)
+    pred = np.asarray(classes, dtype=object)[class_scores.argmax(axis=1)].astype(str)
     correct = pred == y
-    raw_conf = votes.max(axis=1)
-    feats = confidence_features(votes, z_test, centres, sims, idx, codes, wide_k=cal.wide_k)
+    raw_conf = class_scores.max(axis=1)
+    feats = confidence_features(class_scores, layer, layer_centres, sims, idx, codes,
+                                wide_k=cal.wide_k)
     conf = {}
     for method in CALIBRATION_METHODS:
         c = copy.deepcopy(cal)
-        c.method = method
-        conf[method] = c.calibrate_scores(votes, "knn", feats)[1]
+        if predictor == "knn":
+            c.method = method
+        else:
+            c.methods[predictor] = method
+        conf[method] = c.calibrate_scores(class_scores, predictor, feats)[1]
     compounds = test_obs["pert_id"].astype(str).to_numpy()
     cpd_unknown = pd.Series(unknown).groupby(compounds).first()
     per_score = {}
     for name in [n for n in OPENSET_SCORES if n in scores]:
         m = open_set_metrics(y, pred, scores[name], classes, cal.thresholds[name],
-                             raw_conf=raw_conf, proba_conf=conf[cal.method])
+                             raw_conf=raw_conf, proba_conf=conf[chosen_map])
         mean = pd.Series(scores[name]).groupby(compounds).mean()
         m["auroc_compound"] = unknown_auroc(mean[~cpd_unknown].to_numpy(),
                                             mean[cpd_unknown].to_numpy())
@@ -106,30 +131,31 @@ def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas, *, h
     out = {
         "score": cal.score, "threshold": cal.threshold, "chosen": per_score[cal.score],
         "per_score": per_score,
-        "calibration": cal.method,
+        "predictor": predictor,
+        "calibration": chosen_map,
         "accuracy_known": float(correct[known].mean()),
         **{metric: {"before": fn(raw_conf[known], correct[known]),
                     **{m: fn(conf[m][known], correct[known]) for m in conf},
-                    "chosen": fn(conf[cal.method][known], correct[known])}
+                    "chosen": fn(conf[chosen_map][known], correct[known])}
            for metric, fn in (("ece", expected_calibration_error), ("brier", brier_score),
                               ("nll", binary_nll))},
-        "ece_validation": {"before": cal.validation["ece_before"],
-                           "after_out_of_fold": cal.validation["ece_after"]},
-        "brier_validation_out_of_fold": cal.validation["brier_out_of_fold"],
-        "nll_validation_out_of_fold": cal.validation["nll_correct_out_of_fold"],
-        "ece_validation_out_of_fold": cal.validation["ece_out_of_fold"],
+        "ece_validation": {"before": cal_val["ece_before"],
+                           "after_out_of_fold": cal_val["ece_out_of_fold"][chosen_map]},
+        "brier_validation_out_of_fold": cal_val["brier_out_of_fold"],
+        "nll_validation_out_of_fold": cal_val["nll_correct_out_of_fold"],
+        "ece_validation_out_of_fold": cal_val["ece_out_of_fold"],
         "reliability_test": {
             "before": reliability_curve(raw_conf[known], correct[known]).to_dict("records"),
-            "after": reliability_curve(conf[cal.method][known], correct[known]).to_dict("records"),
+            "after": reliability_curve(conf[chosen_map][known], correct[known]).to_dict("records"),
         },
         "roc_test": {n: roc_points(s[known], s[unknown]) for n, s in scores.items()},
         # per-row confidences, pooled over seeds in main() (popped before the JSON is written)
-        "_rows": {"before": raw_conf[known], "after": conf[cal.method][known],
+        "_rows": {"before": raw_conf[known], "after": conf[chosen_map][known],
                   "correct": correct[known], "compound": compounds[known]},
         "tas_coverage": tas_coverage_curve(
             tas[known], correct[known],
             thresholds=np.nanquantile(tas[known], TAS_LEVELS)).to_dict("records"),
-        "tas_quartiles": tas_quartiles(tas[known], conf[cal.method][known], correct[known]),
+        "tas_quartiles": tas_quartiles(tas[known], conf[chosen_map][known], correct[known]),
     }
     return out
 
@@ -154,15 +180,20 @@ def run_seed(adata, seed: int, args) -> dict:
     seconds = time.perf_counter() - t0
     assert model.calibration is not None, "training did not calibrate the model"
     test = data[s == "test"].copy()
-    ours = evaluate_space(model.calibration, model.embed(test), test.obs,
-                          np.asarray(model.reference.X), model.reference.obs["moa"].astype(str),
-                          held, hidden=model.embed(test, layer="hidden"),
-                          hidden_centres=model.hidden_prototypes)
-    # the library path gives the same calls as the metrics above
+    z_test, hidden_test = model.embed_layers(test)
+    ours, ours_knn = (
+        evaluate_space(model.calibration, z_test, test.obs, np.asarray(model.reference.X),
+                       model.reference.obs["moa"].astype(str), held, hidden=hidden_test,
+                       hidden_centres=model.hidden_prototypes, predictor=predictor)
+        for predictor in (model.config.predictor, "knn"))
+    # the library path gives the same calls and scores as the metrics above
     pred = predict(model, test, compound_key=None)
     n_unknown = int((pred.obs["moa_pred"].astype(str) == "unknown").sum())
     flagged = pred.obs["moa_unknown_score"].to_numpy() > model.calibration.threshold
     assert n_unknown == int(flagged.sum())
+    known = ~np.isin(test.obs["moa"].astype(str), held)
+    np.testing.assert_allclose(pred.obs["moa_pred_score"].to_numpy()[known],
+                               ours["_rows"]["after"], atol=1e-5)
 
     x = np.asarray(data.X, dtype=np.float32)
     y = data.obs["moa"].astype(str).to_numpy()
@@ -178,7 +209,7 @@ def run_seed(adata, seed: int, args) -> dict:
         "n_test_unknown": int(np.isin(test.obs["moa"].astype(str), held).sum()),
         "train_seconds": seconds, "best_epoch": model.best_epoch,
         "best_val_f1": model.best_val_f1, "predict_unknown_calls": n_unknown,
-        "methods": {"moaspace": ours, "raw_knn": raw},
+        "methods": {"moaspace": ours, "moaspace_knn": ours_knn, "raw_knn": raw},
     }
 
 
@@ -298,7 +329,7 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
     lines = ["| method | open-set score (chosen on val) | AUROC known vs unknown | compound AUROC | "
              f"false-unknown rate (target {target:.0%}) | unknown detected | macro-F1 known, "
              "open | macro-F1 known, closed |", "|---" * 8 + "|"]
-    for method in ("moaspace", "raw_knn"):
+    for method in SHOWN:
         rs = [r["methods"][method] for r in runs]
         chosen = sorted({r["score"] for r in rs})
         c = [r["chosen"] for r in rs]
@@ -321,12 +352,13 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
               f"{d['higher']}/{d['n']})."]
     lines += ["", "Calibration of `moa_pred_score` on the known test signatures: ECE (15 bins), "
               "Brier score and NLL (nats, probabilities clipped to [0.001, 0.999]) of \"top call "
-              "correct\", before (kNN vote share) and after the calibration chosen on validation "
+              "correct\", before (the raw top score: prototype softmax for `moaspace`, kNN vote "
+              "share for the others) and after the calibration chosen on validation "
               "(lowest out-of-fold Brier score, 5 folds grouped by compound); lower is better:",
               "", "| method | top-1 accuracy | calibration (chosen on val) | ECE before | "
               "ECE after | Brier before | Brier after | NLL before | NLL after |",
               "|---" * 9 + "|"]
-    for method in ("moaspace", "raw_knn"):
+    for method in SHOWN:
         rs = [r["methods"][method] for r in runs]
         cells = [_mean_std([r[metric][when] for r in rs])
                  for metric in ("ece", "brier", "nll") for when in ("before", "chosen")]
@@ -359,7 +391,7 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
               "| method | " + " | ".join(f"{m}: test ECE / Brier / NLL | {m}: val Brier (OOF)"
                                          for m in fitted) + " |",
               "|---" * (2 * len(fitted) + 1) + "|"]
-    for method in ("moaspace", "raw_knn"):
+    for method in SHOWN:
         rs = [r["methods"][method] for r in runs]
         cells = []
         for m in fitted:
@@ -371,7 +403,7 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
               "brackets the validation AUROC against leave-own-MoA-out pseudo-unknowns used to "
               "choose:", "", "| method | " + " | ".join(OPENSET_SCORES) + " |",
               "|---" * (len(OPENSET_SCORES) + 1) + "|"]
-    for method in ("moaspace", "raw_knn"):
+    for method in SHOWN:
         cells = []
         for name in OPENSET_SCORES:
             ms = [r["methods"][method]["per_score"].get(name) for r in runs]
@@ -388,7 +420,7 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
     lines_q = ["", "Mean calibrated score / accuracy per TAS quartile of the known test signatures "
                "(lowest first; mean over seeds):", "",
                "| method | quartile 1 | quartile 2 | quartile 3 | quartile 4 |", "|---" * 5 + "|"]
-    for method in ("moaspace", "raw_knn"):
+    for method in SHOWN:
         qs = [r["methods"][method]["tas_quartiles"] for r in runs]
         lines_q.append(f"| {method} | " + " | ".join(
             f"{np.mean([q[i]['mean_score'] for q in qs]):.2f} / "
@@ -396,7 +428,7 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None) -> str:
     first = runs[0]["methods"]["moaspace"]["tas_coverage"]
     lines.append("| min TAS (seed " + str(runs[0]["seed"]) + ") | "
                  + " | ".join(f"{row['min_tas']:.3f}" for row in first) + " |")
-    for method in ("moaspace", "raw_knn"):
+    for method in SHOWN:
         cells = []
         for i in range(len(TAS_LEVELS)):
             rows = [r["methods"][method]["tas_coverage"][i] for r in runs]
@@ -444,8 +476,10 @@ def main() -> None:
     rows: dict[str, list[dict]] = {"moaspace": [], "raw_knn": []}
     for seed in args.seeds.split(","):  # results are rewritten after every seed
         runs.append(run_seed(adata, int(seed), args))
-        for method in rows:
-            rows[method].append(runs[-1]["methods"][method].pop("_rows"))
+        for method, result in runs[-1]["methods"].items():
+            kept = result.pop("_rows")
+            if method in rows:  # the paired and pooled comparisons: ours vs raw kNN
+                rows[method].append(kept)
         pooled = pooled_metrics(rows)
         done = ",".join(str(r["seed"]) for r in runs)
         result = {

@@ -34,7 +34,7 @@ from moaspace.data.simulate import SimulationConfig
 from moaspace.data.split import split
 from moaspace.model import MoaModel
 from moaspace.tl.baselines import make_baseline
-from moaspace.tl.predict import knn_predict
+from moaspace.tl.predict import predict
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUANTILES = (0.0, 0.25, 0.5, 0.75)
@@ -54,10 +54,9 @@ def predictions(adata: ad.AnnData, scheme: str, seed: int, max_epochs: int) -> p
         out[name] = np.asarray(classes)[scores.argmax(axis=1)]
     model = MoaModel(data)
     model.train(max_epochs=max_epochs, seed=seed, progress_bar=False)
-    ref = model.reference
-    scores, classes = knn_predict(model.embed(data[test]), np.asarray(ref.X),
-                                  ref.obs["moa"].astype(str), k=model.config.knn_k)
-    out["moaspace"] = np.asarray(classes)[scores.argmax(axis=1)]
+    # `moaspace predict`'s top MoA with the model's own predictor (no abstentions)
+    pred = predict(model, data[test], compound_key=None, open_set=False)
+    out["moaspace"] = np.asarray(pred.uns["moa_classes"])[pred.obsm["moa_scores"].argmax(axis=1)]
     return out
 
 

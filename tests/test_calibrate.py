@@ -458,29 +458,45 @@ def test_calibrate_refit_and_bad_input(openset_run):
         model.calibration = before
 
 
+@pytest.mark.parametrize("predictor", ["knn", "hidden_prototype"])
 @pytest.mark.parametrize("method", ["logistic", "isotonic"])
-def test_predict_uses_the_forced_calibration_method(openset_run, method):
-    """predict() gives the calibrated score of the map fitted on val, for each map."""
+def test_predict_uses_the_forced_calibration_method(openset_run, method, predictor):
+    """predict() gives the calibrated score of the map fitted on val, for each map and
+    each predictor (the hidden-prototype map reads its own scores and margin layer)."""
     from moaspace.tl.calibrate import confidence_features
-    from moaspace.tl.predict import encode_labels, knn_scores, knn_search, prototypes
+    from moaspace.tl.predict import (
+        encode_labels,
+        knn_scores,
+        knn_search,
+        prototype_scores,
+        prototypes,
+    )
 
     _, model, adata, test = openset_run
     before = model.calibration
     try:
         cal = model.calibrate(adata, method=method)
-        assert cal.method == method and set(cal.logistic) == {"knn", "prototype"}
+        assert cal.method == method
+        assert set(cal.logistic) == {"knn", "prototype", "hidden_prototype"}
+        assert cal.method_for(predictor) == method
         assert cal.validation["brier_after"] == cal.validation["brier_out_of_fold"][method]
-        pred = predict(model, test, compound_key=None)
+        pred = predict(model, test, compound_key=None, method=predictor)
+        assert pred.uns["moa_predict"]["method"] == predictor
         assert pred.uns["moa_predict"]["calibration_method"] == method
         ref = model.reference
         ref_z, ref_moa = np.asarray(ref.X), ref.obs["moa"].astype(str).to_numpy()
         codes, classes = encode_labels(ref_moa, sorted(set(ref_moa)))
         z = pred.obsm["X_moa"]
         sims, idx = knn_search(z, ref_z, max(cal.k, cal.wide_k))
-        votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes))
-        centres, _ = prototypes(ref_z, ref_moa, classes)
-        feats = confidence_features(votes, z, centres, sims, idx, codes, wide_k=cal.wide_k)
-        _, expected = cal.calibrate_scores(votes, "knn", feats)
+        if predictor == "knn":
+            scores = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes))
+            layer, centres = z, prototypes(ref_z, ref_moa, classes)[0]
+        else:
+            layer, centres = model.embed(test, layer="hidden"), model.hidden_prototypes
+            scores = prototype_scores(layer, centres)
+        np.testing.assert_allclose(pred.obsm["moa_scores"], scores, atol=1e-5)
+        feats = confidence_features(scores, layer, centres, sims, idx, codes, wide_k=cal.wide_k)
+        _, expected = cal.calibrate_scores(scores, predictor, feats)
         np.testing.assert_allclose(pred.obs["moa_pred_score"].to_numpy(), expected, atol=1e-5)
         score = pred.obs["moa_pred_score"].to_numpy()
         assert ((score > 0) & (score < 1)).all()
@@ -562,7 +578,7 @@ def test_msp_unknown_score_does_not_depend_on_the_prediction_method(openset_run)
     before = model.calibration
     try:
         model.calibrate(adata, score="msp")
-        by_knn = predict(model, test, compound_key=None)
+        by_knn = predict(model, test, compound_key=None, method="knn")
         by_proto = predict(model, test, method="prototype", compound_key=None)
         np.testing.assert_allclose(by_proto.obs["moa_unknown_score"].to_numpy(),
                                    by_knn.obs["moa_unknown_score"].to_numpy(), atol=1e-6)
@@ -766,7 +782,7 @@ def test_predict_by_prototype_uses_the_prototype_map(openset_run):
         assert by_proto.uns["moa_predict"]["calibration_method"] == "none"
         np.testing.assert_allclose(by_proto.obs["moa_pred_score"].to_numpy(),
                                    by_proto.obsm["moa_scores"].max(axis=1), atol=1e-6)
-        by_knn = predict(model, test, compound_key=None)
+        by_knn = predict(model, test, compound_key=None, method="knn")
         assert by_knn.uns["moa_predict"]["calibration_method"] == "isotonic"
         curve = cal.isotonic["knn"]
         np.testing.assert_allclose(
@@ -884,9 +900,16 @@ def test_model_hidden_prototypes_and_the_hidden_unknown_score(openset_run, tmp_p
     model.calibration = before
     del meta["hidden_prototypes"]
     assert loaded.hidden_prototypes is None
+    loaded.config.predictor = "knn"  # as such a model loads (test_model: old config.json)
     loaded.calibration = hidden_cal
-    with pytest.raises(MoaspaceError, match="no hidden prototypes"):
+    with pytest.raises(MoaspaceError, match="open-set score 'hidden_prototype' needs the "
+                                            "model's hidden prototypes"):
         predict(loaded, test, compound_key=None)
-    assert "hidden_prototype" not in loaded.calibrate(adata).thresholds
+    old_cal = loaded.calibrate(adata)
+    assert "hidden_prototype" not in old_cal.thresholds
+    assert "hidden_prototype" not in old_cal.methods and "hidden_prototype" not in old_cal.logistic
+    assert predict(loaded, test, compound_key=None).uns["moa_predict"]["method"] == "knn"
+    with pytest.raises(MoaspaceError, match="method 'hidden_prototype' needs the model's hidden"):
+        predict(loaded, test, compound_key=None, method="hidden_prototype")
     with pytest.raises(InputError, match="hidden"):
         loaded.calibrate(adata, score="hidden_prototype")

@@ -81,7 +81,31 @@ def test_benchmark_records_and_outputs(tmp_path):
     write_benchmark(records, tmp_path / "bench")
     assert json.loads((tmp_path / "bench" / "results.json").read_text()) == records
     assert "± " in results_markdown(records)
+    assert "Paired per seed, `moaspace` minus each method" in results_markdown(records)
     assert (tmp_path / "bench" / "results.png").stat().st_size > 1000
+
+
+def test_paired_differences_by_hand():
+    """moaspace minus each method seed by seed, within its scheme; mean > sd is the bar."""
+    from moaspace.tl.benchmark import paired_differences
+
+    f1 = {("compound", "moaspace"): [0.60, 0.50, 0.70], ("compound", "logreg"): [0.58, 0.49, 0.67],
+          ("compound", "raw_knn"): [0.62, 0.40, 0.71], ("cell", "moaspace"): [0.5, 0.6, 0.7],
+          ("cell", "logreg"): [0.5, 0.6, 0.7]}
+    records = [{"scheme": sch, "method": m, "seed": seed, "macro_f1": v[seed]}
+               for (sch, m), v in f1.items() for seed in range(3)]
+    paired = paired_differences(records).set_index(["scheme", "method"])
+    d = np.array([0.02, 0.01, 0.03])
+    row = paired.loc[("compound", "logreg")]
+    assert row["mean"] == pytest.approx(d.mean()) and row["sd"] == pytest.approx(d.std(ddof=1))
+    assert row["higher"] == 3 and row["beyond_spread"]
+    row = paired.loc[("compound", "raw_knn")]  # ahead on average, not beyond its spread
+    assert row["mean"] == pytest.approx(np.mean([-0.02, 0.10, -0.01]))
+    assert row["higher"] == 1 and not row["beyond_spread"]
+    row = paired.loc[("cell", "logreg")]  # the cell scheme's own records only
+    assert row["mean"] == pytest.approx(0.0) and row["higher"] == 0 and not row["beyond_spread"]
+    assert ("cell", "raw_knn") not in paired.index
+    assert paired_differences([r for r in records if r["method"] != "moaspace"]).empty
 
 
 def test_cli_split_train_predict_evaluate(tmp_path):
@@ -102,6 +126,19 @@ def test_cli_split_train_predict_evaluate(tmp_path):
     pred = ad.read_h5ad(tmp_path / "p.h5ad")
     assert {"moa_pred", "moa_pred_score"} <= set(pred.obs.columns) and "X_moa" in pred.obsm
     assert (tmp_path / "p.compounds.csv").exists()
+    assert pred.uns["moa_predict"]["method"] == "hidden_prototype"  # the model's predictor
+    r = runner.invoke(app, ["predict", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
+                            "--out", str(tmp_path / "p_knn.h5ad"), "--method", "knn"])
+    assert r.exit_code == 0, r.output
+    assert ad.read_h5ad(tmp_path / "p_knn.h5ad").uns["moa_predict"]["method"] == "knn"
+    r = runner.invoke(app, ["predict", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
+                            "--out", str(tmp_path / "p_bad.h5ad"), "--method", "svm"])
+    assert r.exit_code == 1 and "svm" in r.output and not (tmp_path / "p_bad.h5ad").exists()
+    r = runner.invoke(app, ["train", str(tmp_path / "s.h5ad"), "--out", str(tmp_path / "m_knn"),
+                            "--max-epochs", "1", "--seed", "0", "--predictor", "knn"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "m_knn" / "config.json").read_text())
+    assert config["model"]["predictor"] == "knn"
     r = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
                             "--out", str(tmp_path / "metrics.json")])
     assert r.exit_code == 0, r.output

@@ -22,7 +22,7 @@ from moaspace import __version__
 from moaspace.data.split import split
 from moaspace.errors import InputError, MoaspaceError
 from moaspace.model import MoaModel, macro_f1
-from moaspace.tl.predict import knn_predict
+from moaspace.tl.predict import predict
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core box
 
@@ -60,13 +60,15 @@ def trained(adata):
 
 
 def _val_f1(model: MoaModel, adata) -> float:
-    """Recompute the validation kNN macro-F1 from the public API."""
-    ref = model.reference
+    """Recompute the validation macro-F1 of the model's predictor from the public API:
+    what `predict` calls is what early stopping scored."""
     code = {m: i for i, m in enumerate(model.moas)}
     val = adata[adata.obs["split"] == "val"]
-    scores, _ = knn_predict(model.embed(val), np.asarray(ref.X), ref.obs["moa"].astype(str),
-                                  k=model.config.knn_k, classes=model.moas)
-    return macro_f1(val.obs["moa"].astype(str).map(code).values, scores.argmax(1))
+    pred = predict(model, val, compound_key=None, open_set=False)
+    assert pred.uns["moa_predict"]["method"] == model.config.predictor
+    assert list(pred.uns["moa_classes"]) == model.moas
+    return macro_f1(val.obs["moa"].astype(str).map(code).values,
+                    pred.obsm["moa_scores"].argmax(1))
 
 
 def test_training_keeps_best_weights_and_reference(trained, adata):
@@ -82,6 +84,17 @@ def test_training_keeps_best_weights_and_reference(trained, adata):
     assert set(ref.obs["pert_id"]) == set(trained.compounds)
     np.testing.assert_allclose(np.linalg.norm(ref.X, axis=1), 1.0, atol=1e-5)
     assert {"moa", "pert_id", "cell_iname"} <= set(ref.obs.columns)
+
+
+@pytest.mark.parametrize("predictor", ["knn", "prototype"])
+def test_early_stopping_scores_the_predictor_predict_uses(adata, predictor):
+    """Each predictor's validation score during training is what `predict` then gives with
+    it (the default, hidden_prototype, is checked by the `trained` fixture's tests)."""
+    model = MoaModel(adata, **TINY, predictor=predictor)
+    model.train(max_epochs=3, seed=0, **TRAIN)
+    assert _val_f1(model, adata) == pytest.approx(model.best_val_f1, abs=1e-9)
+    with pytest.raises(MoaspaceError, match="predictor must be one of"):
+        MoaModel(adata, predictor="svm")
 
 
 def test_early_stopping_on_val_f1(adata):
@@ -120,6 +133,14 @@ def test_save_load_round_trip(trained, adata, tmp_path):
     assert config["data_fingerprint"] == trained.fingerprint
     state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
     assert "encoder.head.weight" in state
+    assert config["model"]["predictor"] == loaded.config.predictor == "hidden_prototype"
+    # a config.json written before `predictor` existed: the model was early-stopped on, and
+    # predicts by, the kNN vote (checksums cover model.pt/atlas/calibration, not config.json)
+    del config["model"]["predictor"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    old = MoaModel.load(tmp_path / "m")
+    assert old.config.predictor == "knn"
+    assert predict(old, adata[:20], compound_key=None).uns["moa_predict"]["method"] == "knn"
 
 
 def test_gene_order_does_not_matter(trained, adata):

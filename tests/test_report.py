@@ -55,6 +55,9 @@ def test_report_is_self_contained(pipeline_run):
                     "Confidence and unknown MoAs",
                     "run_pipeline", "hidden_dims"):
         assert section in text, section
+    # the confidence section shows the calibration of the predictor the predictions used
+    assert "predictor of these predictions</td><td>hidden_prototype" in text.replace("\n", "")
+    assert "hidden_prototype softmax" in text
     srcs = re.findall(r'src="([^"]+)"', text)
     assert len(srcs) >= 6  # latent, confusion, F1 bars, baselines, pathways, CRISPR
     for src in srcs:

@@ -267,6 +267,10 @@ def train(
     loss: Annotated[
         str, typer.Option(help="dual_arcface | arcface_moa | softmax | supcon.")
     ] = "dual_arcface",
+    predictor: Annotated[
+        str, typer.Option(help="How predict calls a MoA by default, and what early stopping "
+                               "scores: hidden_prototype | knn | prototype.")
+    ] = "hidden_prototype",
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",
     strategy: Annotated[str, typer.Option(help="auto | ddp | ddp_spawn ...")] = "auto",
@@ -300,7 +304,7 @@ def train(
         adata = adata[:, landmark] if backed else adata[:, landmark].copy()
     elif genes not in (None, "all"):
         raise typer.BadParameter("--genes must be 'landmark' or 'all'")
-    model = MoaModel(adata, loss=loss)
+    model = MoaModel(adata, loss=loss, predictor=predictor)
     model.train(max_epochs=max_epochs, batch_size=batch_size, seed=seed, resume=resume,
                 model_dir=out, patience=patience, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
@@ -327,7 +331,11 @@ def predict(
         typer.Option(help="Neighbours in the kNN vote (default: the k the model was "
                           "calibrated for, its knn_k, 10)."),
     ] = None,
-    method: Annotated[str, typer.Option(help="knn | prototype.")] = "knn",
+    method: Annotated[
+        str | None,
+        typer.Option(help="knn | prototype | hidden_prototype (default: the model's predictor, "
+                          "hidden_prototype for models trained by this version)."),
+    ] = None,
     top_k: Annotated[int, typer.Option(help="MoAs kept per signature in the table.")] = 5,
     compound_level: Annotated[
         bool, typer.Option("--compound-level", help="Also call one MoA per compound.")
@@ -457,7 +465,7 @@ def calibrate(
                           target_false_unknown=target_false_unknown, method=method,
                           score=score, min_tas=min_tas)
     model.save(model_dir, overwrite=True)
-    maps = f"{cal.method_for('knn')} (kNN), {cal.method_for('prototype')} (prototype)"
+    maps = ", ".join(f"{cal.method_for(p)} ({p})" for p in ("knn", *cal.methods))
     _summary("calibrate", [("model", model_dir), ("calibration", maps),
                            ("open-set score", cal.score),
                            ("target false-unknown rate", target_false_unknown)])

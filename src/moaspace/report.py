@@ -206,12 +206,25 @@ def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
     """Calibration and open-set curves from ``model/calibration.json`` (+ the predictions)."""
     from . import pl
 
+    pred = None
+    if pred_path.exists():
+        import anndata as ad
+
+        pred = ad.read_h5ad(pred_path)
+    # the calibration shown is that of the predictor the predictions were made with
+    predictor = (pred.uns.get("moa_predict", {}).get("method", "knn") if pred is not None
+                 else "knn")
     val = cal.get("validation", {})
+    own = val if predictor == "knn" else val.get(predictor, {})
+    chosen_map = (cal.get("method") if predictor == "knn"
+                  else cal.get("methods", {}).get(predictor, cal.get("method")))
+    raw_name = "kNN vote share" if predictor == "knn" else f"{predictor} softmax"
     score = cal.get("score")
     threshold = cal.get("thresholds", {}).get(score)
-    how = ("is the raw score: neither isotonic regression nor temperature scaling beat it "
-           "out of fold" if cal.get("method") == "none" else
-           f"is a calibrated probability that the call is right ({cal.get('method')})")
+    how = (f"is the raw score ({raw_name}): no calibration map beat it out of fold"
+           if chosen_map == "none" else
+           f"is a calibrated probability that the call is right ({chosen_map} map of the "
+           f"{raw_name})")
     out = ["<h2>Confidence and unknown MoAs</h2>",
            "<p class='note'>Fitted on the validation compounds (never trained on): "
            f"<code>moa_pred_score</code> {html.escape(how)}; a signature whose "
@@ -220,10 +233,12 @@ def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
            "called <code>unknown</code>. Pseudo-unknowns: validation signatures scored with "
            "their own MoA removed from the atlas (see docs/confidence.md).</p>"]
     rows = [("validation signatures", val.get("n")),
-            ("calibration of kNN / prototype scores",
-             f"{cal.get('method')} / {cal.get('methods', {}).get('prototype', cal.get('method'))}"),
-            ("ECE before → after (out-of-fold)", f"{val.get('ece_before', float('nan')):.3f} → "
-                                                 f"{val.get('ece_after', float('nan')):.3f}"),
+            ("calibration map per predictor",
+             ", ".join(f"{name}: {m}" for name, m in
+                       {"knn": cal.get("method"), **cal.get("methods", {})}.items())),
+            ("predictor of these predictions", predictor),
+            ("ECE before → after (out-of-fold)", f"{own.get('ece_before', float('nan')):.3f} → "
+                                                 f"{own.get('ece_after', float('nan')):.3f}"),
             ("open-set score", score),
             ("threshold", f"{threshold:.4f}" if threshold is not None else "–"),
             ("false-unknown rate on validation",
@@ -233,16 +248,13 @@ def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
         rows.append((f"AUROC vs pseudo-unknowns: {name}", f"{auc:.3f}" if auc is not None
                      else "–"))
     out.append(_kv(rows))
-    if val.get("reliability_before") and val.get("reliability_after"):
+    if own.get("reliability_before") and own.get("reliability_after"):
+        before = f"before ({raw_name})"
         out.append(_img(pl.reliability_diagram(
-            {"before (kNN vote share)": val["reliability_before"],
-             "after": val["reliability_after"]},
-            ece={"before (kNN vote share)": val.get("ece_before"), "after": val.get("ece_after")})))
+            {before: own["reliability_before"], "after": own["reliability_after"]},
+            ece={before: own.get("ece_before"), "after": own.get("ece_after")})))
     known = unknown = None
-    if pred_path.exists():
-        import anndata as ad
-
-        pred = ad.read_h5ad(pred_path)
+    if pred is not None:
         if "moa_unknown_score" in pred.obs and "moa" in pred.obs:
             is_known = pred.obs["moa"].astype(str).isin(cal.get("classes", [])).to_numpy()
             scores = pred.obs["moa_unknown_score"].to_numpy()

@@ -36,7 +36,7 @@ from torch import nn
 
 from .._utils import atomic_path
 from ..errors import InputError
-from ..tl.predict import knn_scores, topk_similarity
+from ..tl.predict import PREDICTORS, knn_scores, topk_similarity
 from .arcface import ArcFace, count_margins
 from .data import RowSource
 from .encoder import Encoder
@@ -328,7 +328,7 @@ class MoaModule(L.LightningModule):
     def __init__(self, net: MoaNet, data: TrainData | None, *, lr: float, weight_decay: float,
                  warmup_epochs: float, batch_size: int, seed: int, sampling: str,
                  knn_k: int, patience: int, min_delta: float = 1e-4,
-                 meta: dict | None = None):
+                 meta: dict | None = None, predictor: str = "knn"):
         super().__init__()
         self.net = net
         self.data = data
@@ -336,6 +336,9 @@ class MoaModule(L.LightningModule):
         self.warmup_epochs = float(warmup_epochs)
         self.batch_size, self.seed, self.sampling = int(batch_size), int(seed), sampling
         self.knn_k, self.patience, self.min_delta = int(knn_k), int(patience), float(min_delta)
+        if predictor not in PREDICTORS:
+            raise InputError(f"predictor must be one of {list(PREDICTORS)}, got {predictor!r}")
+        self.predictor = predictor
         self.history: list[dict] = []
         self.best_f1 = -1.0
         self.best_epoch = -1
@@ -419,17 +422,37 @@ class MoaModule(L.LightningModule):
         return embed_row_source(self.net, self.data.x, idx, self.device, batch)[0]
 
     def validation_f1(self) -> float:
-        """kNN macro-F1 of validation signatures against training embeddings."""
+        """Validation macro-F1 of the predictor ``predict`` uses (``self.predictor``):
+        validation signatures against the training rows, as ``moaspace predict`` calls
+        them (kNN vote, or nearest MoA prototype of the embedding or of the last hidden
+        layer). Early stopping reads it, so the epoch kept is the best one for the
+        predictor actually used."""
         d = self.data
         if len(d.val_idx) == 0:
             return float("nan")
-        ref = self.embed_rows(d.val_ref_idx)
-        query = self.embed_rows(d.val_idx)
         n_classes = int(d.moa.max()) + 1
-        # the same search and vote as moaspace.tl.predict (what `moaspace predict` does)
-        sims, idx = topk_similarity(query, ref, self.knn_k)
-        scores = knn_scores(sims.numpy(), idx.numpy(), d.moa[d.val_ref_idx].numpy(), n_classes)
-        return macro_f1(d.moa[d.val_idx].numpy(), scores.argmax(1))
+        ref_codes = d.moa[d.val_ref_idx].numpy()
+        truth = d.moa[d.val_idx].numpy()
+        if self.predictor == "knn":
+            ref = self.embed_rows(d.val_ref_idx)
+            query = self.embed_rows(d.val_idx)
+            # the same search and vote as moaspace.tl.predict (what `moaspace predict` does)
+            sims, idx = topk_similarity(query, ref, self.knn_k)
+            scores = knn_scores(sims.numpy(), idx.numpy(), ref_codes, n_classes)
+            return macro_f1(truth, scores.argmax(1))
+        layer = "hidden" if self.predictor == "hidden_prototype" else "embedding"
+        (ref,) = embed_row_source(self.net, d.x, d.val_ref_idx, self.device, layers=(layer,))
+        (query,) = embed_row_source(self.net, d.x, d.val_idx, self.device, layers=(layer,))
+        # the class centres of moaspace.tl.predict.prototypes: the normalised mean of
+        # each class's normalised rows (a MoA without reference rows is never called)
+        ref = F.normalize(ref, dim=1)
+        codes = torch.as_tensor(ref_codes, device=ref.device)
+        centres = torch.zeros((n_classes, ref.shape[1]), dtype=ref.dtype, device=ref.device)
+        centres.index_add_(0, codes, ref)
+        present = torch.bincount(codes, minlength=n_classes) > 0
+        cos = F.normalize(query, dim=1) @ F.normalize(centres, dim=1).T
+        cos[:, ~present] = -torch.inf
+        return macro_f1(truth, cos.argmax(1).cpu().numpy())
 
     def on_train_epoch_end(self) -> None:
         f1 = self.validation_f1() if self.global_rank == 0 else 0.0

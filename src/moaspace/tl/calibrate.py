@@ -75,6 +75,7 @@ from .._utils import atomic_write_text
 from ..errors import InputError, MoaspaceError
 from .predict import (
     NO_CALL_LABEL,
+    PREDICTORS,
     encode_labels,
     knn_scores,
     knn_search,
@@ -85,7 +86,8 @@ from .predict import (
 logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
-#: 2: ``methods`` (the prototype's own map) and the ``hidden_prototype`` score; 1 still reads
+#: 2: ``methods`` (each prototype predictor's own map) and the ``hidden_prototype`` score
+#: and predictor; 1 still reads
 CALIBRATION_FORMAT = 2
 _READABLE_FORMATS = (1, 2)
 #: open-set scores; ``hidden_prototype`` needs a model's last hidden layer (not raw z-scores)
@@ -387,15 +389,15 @@ def leave_moa_out_scores(
 def score_logits(scores: np.ndarray, predict_method: str = "knn") -> np.ndarray:
     """Logits behind the per-class scores of :func:`moaspace.tl.predict.predict`.
 
-    ``knn``: ``log(vote share + KNN_EPS)``; ``prototype``: ``log(softmax)``
-    (= cos / 0.1 up to a per-row constant).
+    ``knn``: ``log(vote share + KNN_EPS)``; ``prototype`` and ``hidden_prototype``:
+    ``log(softmax)`` (= cos / 0.1 up to a per-row constant).
     """
     scores = np.asarray(scores, dtype=np.float64)
     if predict_method == "knn":
         return np.log(scores + KNN_EPS)
-    if predict_method == "prototype":
+    if predict_method in ("prototype", "hidden_prototype"):
         return np.log(np.clip(scores, 1e-300, None))
-    raise InputError(f"unknown method {predict_method!r}; use 'knn' or 'prototype'")
+    raise InputError(f"unknown method {predict_method!r}; use one of {list(PREDICTORS)}")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -557,10 +559,11 @@ class Calibration:
     """Fitted calibration of a model (or of any embedding + atlas), saved as JSON.
 
     ``temperature`` / ``isotonic`` / ``logistic``: per prediction method
-    (``knn``, ``prototype``); ``method`` says which one makes
-    ``moa_pred_score`` of kNN predictions, ``methods`` the map of any other
-    prediction method (``prototype``; each chosen on its own out-of-fold Brier
-    score; a method missing there falls back to ``method``). ``wide_k``: neighbours of the wider vote that the
+    (``knn``, ``prototype``, ``hidden_prototype`` for a model with hidden
+    prototypes); ``method`` says which one makes ``moa_pred_score`` of kNN
+    predictions, ``methods`` the map of any other prediction method (each chosen
+    on its own out-of-fold Brier score; a method missing there falls back to
+    ``method``). ``wide_k``: neighbours of the wider vote that the
     logistic calibration reads (:func:`confidence_features`).
     ``score`` is the open-set score used for ``unknown`` calls and
     ``thresholds`` holds a threshold for every score that was compared (all
@@ -763,7 +766,7 @@ def fit_calibration(
         top score, a ``wide_k``-neighbour vote and the prototype margin),
         ``none`` (the raw top score), or ``auto`` (default): the one with the
         lowest out-of-fold Brier score on the validation rows, chosen for the
-        kNN vote and the prototype scores separately (``Calibration.methods``).
+        kNN vote and each prototype predictor separately (``Calibration.methods``).
     target_false_unknown
         Share of known validation queries allowed above the unknown threshold.
     score
@@ -781,7 +784,8 @@ def fit_calibration(
     hidden, hidden_centres
         Last-hidden-layer activations of the ``z`` rows and that layer's MoA
         prototypes (a model's; see :func:`openset_scores`): adds the
-        ``hidden_prototype`` open-set score to those compared.
+        ``hidden_prototype`` open-set score to those compared, and calibrates
+        the ``hidden_prototype`` predictor (nearest hidden-layer prototype).
     """
     if method != "auto" and method not in CALIBRATION_METHODS:
         raise InputError(f"method must be 'auto' or one of {list(CALIBRATION_METHODS)}, "
@@ -828,16 +832,23 @@ def fit_calibration(
     centres, _ = prototypes(reference, ref_labels, classes)
     from .predict import prototype_scores
 
-    proto = prototype_scores(z, centres, PROTOTYPE_TEMPERATURE)
+    # each predictor's scores, and the layer and prototypes its margin feature reads
+    predictors = {"knn": (votes, z, centres),
+                  "prototype": (prototype_scores(z, centres, PROTOTYPE_TEMPERATURE), z, centres)}
+    if hidden is not None:
+        predictors["hidden_prototype"] = (
+            prototype_scores(hidden, hidden_centres, PROTOTYPE_TEMPERATURE), hidden,
+            np.asarray(hidden_centres, np.float32))
 
     temperature, isotonic, logistic, feats = {}, {}, {}, {}
     val: dict = {"n": len(codes), "n_classes_present": len(np.unique(codes))}
-    for name, sc in (("knn", votes), ("prototype", proto)):
+    for name, (sc, layer, layer_centres) in predictors.items():
         logits = score_logits(sc, name)
         temperature[name] = fit_temperature(logits, codes)
         correct = sc.argmax(axis=1) == codes
         isotonic[name] = fit_isotonic(sc.max(axis=1), correct)
-        feats[name] = confidence_features(sc, z, centres, sims, idx, ref_codes, wide_k=wide_k)
+        feats[name] = confidence_features(sc, layer, layer_centres, sims, idx, ref_codes,
+                                          wide_k=wide_k)
         logistic[name] = fit_logistic(feats[name], correct)
     cal = Calibration(classes=list(classes), k=int(k), weighting=weighting,
                       temperature=temperature, isotonic=isotonic, logistic=logistic,
@@ -849,21 +860,29 @@ def fit_calibration(
     # out-of-fold (grouped by compound) scores of every map, for each prediction method: the
     # map is chosen per method, as kNN vote shares and prototype softmaxes differ in shape
     oof_by, chosen = {}, {}
-    for name, sc in (("knn", votes), ("prototype", proto)):
+    for name, (sc, _, _) in predictors.items():
         right = sc.argmax(axis=1) == codes
         oof_by[name] = {m: _out_of_fold_confidence(m, sc.max(axis=1), score_logits(sc, name),
                                                    codes, right, groups, feats[name])
                         for m in CALIBRATION_METHODS}
         chosen[name] = method if method != "auto" else _lowest_brier(oof_by[name], right)
-    right = proto.argmax(axis=1) == codes
-    val["prototype"] = {
-        "method": chosen["prototype"], "accuracy": float(right.mean()),
-        "ece_before": expected_calibration_error(proto.max(axis=1), right, n_bins),
-        "brier_out_of_fold": {m: brier_score(o, right) for m, o in oof_by["prototype"].items()},
-        "ece_out_of_fold": {m: expected_calibration_error(o, right, n_bins)
-                            for m, o in oof_by["prototype"].items()},
-    }
-    cal.methods["prototype"] = chosen["prototype"]
+    for name, (sc, _, _) in predictors.items():
+        if name == "knn":  # the kNN map's summary is the top level of `validation`, below
+            continue
+        right = sc.argmax(axis=1) == codes
+        val[name] = {
+            "method": chosen[name], "accuracy": float(right.mean()),
+            "ece_before": expected_calibration_error(sc.max(axis=1), right, n_bins),
+            "brier_out_of_fold": {m: brier_score(o, right) for m, o in oof_by[name].items()},
+            "nll_correct_out_of_fold": {m: binary_nll(o, right) for m, o in oof_by[name].items()},
+            "ece_out_of_fold": {m: expected_calibration_error(o, right, n_bins)
+                                for m, o in oof_by[name].items()},
+            "ece_after": expected_calibration_error(oof_by[name][chosen[name]], right, n_bins),
+            "reliability_before": _records(reliability_curve(sc.max(axis=1), right, n_bins)),
+            "reliability_after": _records(reliability_curve(oof_by[name][chosen[name]], right,
+                                                            n_bins)),
+        }
+        cal.methods[name] = chosen[name]
     correct = votes.argmax(axis=1) == codes
     before = votes.max(axis=1)
     oofs = oof_by["knn"]

@@ -24,6 +24,11 @@ from ..errors import InputError, MoaspaceError
 
 logger = logging.getLogger(__name__)
 
+#: how :func:`predict` calls a MoA: distance-weighted cosine kNN vote in the embedding,
+#: nearest MoA prototype of the embedding, or nearest MoA prototype of the encoder's last
+#: hidden layer (a trained model's only; stored with its atlas)
+PREDICTORS = ("knn", "prototype", "hidden_prototype")
+
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
@@ -247,7 +252,7 @@ def predict(
     adata,
     *,
     k: int | None = None,
-    method: str = "knn",
+    method: str | None = None,
     weighting: str | None = None,
     top_k: int = 5,
     compound_key: str | None = "pert_id",
@@ -265,10 +270,16 @@ def predict(
     in ``uns["moa_top_k"]``. With a ``compound_key`` column present, compound-
     level calls (mean of the signature scores) go to ``uns["moa_compound_calls"]``.
 
-    ``method``: ``knn`` (distance-weighted cosine kNN, k configurable) or
-    ``prototype`` (nearest MoA centre). ``k`` and ``weighting`` default to
-    those the calibration was fitted for (else the model's ``knn_k``, 10, and
-    ``distance``), so that the calibrated score matches the vote it reads.
+    ``method``: ``knn`` (distance-weighted cosine kNN, k configurable),
+    ``prototype`` (nearest MoA centre of the embedding) or ``hidden_prototype``
+    (nearest MoA centre of the encoder's last hidden layer; the model's
+    ``hidden_prototypes``); None (default): the model's ``config.predictor``,
+    the predictor its training early-stopped on (``hidden_prototype`` for new
+    models, ``knn`` for models saved before it existed). ``k`` and
+    ``weighting`` (of the kNN vote, and of the nearest compounds and open-set
+    scores for every method) default to those the calibration was fitted for
+    (else the model's ``knn_k``, 10, and ``distance``), so that the calibrated
+    score matches the vote it reads.
 
     With a calibrated model (``model.calibration``, fitted on the validation
     compounds at the end of training; :mod:`moaspace.tl.calibrate`)
@@ -299,13 +310,21 @@ def predict(
     ref_moa = reference.obs["moa"].astype(str).to_numpy()
     classes = sorted(set(ref_moa))
     cal = getattr(model, "calibration", None)
+    if method is None:
+        method = str(getattr(getattr(model, "config", None), "predictor", "knn"))
+    if method not in PREDICTORS:
+        raise InputError(f"unknown method {method!r}; use one of {list(PREDICTORS)}")
     hidden = hidden_centres = None
-    if cal is not None and cal.score == "hidden_prototype":
-        # the open-set score reads the last hidden layer: both layers from one pass
+    if method == "hidden_prototype" or (cal is not None and cal.score == "hidden_prototype"):
+        # the call and/or the open-set score read the last hidden layer: both layers from
+        # one pass
         hidden_centres = getattr(model, "hidden_prototypes", None)
         if hidden_centres is None:
-            raise MoaspaceError("the calibration's open-set score is 'hidden_prototype' but the "
-                                "model has no hidden prototypes; recalibrate with another score")
+            what = ("method 'hidden_prototype'" if method == "hidden_prototype" else
+                    "the calibration's open-set score 'hidden_prototype'")
+            raise MoaspaceError(f"{what} needs the model's hidden prototypes, which this model "
+                                "(saved by an older moaspace) lacks; use method 'knn' or "
+                                "'prototype' and recalibrate with another score, or retrain")
         z, hidden = model.embed_layers(adata, ("embedding", "hidden"))
     else:
         z = model.embed(adata)
@@ -315,8 +334,6 @@ def predict(
         weighting = cal.weighting if cal is not None else "distance"
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
-    if method not in ("knn", "prototype"):
-        raise InputError(f"unknown method {method!r}; use 'knn' or 'prototype'")
     if cal is None and open_set:
         raise MoaspaceError(
             "open-set calls need a calibrated model (calibration.json in the model directory): "
@@ -327,9 +344,11 @@ def predict(
     centres = None
     if method == "knn":
         scores = knn_scores(sims[:, :k], idx[:, :k], codes, len(classes), weighting=weighting)
-    else:
+    elif method == "prototype":
         centres, _ = prototypes(ref_z, ref_moa, classes)
         scores = prototype_scores(z, centres)
+    else:  # the hidden prototypes are in sorted-MoA order, as `classes`
+        scores = prototype_scores(hidden, hidden_centres)
     best = scores.argmax(axis=1)
     class_arr = np.asarray(classes, dtype=object)
     labels = class_arr[best]
@@ -392,7 +411,11 @@ def _open_set_calls(cal, adata, z, hidden, hidden_centres, scores, sims, idx, re
         centres, _ = prototypes(ref_z, ref_moa, classes)
     features = None
     if cal.method_for(method) == "logistic":
-        features = confidence_features(scores, z, centres, sims, idx, codes, wide_k=cal.wide_k)
+        # the prototype margin is read in the layer the call was made in
+        layer, layer_centres = ((hidden, hidden_centres) if method == "hidden_prototype"
+                                else (z, centres))
+        features = confidence_features(scores, layer, layer_centres, sims, idx, codes,
+                                       wide_k=cal.wide_k)
     _, pred_score = cal.calibrate_scores(scores, method, features)
     # the msp threshold was fitted on the calibration's kNN vote, whatever this call predicts with
     votes = None
