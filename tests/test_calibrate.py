@@ -743,12 +743,12 @@ def test_each_prediction_method_has_its_own_calibration_map(tmp_path):
 def test_auto_picks_the_prototype_map_on_prototype_scores():
     """'auto' validates the prototype map on the prototype scores themselves (out of fold),
     not by the kNN vote's choice."""
-    from moaspace.tl.calibrate import PROTOTYPE_TEMPERATURE
+    from moaspace.tl.calibrate import PROTOTYPE_TEMPERATURE, auto_candidates
     from moaspace.tl.predict import encode_labels, prototype_scores, prototypes
 
-    # data on which the two choices differ (kNN: isotonic, prototype: none), so a prototype
-    # map copied from the kNN's choice fails here
-    adata = make_synthetic(n_moas=4, compounds_per_moa=8, n_genes=48, seed=4)
+    # data on which the two choices differ, so a prototype map copied from the kNN's
+    # choice fails here
+    adata = make_synthetic(n_moas=4, compounds_per_moa=8, n_genes=48, seed=18)
     split(adata, "compound", seed=0)
     s = adata.obs["split"].astype(str).to_numpy()
     x, y = np.asarray(adata.X), adata.obs["moa"].astype(str).to_numpy()
@@ -757,8 +757,14 @@ def test_auto_picks_the_prototype_map_on_prototype_scores():
     knn_brier = cal.validation["brier_out_of_fold"]
     proto = cal.validation["prototype"]
     assert cal.method == min(knn_brier, key=knn_brier.get)
-    assert cal.methods == {"prototype": min(proto["brier_out_of_fold"],
-                                            key=proto["brier_out_of_fold"].get)}
+    assert cal.method in auto_candidates("knn") and "none" in auto_candidates("knn")
+    # a prototype softmax kept raw is no probability: 'auto' picks among the fitted maps, even
+    # where the raw scores have the lowest Brier score (as here)
+    briers = proto["brier_out_of_fold"]
+    assert min(briers, key=briers.get) == "none"
+    fitted = {m: b for m, b in briers.items() if m in auto_candidates("prototype")}
+    assert set(fitted) == {"isotonic", "temperature", "logistic"}
+    assert cal.methods == {"prototype": min(fitted, key=fitted.get)}
     assert proto["method"] == cal.methods["prototype"] != cal.method
     # the 'none' entry is the Brier score of the raw prototype scores of the val rows
     centres, classes = prototypes(x[s == "train"], y[s == "train"])
