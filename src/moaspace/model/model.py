@@ -78,8 +78,9 @@ class ModelConfig:
     stopping scores on validation (``knn``, ``prototype`` or
     ``hidden_prototype``, see :data:`moaspace.tl.predict.PREDICTORS`). The
     default, the nearest MoA prototype of the last hidden layer, beat the kNN
-    vote in the embedding on test macro-F1 in all 6 split x seed cases of the
-    README benchmark (+0.004 to +0.032): the margin losses squeeze each MoA
+    vote in the embedding on test macro-F1 of the same trained models in all 6
+    split x seed cases of the README benchmark (+0.004 to +0.040, with either
+    kind of early stopping): the margin losses squeeze each MoA
     onto its centre in the normalised embedding, which throws away some of
     what the layer before still tells apart. Models saved before this field
     existed load with ``knn``, what they were early-stopped on.
