@@ -919,3 +919,19 @@ def test_model_hidden_prototypes_and_the_hidden_unknown_score(openset_run, tmp_p
         predict(loaded, test, compound_key=None, method="hidden_prototype")
     with pytest.raises(InputError, match="hidden"):
         loaded.calibrate(adata, score="hidden_prototype")
+
+
+def test_a_calibration_without_the_hidden_predictor_map_says_to_refit():
+    """A calibration fitted without hidden activations (raw arrays, or before the predictor
+    existed) has no hidden_prototype map: using one is an error that says what to do."""
+    adata = make_synthetic(n_moas=4, compounds_per_moa=8, n_genes=48, seed=18)
+    split(adata, "compound", seed=0)
+    s = adata.obs["split"].astype(str).to_numpy()
+    x, y = np.asarray(adata.X), adata.obs["moa"].astype(str).to_numpy()
+    scores = np.full((3, 4), 0.25, np.float32)
+    for method in ("isotonic", "temperature", "logistic"):
+        cal = fit_calibration(x[s == "val"], y[s == "val"], x[s == "train"], y[s == "train"],
+                              method=method)
+        assert "hidden_prototype" not in cal.methods
+        with pytest.raises(MoaspaceError, match="hidden_prototype.*refit it"):
+            cal.calibrate_scores(scores, "hidden_prototype", np.zeros((3, 3)))

@@ -554,6 +554,11 @@ def _out_of_fold_confidence(method: str, top: np.ndarray, logits: np.ndarray,
 
 
 # ---------------------------------------------------------------------- the state
+def _missing_map(kind: str, predict_method: str) -> str:
+    return (f"no {kind} for method {predict_method!r} (a calibration fitted before this predictor "
+            "existed?): refit it with model.calibrate or `moaspace calibrate`")
+
+
 @dataclass
 class Calibration:
     """Fitted calibration of a model (or of any embedding + atlas), saved as JSON.
@@ -632,7 +637,7 @@ class Calibration:
         if method == "logistic":
             fit = self.logistic.get(predict_method)
             if fit is None:
-                raise MoaspaceError(f"no logistic calibration for method {predict_method!r}")
+                raise MoaspaceError(_missing_map("logistic calibration", predict_method))
             if features is None:
                 raise MoaspaceError("the logistic calibration needs confidence_features() of "
                                     "the queries")
@@ -642,11 +647,11 @@ class Calibration:
         if method == "isotonic":
             curve = self.isotonic.get(predict_method)
             if curve is None:
-                raise MoaspaceError(f"no isotonic calibration for method {predict_method!r}")
+                raise MoaspaceError(_missing_map("isotonic calibration", predict_method))
             return None, np.interp(top, curve["x"], curve["y"]).astype(np.float32)
         t = self.temperature.get(predict_method)
         if t is None:
-            raise MoaspaceError(f"no temperature for method {predict_method!r}")
+            raise MoaspaceError(_missing_map("temperature", predict_method))
         proba = softmax(score_logits(scores, predict_method), t).astype(np.float32)
         return proba, proba.max(axis=1)
 
