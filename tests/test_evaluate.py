@@ -145,6 +145,17 @@ def test_cli_split_train_predict_evaluate(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"accuracy", "macro_f1", "weighted_f1", "top5_accuracy", "per_moa",
             "compound_level"} <= set(metrics)
+    assert metrics["predictor"] == "hidden_prototype"
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
+                            "--out", str(tmp_path / "metrics_knn.json"), "--method", "knn"])
+    assert r.exit_code == 0, r.output
+    by_knn = json.loads((tmp_path / "metrics_knn.json").read_text())
+    assert by_knn["predictor"] == "knn"
+    # the kNN metrics are those of predict's kNN calls on the same rows
+    test_rows = ad.read_h5ad(tmp_path / "p_knn.h5ad")
+    test_rows = test_rows[test_rows.obs["split"] == "test"]
+    assert by_knn["accuracy"] == pytest.approx(float(
+        (test_rows.obs["moa_pred_known"].astype(str) == test_rows.obs["moa"].astype(str)).mean()))
     r = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "data.h5ad"),
                             "--out", str(tmp_path / "x.json")])
     assert r.exit_code == 1 and "split" in r.output

@@ -483,6 +483,10 @@ def evaluate(
         typer.Option(help="Neighbours in the kNN vote (default: as calibrated, the model's "
                           "knn_k)."),
     ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="knn | prototype | hidden_prototype (default: the model's predictor)."),
+    ] = None,
 ) -> None:
     """Score a model on held-out signatures: signature and compound level, hierarchy.
 
@@ -495,7 +499,7 @@ def evaluate(
     from .tl.evaluate import write_metrics
 
     model = MoaModel.load(model_dir)
-    metrics = run_evaluate(model, _load_h5ad(data), split=split_name, k=k)
+    metrics = run_evaluate(model, _load_h5ad(data), split=split_name, k=k, method=method)
     write_metrics(metrics, out)
     _summary("evaluate", [("output", out), ("signatures", metrics["n"]),
                           ("accuracy", f"{metrics['accuracy']:.3f}"),

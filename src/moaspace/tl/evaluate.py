@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 def evaluate(
     model, adata, *, split: str = "test", split_key: str = "split", k: int | None = None,
     moa_key: str = "moa", compound_key: str = "pert_id", seed: int = 0,
+    method: str | None = None,
 ) -> dict:
-    """Metrics of ``model`` on the rows with ``obs[split_key] == split``.
+    """Metrics of ``model`` on the rows with ``obs[split_key] == split``, called by
+    ``predict`` with ``method`` (None: the model's predictor; recorded as ``predictor``).
 
     Top-level keys: ``accuracy``, ``macro_f1``, ``weighted_f1``, ``top3_accuracy``,
     ``top5_accuracy``, ``per_moa`` (signature level), ``compound_level`` (same
@@ -36,12 +38,13 @@ def evaluate(
     rows = (adata.obs[split_key].astype(str) == split).to_numpy()
     if not rows.any():
         raise InputError(f"no rows with {split_key} == {split!r}")
-    held = predict(model, adata[rows], k=k, compound_key=None)
+    held = predict(model, adata[rows], k=k, method=method, compound_key=None)
     k = int(held.uns["moa_predict"]["k"])  # None: resolved by predict (the calibrated k)
     scores, classes = held.obsm["moa_scores"], held.uns["moa_classes"]
     y = held.obs[moa_key].astype(str).to_numpy()
     out = classification_metrics(y, scores, classes)
     out["split"] = split
+    out["predictor"] = held.uns["moa_predict"]["method"]
     unseen = sorted(set(y) - set(classes))
     if unseen:
         out["moas_not_in_training"] = unseen
