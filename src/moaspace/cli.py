@@ -465,7 +465,7 @@ def calibrate(
                           target_false_unknown=target_false_unknown, method=method,
                           score=score, min_tas=min_tas)
     model.save(model_dir, overwrite=True)
-    maps = ", ".join(f"{cal.method_for(p)} ({p})" for p in ("knn", *cal.methods))
+    maps = ", ".join(f"{m} ({p})" for p, m in cal.maps.items())
     _summary("calibrate", [("model", model_dir), ("calibration", maps),
                            ("open-set score", cal.score),
                            ("target false-unknown rate", target_false_unknown)])

@@ -216,8 +216,9 @@ def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
                  else "knn")
     val = cal.get("validation", {})
     own = val if predictor == "knn" else val.get(predictor, {})
-    chosen_map = (cal.get("method") if predictor == "knn"
-                  else cal.get("methods", {}).get(predictor, cal.get("method")))
+    # as Calibration.maps / method_for, on the JSON as written
+    maps = {"knn": cal.get("method"), **cal.get("methods", {})}
+    chosen_map = maps.get(predictor, cal.get("method"))
     raw_name = "kNN vote share" if predictor == "knn" else f"{predictor} softmax"
     score = cal.get("score")
     threshold = cal.get("thresholds", {}).get(score)
@@ -234,8 +235,7 @@ def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
            "their own MoA removed from the atlas (see docs/confidence.md).</p>"]
     rows = [("validation signatures", val.get("n")),
             ("calibration map per predictor",
-             ", ".join(f"{name}: {m}" for name, m in
-                       {"knn": cal.get("method"), **cal.get("methods", {})}.items())),
+             ", ".join(f"{name}: {m}" for name, m in maps.items())),
             ("predictor of these predictions", predictor),
             ("ECE before → after (out-of-fold)", f"{own.get('ece_before', float('nan')):.3f} → "
                                                  f"{own.get('ece_after', float('nan')):.3f}"),

@@ -714,8 +714,8 @@ class MoaModel:
         training atlas (the validation compounds ``train()`` held out are
         right). Fits a map of the scores to the probability that the call is
         right (``method="auto"``: of isotonic, temperature, logistic and none, the
-        lowest out-of-fold Brier score, chosen separately for kNN and prototype
-        scores) so that ``moa_pred_score`` is a probability, picks the open-set
+        lowest out-of-fold Brier score, chosen separately for each predictor;
+        prototype predictors always get a fitted map) so that ``moa_pred_score`` is a probability, picks the open-set
         score (``score="auto"``: best AUROC against leave-own-MoA-out
         pseudo-unknowns, ``hidden_prototype`` included when the model has hidden
         prototypes) and its threshold for ``target_false_unknown``, and

@@ -610,10 +610,14 @@ class Calibration:
             raise MoaspaceError(f"calibration methods must be among {list(CALIBRATION_METHODS)}, "
                                 f"got {bad}")
 
+    @property
+    def maps(self) -> dict[str, str]:
+        """The calibration map of every predictor fitted for, the kNN vote's first."""
+        return {"knn": self.method, **self.methods}
+
     def method_for(self, predict_method: str = "knn") -> str:
         """The calibration map applied to the scores of ``predict_method``."""
-        return self.method if predict_method == "knn" else self.methods.get(predict_method,
-                                                                             self.method)
+        return self.maps.get(predict_method, self.method)
 
     @property
     def threshold(self) -> float:
@@ -740,6 +744,23 @@ def auto_candidates(predict_method: str) -> tuple[str, ...]:
     return tuple(m for m in CALIBRATION_METHODS if m != "none")
 
 
+def _map_summary(top: np.ndarray, correct: np.ndarray, oofs: dict[str, np.ndarray],
+                 chosen: str, n_bins: int) -> dict:
+    """What ``validation`` records of one predictor's calibration: accuracy, ECE of the raw
+    top score and of the chosen map, and every map's out-of-fold Brier, NLL and ECE."""
+    return {
+        "accuracy": float(correct.mean()),
+        "brier_out_of_fold": {m: brier_score(o, correct) for m, o in oofs.items()},
+        "nll_correct_out_of_fold": {m: binary_nll(o, correct) for m, o in oofs.items()},
+        "ece_out_of_fold": {m: expected_calibration_error(o, correct, n_bins)
+                            for m, o in oofs.items()},
+        "ece_before": expected_calibration_error(top, correct, n_bins),
+        "ece_after": expected_calibration_error(oofs[chosen], correct, n_bins),  # out-of-fold
+        "reliability_before": _records(reliability_curve(top, correct, n_bins)),
+        "reliability_after": _records(reliability_curve(oofs[chosen], correct, n_bins)),
+    }
+
+
 def choose_openset_score(aurocs: dict[str, float]) -> str:
     """The open-set score with the highest validation (pseudo-unknown) AUROC among those in
     ``aurocs`` (NaN counts as lowest; ties: the order of :data:`OPENSET_SCORES`)."""
@@ -864,16 +885,16 @@ def fit_calibration(
             prototype_scores(hidden, hidden_centres, PROTOTYPE_TEMPERATURE), hidden,
             np.asarray(hidden_centres, np.float32))
 
-    temperature, isotonic, logistic, feats = {}, {}, {}, {}
+    temperature, isotonic, logistic, feats, right = {}, {}, {}, {}, {}
     val: dict = {"n": len(codes), "n_classes_present": len(np.unique(codes))}
     for name, (sc, layer, layer_centres) in predictors.items():
         logits = score_logits(sc, name)
         temperature[name] = fit_temperature(logits, codes)
-        correct = sc.argmax(axis=1) == codes
-        isotonic[name] = fit_isotonic(sc.max(axis=1), correct)
+        right[name] = sc.argmax(axis=1) == codes
+        isotonic[name] = fit_isotonic(sc.max(axis=1), right[name])
         feats[name] = confidence_features(sc, layer, layer_centres, sims, idx, ref_codes,
                                           wide_k=wide_k)
-        logistic[name] = fit_logistic(feats[name], correct)
+        logistic[name] = fit_logistic(feats[name], right[name])
     cal = Calibration(classes=list(classes), k=int(k), weighting=weighting,
                       temperature=temperature, isotonic=isotonic, logistic=logistic,
                       wide_k=int(wide_k),
@@ -882,56 +903,31 @@ def fit_calibration(
                       min_tas=None if min_tas is None else float(min_tas))
 
     # out-of-fold (grouped by compound) scores of every map, for each prediction method: the
-    # map is chosen per method, as kNN vote shares and prototype softmaxes differ in shape
-    oof_by, chosen = {}, {}
+    # map is chosen per method, as kNN vote shares and prototype softmaxes differ in shape.
+    # The kNN map's summary is the top level of `validation`, the others' `validation[name]`
     for name, (sc, _, _) in predictors.items():
-        right = sc.argmax(axis=1) == codes
-        oof_by[name] = {m: _out_of_fold_confidence(m, sc.max(axis=1), score_logits(sc, name),
-                                                   codes, right, groups, feats[name])
-                        for m in CALIBRATION_METHODS}
-        chosen[name] = (method if method != "auto"
-                        else _lowest_brier(oof_by[name], right, auto_candidates(name)))
-    for name, (sc, _, _) in predictors.items():
-        if name == "knn":  # the kNN map's summary is the top level of `validation`, below
-            continue
-        right = sc.argmax(axis=1) == codes
-        val[name] = {
-            "method": chosen[name], "accuracy": float(right.mean()),
-            "ece_before": expected_calibration_error(sc.max(axis=1), right, n_bins),
-            "brier_out_of_fold": {m: brier_score(o, right) for m, o in oof_by[name].items()},
-            "nll_correct_out_of_fold": {m: binary_nll(o, right) for m, o in oof_by[name].items()},
-            "ece_out_of_fold": {m: expected_calibration_error(o, right, n_bins)
-                                for m, o in oof_by[name].items()},
-            "ece_after": expected_calibration_error(oof_by[name][chosen[name]], right, n_bins),
-            "reliability_before": _records(reliability_curve(sc.max(axis=1), right, n_bins)),
-            "reliability_after": _records(reliability_curve(oof_by[name][chosen[name]], right,
-                                                            n_bins)),
-        }
-        cal.methods[name] = chosen[name]
-    correct = votes.argmax(axis=1) == codes
-    before = votes.max(axis=1)
-    oofs = oof_by["knn"]
-    method = chosen["knn"]
-    val["brier_out_of_fold"] = {m: brier_score(o, correct) for m, o in oofs.items()}
-    val["nll_correct_out_of_fold"] = {m: binary_nll(o, correct) for m, o in oofs.items()}
-    val["ece_out_of_fold"] = {m: expected_calibration_error(o, correct, n_bins)
-                              for m, o in oofs.items()}
-    cal.method = method
-    oof = oofs[method]
+        oofs = {m: _out_of_fold_confidence(m, sc.max(axis=1), score_logits(sc, name), codes,
+                                           right[name], groups, feats[name])
+                for m in CALIBRATION_METHODS}
+        chosen = (method if method != "auto"
+                  else _lowest_brier(oofs, right[name], auto_candidates(name)))
+        summary = _map_summary(sc.max(axis=1), right[name], oofs, chosen, n_bins)
+        if name == "knn":
+            cal.method = chosen
+            val.update(summary)
+        else:
+            cal.methods[name] = chosen
+            val[name] = {"method": chosen, **summary}
+    correct, before = right["knn"], votes.max(axis=1)
     proba, conf = cal.calibrate_scores(votes, "knn", feats["knn"])
-    val["accuracy"] = float(correct.mean())
-    val["ece_before"] = expected_calibration_error(before, correct, n_bins)
-    val["ece_after"] = expected_calibration_error(oof, correct, n_bins)  # out-of-fold
     val["ece_after_in_sample"] = expected_calibration_error(conf, correct, n_bins)
     val["brier_before"] = brier_score(before, correct)
-    val["brier_after"] = val["brier_out_of_fold"][method]
+    val["brier_after"] = val["brier_out_of_fold"][cal.method]
     val["nll_correct_before"] = binary_nll(before, correct)
-    val["nll_correct_after"] = val["nll_correct_out_of_fold"][method]
+    val["nll_correct_after"] = val["nll_correct_out_of_fold"][cal.method]
     val["nll_before"] = negative_log_likelihood(softmax(score_logits(votes, "knn")), codes)
     if proba is not None:  # temperature only; in sample, unlike the out-of-fold scores above
         val["nll_after_in_sample"] = negative_log_likelihood(proba, codes)
-    val["reliability_before"] = _records(reliability_curve(before, correct, n_bins))
-    val["reliability_after"] = _records(reliability_curve(oof, correct, n_bins))
 
     known_s = openset_scores(z, centres=centres, knn_sims=sims, k=k, class_scores=votes,
                              energy_scale=energy_scale, hidden=hidden,
