@@ -36,7 +36,7 @@ from torch import nn
 
 from .._utils import atomic_path
 from ..errors import InputError
-from ..tl.predict import PREDICTORS, knn_scores, topk_similarity
+from ..tl.predict import PREDICTORS, knn_scores, l2_normalize, prototypes, topk_similarity
 from .arcface import ArcFace, count_margins
 from .data import RowSource
 from .encoder import Encoder
@@ -430,10 +430,10 @@ class MoaModule(L.LightningModule):
         d = self.data
         if len(d.val_idx) == 0:
             return float("nan")
-        n_classes = int(d.moa.max()) + 1
         ref_codes = d.moa[d.val_ref_idx].numpy()
         truth = d.moa[d.val_idx].numpy()
         if self.predictor == "knn":
+            n_classes = int(d.moa.max()) + 1
             ref = self.embed_rows(d.val_ref_idx)
             query = self.embed_rows(d.val_idx)
             # the same search and vote as moaspace.tl.predict (what `moaspace predict` does)
@@ -441,18 +441,13 @@ class MoaModule(L.LightningModule):
             scores = knn_scores(sims.numpy(), idx.numpy(), ref_codes, n_classes)
             return macro_f1(truth, scores.argmax(1))
         layer = "hidden" if self.predictor == "hidden_prototype" else "embedding"
-        (ref,) = embed_row_source(self.net, d.x, d.val_ref_idx, self.device, layers=(layer,))
-        (query,) = embed_row_source(self.net, d.x, d.val_idx, self.device, layers=(layer,))
-        # the class centres of moaspace.tl.predict.prototypes: the normalised mean of
-        # each class's normalised rows (a MoA without reference rows is never called)
-        ref = F.normalize(ref, dim=1)
-        codes = torch.as_tensor(ref_codes, device=ref.device)
-        centres = torch.zeros((n_classes, ref.shape[1]), dtype=ref.dtype, device=ref.device)
-        centres.index_add_(0, codes, ref)
-        present = torch.bincount(codes, minlength=n_classes) > 0
-        cos = F.normalize(query, dim=1) @ F.normalize(centres, dim=1).T
-        cos[:, ~present] = -torch.inf
-        return macro_f1(truth, cos.argmax(1).cpu().numpy())
+        ref, query = (embed_row_source(self.net, d.x, rows, self.device, layers=(layer,),
+                                       out_device="cpu")[0].numpy()
+                      for rows in (d.val_ref_idx, d.val_idx))
+        # the MoA centres predict() calls with (only MoAs that have reference rows)
+        centres, classes = prototypes(ref, ref_codes)
+        best = (l2_normalize(query) @ centres.T).argmax(axis=1)
+        return macro_f1(truth, np.asarray(classes, dtype=np.int64)[best])
 
     def on_train_epoch_end(self) -> None:
         f1 = self.validation_f1() if self.global_rank == 0 else 0.0
