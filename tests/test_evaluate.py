@@ -135,10 +135,13 @@ def test_cli_split_train_predict_evaluate(tmp_path):
                             "--out", str(tmp_path / "p_bad.h5ad"), "--method", "svm"])
     assert r.exit_code == 1 and "svm" in r.output and not (tmp_path / "p_bad.h5ad").exists()
     r = runner.invoke(app, ["train", str(tmp_path / "s.h5ad"), "--out", str(tmp_path / "m_knn"),
-                            "--max-epochs", "1", "--seed", "0", "--predictor", "knn"])
+                            "--max-epochs", "2", "--seed", "0", "--predictor", "knn",
+                            "--average-best", "2"])
     assert r.exit_code == 0, r.output
     config = json.loads((tmp_path / "m_knn" / "config.json").read_text())
-    assert config["model"]["predictor"] == "knn"
+    assert config["model"]["predictor"] == "knn" and config["model"]["average_best"] == 2
+    assert config["train"]["averaged_epochs"] == [0, 1]  # 2 epochs run, both averaged
+    assert "epochs averaged" in r.output
     r = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
                             "--out", str(tmp_path / "metrics.json")])
     assert r.exit_code == 0, r.output

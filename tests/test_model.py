@@ -71,19 +71,67 @@ def _val_f1(model: MoaModel, adata) -> float:
                     pred.obsm["moa_scores"].argmax(1))
 
 
-def test_training_keeps_best_weights_and_reference(trained, adata):
+def _top_epochs(history: list[dict], k: int) -> list[int]:
+    """The k epochs with the best validation F1 (ties: the earlier epoch), sorted."""
+    return sorted(sorted(range(len(history)), key=lambda e: (-history[e]["val_f1"], e))[:k])
+
+
+def test_training_keeps_averaged_best_weights_and_reference(trained, adata):
     h = trained.history
     assert len(h) == 8 and [e["epoch"] for e in h] == list(range(8))
     assert trained.best_val_f1 == max(e["val_f1"] for e in h)
     assert h[trained.best_epoch]["val_f1"] == trained.best_val_f1
     assert trained.best_val_f1 > 0.5  # 6 MoAs: chance is ~0.17
-    # the restored weights are those of the best epoch, not the last
-    assert _val_f1(trained, adata) == pytest.approx(trained.best_val_f1, abs=1e-9)
+    # default: the weights kept are the mean of the 5 best epochs, scored once more
+    assert trained.config.average_best == 5
+    assert trained.train_info["averaged_epochs"] == _top_epochs(h, 5)
+    assert _val_f1(trained, adata) == pytest.approx(trained.train_info["final_val_f1"], abs=1e-9)
+    assert trained.train_info["final_val_f1"] > 0.5
     ref = trained.reference
     assert ref.n_obs == int((adata.obs["split"] == "train").sum())
     assert set(ref.obs["pert_id"]) == set(trained.compounds)
     np.testing.assert_allclose(np.linalg.norm(ref.X, axis=1), 1.0, atol=1e-5)
     assert {"moa", "pert_id", "cell_iname"} <= set(ref.obs.columns)
+
+
+class _EveryEpochState(L.Callback):
+    """The net's weights after each epoch (after the module's own epoch-end hook)."""
+
+    def __init__(self):
+        self.states: list[dict] = []
+
+    def on_train_epoch_end(self, trainer, module):
+        self.states.append({k: v.detach().clone() for k, v in module.net.state_dict().items()})
+
+
+@pytest.mark.parametrize("average_best", [1, 3])
+def test_final_weights_are_the_mean_of_the_best_epochs(adata, average_best):
+    """average_best=k: the final weights are the element-wise mean of the weights of the k
+    epochs with the best validation F1 (integer buffers from the best one); k=1 restores
+    the best epoch itself, not the last."""
+    every = _EveryEpochState()
+    model = MoaModel(adata, **TINY, average_best=average_best)
+    out = model.train(max_epochs=6, seed=0, callbacks=[every], **TRAIN)
+    assert len(every.states) == 6
+    epochs = _top_epochs(model.history, average_best)
+    best = model.best_epoch
+    got = _state(model)
+    for key, value in got.items():
+        if value.is_floating_point():
+            want = torch.stack([every.states[e][key] for e in epochs]).mean(0)
+            torch.testing.assert_close(value, want, rtol=0, atol=1e-6, msg=key)
+        else:
+            torch.testing.assert_close(value, every.states[best][key], rtol=0, atol=0, msg=key)
+    if average_best == 1:
+        assert out["averaged_epochs"] == [] and epochs == [best]
+        assert out["final_val_f1"] == pytest.approx(model.best_val_f1, abs=1e-9)
+    else:
+        assert out["averaged_epochs"] == epochs and best in epochs
+        # the average is a different net from each epoch it came from
+        assert not torch.equal(got["encoder.head.weight"], every.states[best]["encoder.head.weight"])
+    assert _val_f1(model, adata) == pytest.approx(out["final_val_f1"], abs=1e-9)
+    with pytest.raises(MoaspaceError, match="average_best must be >= 1"):
+        MoaModel(adata, average_best=0)
 
 
 @pytest.mark.parametrize("predictor", ["knn", "prototype"])
@@ -92,7 +140,7 @@ def test_early_stopping_scores_the_predictor_predict_uses(adata, predictor):
     it (the default, hidden_prototype, is checked by the `trained` fixture's tests)."""
     model = MoaModel(adata, **TINY, predictor=predictor)
     model.train(max_epochs=3, seed=0, **TRAIN)
-    assert _val_f1(model, adata) == pytest.approx(model.best_val_f1, abs=1e-9)
+    assert _val_f1(model, adata) == pytest.approx(model.train_info["final_val_f1"], abs=1e-9)
     with pytest.raises(MoaspaceError, match="predictor must be one of"):
         MoaModel(adata, predictor="svm")
 
@@ -137,9 +185,10 @@ def test_save_load_round_trip(trained, adata, tmp_path):
     # a config.json written before `predictor` existed: the model was early-stopped on, and
     # predicts by, the kNN vote (checksums cover model.pt/atlas/calibration, not config.json)
     del config["model"]["predictor"]
+    del config["model"]["average_best"]  # nor `average_best`: the best epoch was kept
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     old = MoaModel.load(tmp_path / "m")
-    assert old.config.predictor == "knn"
+    assert old.config.predictor == "knn" and old.config.average_best == 1
     assert predict(old, adata[:20], compound_key=None).uns["moa_predict"]["method"] == "knn"
 
 
@@ -332,7 +381,7 @@ def test_ddp_two_cpu_processes(adata, strategy):
     """DDP on 2 CPU processes (gloo): the run completes, ranks agree, the result is comparable.
 
     Rank 0 scores validation and broadcasts, so both ranks stop together; the
-    weights returned to the main process are rank 0's best epoch.
+    weights returned to the main process are rank 0's (the mean of its best epochs).
     """
     single = MoaModel(adata, **TINY)
     single.train(max_epochs=6, seed=0, **TRAIN)
@@ -341,8 +390,10 @@ def test_ddp_two_cpu_processes(adata, strategy):
                     **{**TRAIN, "batch_size": 32})  # 2 x 32 = the single run's 64
     assert ddp.train_info["world_size"] == 2
     assert out["epochs"] == 6 and len(ddp.history) == 6
-    # the weights that came back are the best epoch's: recomputing the score agrees
-    assert _val_f1(ddp, adata) == pytest.approx(ddp.best_val_f1, abs=1e-9)
+    # the weights that came back are those kept (the mean of the best epochs, averaged
+    # in the workers): recomputing the score agrees
+    assert ddp.train_info["averaged_epochs"] == _top_epochs(ddp.history, 5)
+    assert _val_f1(ddp, adata) == pytest.approx(ddp.train_info["final_val_f1"], abs=1e-9)
     assert ddp.best_val_f1 > 0.5
     assert abs(ddp.best_val_f1 - single.best_val_f1) < 0.2
 
@@ -355,7 +406,7 @@ def test_gpu_mixed_precision(adata, tmp_path):
     assert model.train_info["precision"] == "16-mixed"
     assert out["best_val_f1"] > 0.5
     # weights come back to the CPU; the fp32 CPU score matches the GPU-time score
-    assert _val_f1(model, adata) == pytest.approx(out["best_val_f1"], abs=0.03)
+    assert _val_f1(model, adata) == pytest.approx(out["final_val_f1"], abs=0.03)
     model.save(tmp_path)
     np.testing.assert_array_equal(MoaModel.load(tmp_path).embed(adata), model.embed(adata))
 

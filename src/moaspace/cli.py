@@ -271,6 +271,10 @@ def train(
         str, typer.Option(help="How predict calls a MoA by default, and what early stopping "
                                "scores: hidden_prototype | knn | prototype.")
     ] = "hidden_prototype",
+    average_best: Annotated[
+        int, typer.Option(help="Keep the mean weights of this many best validation epochs "
+                               "(1: the single best epoch).", min=1)
+    ] = 5,
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",
     strategy: Annotated[str, typer.Option(help="auto | ddp | ddp_spawn ...")] = "auto",
@@ -284,7 +288,8 @@ def train(
                            "than memory. Same results as in memory, slower per epoch.")
     ] = False,
 ) -> None:
-    """Train the dual-ArcFace encoder; early-stops on validation kNN macro-F1.
+    """Train the dual-ArcFace encoder; early-stops on validation macro-F1 of --predictor
+    and keeps the mean weights of the --average-best best epochs.
 
     Example:
 
@@ -304,7 +309,7 @@ def train(
         adata = adata[:, landmark] if backed else adata[:, landmark].copy()
     elif genes not in (None, "all"):
         raise typer.BadParameter("--genes must be 'landmark' or 'all'")
-    model = MoaModel(adata, loss=loss, predictor=predictor)
+    model = MoaModel(adata, loss=loss, predictor=predictor, average_best=average_best)
     model.train(max_epochs=max_epochs, batch_size=batch_size, seed=seed, resume=resume,
                 model_dir=out, patience=patience, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
@@ -317,7 +322,11 @@ def train(
     _summary("train", [("model directory", out), ("signatures x genes", adata.shape),
                        ("MoAs", len(model.moas)), ("compounds", len(model.compounds)),
                        ("best epoch", model.best_epoch),
-                       ("best val macro-F1", f"{model.best_val_f1 or float('nan'):.3f}")])
+                       ("best val macro-F1", f"{model.best_val_f1 or float('nan'):.3f}"),
+                       ("epochs averaged", ", ".join(map(str, model.train_info["averaged_epochs"]))
+                        or "none (best epoch kept)"),
+                       ("val macro-F1 kept",
+                        f"{model.train_info['final_val_f1'] or float('nan'):.3f}")])
 
 
 @app.command()
@@ -579,6 +588,8 @@ def demo(
                  f"{s['cell_lines']} cell lines"),
         ("split", f"{s['scheme']} (unseen compounds)"),
         ("best epoch / val macro-F1", f"{s['best_epoch']} / {s['best_val_macro_f1']:.3f}"),
+        ("epochs averaged / val macro-F1", f"{s['averaged_epochs']} / "
+                                           f"{s['final_val_macro_f1'] or float('nan'):.3f}"),
         ("test macro-F1 (signatures)", f"{s['test_macro_f1']:.3f}"),
         ("test macro-F1 (compounds)", f"{s['test_compound_macro_f1']:.3f}"),
         ("outputs", out),

@@ -192,6 +192,9 @@ def build_report(run_dir: str | os.PathLike) -> str:
                      + html.escape(json.dumps(config.get("model", {}), indent=2)) + "</pre>")
         parts.append(_kv([("best epoch", config.get("best_epoch")),
                           ("best validation macro-F1", config.get("best_val_f1")),
+                          ("epochs averaged", config.get("train", {}).get("averaged_epochs")),
+                          ("validation macro-F1 of the weights kept",
+                           config.get("train", {}).get("final_val_f1")),
                           ("data fingerprint", config.get("data_fingerprint"))]))
     if not found_any:
         raise InputError(f"{run}: nothing to report (no summary.json, data.h5ad, metrics.json "

@@ -125,6 +125,8 @@ def run_pipeline(
         "cell_lines": int(adata.obs["cell_iname"].nunique()),
         "scheme": scheme, "seed": seed,
         "best_epoch": model.best_epoch, "best_val_macro_f1": model.best_val_f1,
+        "averaged_epochs": model.train_info.get("averaged_epochs", []),
+        "final_val_macro_f1": model.train_info.get("final_val_f1"),
         "test_macro_f1": metrics["macro_f1"], "test_accuracy": metrics["accuracy"],
         "test_compound_macro_f1": metrics.get("compound_level", {}).get("macro_f1"),
         "seconds": timings,

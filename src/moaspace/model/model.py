@@ -84,6 +84,17 @@ class ModelConfig:
     onto its centre in the normalised embedding, which throws away some of
     what the layer before still tells apart. Models saved before this field
     existed load with ``knn``, what they were early-stopped on.
+
+    ``average_best``: the final weights are the mean of the weights of the
+    ``average_best`` epochs with the best validation macro-F1 (1: the single
+    best epoch). Validation on a few held-out compounds is noisy, so the best
+    single epoch is partly luck; on unseen compounds of the default simulation
+    (6 seeds, hidden-prototype predictor, 30 epochs kept and scored afterwards)
+    the mean of the best 5 scored +0.005 test macro-F1 over the best epoch on
+    average (higher in 4 of 6 seeds, by at most 0.0016 lower in the others;
+    +0.002 on the unseen cell line, 3 seeds), the mean of the best 3 about the
+    same. Costs ``average_best`` CPU copies of the weights during training.
+    Models saved before this field existed load with 1.
     """
 
     hidden_dims: tuple[int, ...] = (1024, 512)
@@ -108,6 +119,7 @@ class ModelConfig:
     sampling: str = "none"
     knn_k: int = 10
     predictor: str = "hidden_prototype"
+    average_best: int = 5
     val_max_reference: int = 30_000
     val_max_queries: int = 20_000
     extra: dict = field(default_factory=dict)
@@ -121,6 +133,9 @@ class ModelConfig:
         if self.predictor not in PREDICTORS:
             raise MoaspaceError(f"predictor must be one of {list(PREDICTORS)}, "
                                 f"got {self.predictor!r}")
+        if int(self.average_best) < 1:
+            raise MoaspaceError(f"average_best must be >= 1, got {self.average_best}")
+        self.average_best = int(self.average_best)
         if self.margin_mode not in ("fixed", "count"):
             raise MoaspaceError(f"margin_mode must be 'fixed' or 'count', got {self.margin_mode!r}")
         for name in ("moa_margin", "compound_margin"):
@@ -372,7 +387,8 @@ class MoaModel:
         callbacks: list | None = None,
         precision: str | None = None,
     ) -> dict:
-        """Train with early stopping on validation kNN macro-F1; keep the best weights.
+        """Train with early stopping on validation macro-F1 (of ``config.predictor``); keep
+        the mean weights of the ``config.average_best`` best epochs.
 
         Parameters
         ----------
@@ -399,7 +415,10 @@ class MoaModel:
 
         Returns
         -------
-        Summary dict: ``best_epoch``, ``best_val_f1``, ``epochs``, ``history``.
+        Summary dict: ``best_epoch``, ``best_val_f1`` (of the best single epoch),
+        ``epochs``, ``history``, ``averaged_epochs`` (the epochs whose weights were
+        averaged; empty when one epoch was kept) and ``final_val_f1`` (validation
+        macro-F1 of the weights kept).
         """
         import lightning as L
 
@@ -432,7 +451,7 @@ class MoaModel:
             module = MoaModule(
                 net, data, lr=c.lr, weight_decay=c.weight_decay, warmup_epochs=c.warmup_epochs,
                 batch_size=batch_size, seed=seed, sampling=c.sampling, knn_k=c.knn_k,
-                patience=patience, predictor=c.predictor,
+                patience=patience, predictor=c.predictor, average_best=c.average_best,
                 meta={"fingerprint": self.fingerprint,
                       "config": json.dumps(self.config.to_dict(), sort_keys=True)},
             )
@@ -460,6 +479,8 @@ class MoaModel:
             finally:
                 torch.use_deterministic_algorithms(deterministic_before)
         module.restore_best()
+        # validation macro-F1 of the weights kept (the average of the best epochs, if any)
+        final_val_f1 = module.validation_f1() if len(data.val_idx) else float("nan")
         self.net = module.net.cpu().eval()
         module.data = None
         self.history = list(module.history)
@@ -471,6 +492,8 @@ class MoaModel:
             "epochs_run": len(self.history), "stopped_early": bool(module.stopped_early),
             "n_train": len(data.train_idx), "n_val": len(data.val_idx),
             "world_size": int(trainer.world_size),
+            "averaged_epochs": list(module.averaged_epochs),
+            "final_val_f1": None if math.isnan(final_val_f1) else float(final_val_f1),
         }
         # one pass over the training rows: the atlas and the hidden layer's MoA prototypes
         # (the atlas's sorted classes are self.moas, in whose order data.moa codes them)
@@ -492,12 +515,16 @@ class MoaModel:
             logger.warning("no validation signatures: the model is not calibrated (no 'unknown' "
                            "calls; call model.calibrate(adata) with a 'val' split to add it)")
         logger.info(
-            "trained %d epochs; best val macro-F1 %s at epoch %d",
+            "trained %d epochs; best val macro-F1 %s at epoch %d%s",
             len(self.history),
             "n/a" if self.best_val_f1 is None else f"{self.best_val_f1:.4f}", self.best_epoch,
+            f"; kept the mean of epochs {module.averaged_epochs} (val macro-F1 "
+            f"{final_val_f1:.4f})" if module.averaged_epochs else "",
         )
         return {"best_epoch": self.best_epoch, "best_val_f1": self.best_val_f1,
-                "epochs": len(self.history), "history": self.history}
+                "epochs": len(self.history), "history": self.history,
+                "averaged_epochs": self.train_info["averaged_epochs"],
+                "final_val_f1": self.train_info["final_val_f1"]}
 
     def _check_checkpoint(self, ckpt: Path) -> dict:
         try:
@@ -870,6 +897,8 @@ class MoaModel:
         hyperparams = dict(config["model"])
         # saved before `predictor` existed: trained and early-stopped for the kNN vote
         hyperparams.setdefault("predictor", "knn")
+        # saved before `average_best` existed: the single best epoch was kept
+        hyperparams.setdefault("average_best", 1)
         model = cls(None, **hyperparams, **keys)
         model.genes = list(config["genes"])
         model.gene_symbols = list(config.get("gene_symbols", []))

@@ -319,16 +319,18 @@ def _lr_lambda(warmup: int, total: int, floor: float = 0.01):
 class MoaModule(L.LightningModule):
     """Trains a :class:`MoaNet`, scores validation kNN macro-F1, stops early.
 
-    The best weights (by validation F1) are deep-copied when they improve and
-    restored at the end of training. Training history and early-stopping
-    state are the module's ``extra_state``, so they travel with the
-    ``state_dict`` (into checkpoints, and back from ``ddp_spawn`` workers).
+    The weights of the ``average_best`` epochs with the best validation F1 are
+    kept (CPU copies) and, at the end of training, averaged into the final
+    weights; with ``average_best=1`` the single best epoch is restored. Training
+    history and early-stopping state are the module's ``extra_state``, so they
+    travel with the ``state_dict`` (into checkpoints, and back from ``ddp_spawn``
+    workers).
     """
 
     def __init__(self, net: MoaNet, data: TrainData | None, *, lr: float, weight_decay: float,
                  warmup_epochs: float, batch_size: int, seed: int, sampling: str,
                  knn_k: int, patience: int, min_delta: float = 1e-4,
-                 meta: dict | None = None, predictor: str = "knn"):
+                 meta: dict | None = None, predictor: str = "knn", average_best: int = 1):
         super().__init__()
         self.net = net
         self.data = data
@@ -339,12 +341,18 @@ class MoaModule(L.LightningModule):
         if predictor not in PREDICTORS:
             raise InputError(f"predictor must be one of {list(PREDICTORS)}, got {predictor!r}")
         self.predictor = predictor
+        if int(average_best) < 1:
+            raise InputError(f"average_best must be >= 1, got {average_best}")
+        self.average_best = int(average_best)
         self.history: list[dict] = []
         self.best_f1 = -1.0
         self.best_epoch = -1
         self.bad_epochs = 0
         self.stopped_early = False
         self._best_state: dict | None = None
+        # the average_best best epochs so far: {"f1", "epoch", "state"}, best first
+        self._top_states: list[dict] = []
+        self.averaged_epochs: list[int] = []
         self._epoch_losses: list[torch.Tensor] = []
         self.meta = dict(meta or {})
 
@@ -354,6 +362,7 @@ class MoaModule(L.LightningModule):
             "history": self.history, "best_f1": float(self.best_f1),
             "best_epoch": int(self.best_epoch), "bad_epochs": int(self.bad_epochs),
             "stopped_early": bool(self.stopped_early),
+            "averaged_epochs": [int(e) for e in self.averaged_epochs],
         }
 
     def set_extra_state(self, state) -> None:
@@ -362,17 +371,20 @@ class MoaModule(L.LightningModule):
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
         self.stopped_early = bool(state["stopped_early"])
+        self.averaged_epochs = [int(e) for e in state.get("averaged_epochs", [])]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["moaspace"] = {
             **self.meta,
             "best_state": self._best_state,
+            "top_states": self._top_states,
             "torch_rng": torch.get_rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("moaspace", {})
         self._best_state = extra.get("best_state")
+        self._top_states = list(extra.get("top_states") or [])
         if extra.get("torch_rng") is not None:
             # dropout / input noise continue exactly where the interrupted run stopped
             torch.set_rng_state(extra["torch_rng"])
@@ -460,6 +472,8 @@ class MoaModule(L.LightningModule):
         if not math.isnan(f1):
             # identical on all ranks (broadcast): the mean over ranks is the value itself
             self.log("val_f1", f1, prog_bar=True, on_epoch=True, sync_dist=True)
+        if not math.isnan(f1):
+            self._offer_top_state(f1, epoch)
         improved = math.isnan(f1) or f1 > self.best_f1 + self.min_delta
         if improved:
             self.best_f1 = f1 if not math.isnan(f1) else self.best_f1
@@ -475,10 +489,52 @@ class MoaModule(L.LightningModule):
                 self.stopped_early = True
                 self.trainer.should_stop = True
 
+    def _offer_top_state(self, f1: float, epoch: int) -> None:
+        """Keep this epoch's weights if they are among the ``average_best`` best so far."""
+        if self.average_best < 2:
+            return
+        top = self._top_states
+        if len(top) >= self.average_best and f1 <= top[-1]["f1"]:
+            return
+        top.append({"f1": float(f1), "epoch": int(epoch),
+                    "state": {k: v.detach().cpu().clone()
+                              for k, v in self.net.state_dict().items()}})
+        # best first; among equal scores the earlier epoch (stable sort keeps it first)
+        top.sort(key=lambda t: -t["f1"])
+        del top[self.average_best:]
+
+    def averaged_state(self) -> dict | None:
+        """Mean of the kept epochs' weights (and BatchNorm running statistics).
+
+        Why: validation macro-F1 on a few held-out compounds is noisy, so the single
+        best epoch is partly chosen by chance; the mean of the best few lies in the
+        same basin and generalises at least as well (checkpoint averaging, as in
+        stochastic weight averaging). Integer buffers (BatchNorm's batch counter)
+        come from the best epoch. None when fewer than two epochs are kept.
+        """
+        top = self._top_states
+        if len(top) < 2:
+            return None
+        first = top[0]["state"]
+        out = {}
+        for key, value in first.items():
+            if value.is_floating_point():
+                out[key] = torch.stack([t["state"][key].float() for t in top]).mean(0).to(
+                    value.dtype)
+            else:
+                out[key] = value.clone()
+        return out
+
     def restore_best(self) -> None:
-        """Load the best weights seen so far (no-op before the first validation)."""
-        if self._best_state is not None:
+        """Load the final weights: the average of the ``average_best`` best epochs, or the
+        best epoch (no-op before the first validation)."""
+        averaged = self.averaged_state() if self.average_best > 1 else None
+        if averaged is not None:
+            self.net.load_state_dict(averaged)
+            self.averaged_epochs = sorted(t["epoch"] for t in self._top_states)
+        elif self._best_state is not None:
             self.net.load_state_dict(copy.deepcopy(self._best_state))
+            self.averaged_epochs = []
 
     def on_train_end(self) -> None:
         self.restore_best()
