@@ -91,7 +91,7 @@ class ModelConfig:
     single epoch is partly luck; on unseen compounds of the default simulation
     (6 seeds, hidden-prototype predictor, 30 epochs kept and scored afterwards)
     the mean of the best 5 scored +0.005 test macro-F1 over the best epoch on
-    average (higher in 4 of 6 seeds, by at most 0.0016 lower in the others;
+    average (higher in 4 of 6 seeds, by at most 0.0012 lower in the others;
     +0.002 on the unseen cell line, 3 seeds), the mean of the best 3 about the
     same. Costs ``average_best`` CPU copies of the weights during training.
     Models saved before this field existed load with 1.
