@@ -30,7 +30,7 @@ def test_compound_split_has_no_compound_leak_and_is_stratified(adata):
     train, val, test = (_sets(adata, "pert_id", v) for v in ("train", "val", "test"))
     assert not train & test and not train & val and not val & test
     assert check_split(adata) == {"shared_compounds": 0, "shared_cells": 4,
-                                  "train_val_shared_compounds": 0}
+                                  "train_val_shared_compounds": 0, "train_val_shared_cells": 4}
     for moa, frame in adata.obs.groupby("moa", observed=True):
         sides = set(frame["split"])
         assert {"train", "test", "val"} <= sides, moa
@@ -69,10 +69,38 @@ def test_cell_split_holds_out_whole_cells(adata):
     assert test_cells == {"A549"}
     assert (adata.obs.loc[adata.obs["cell_iname"] == "A549", "split"] == "test").all()
     assert check_split(adata)["shared_cells"] == 0
-    assert check_split(adata)["train_val_shared_compounds"] == 0
+    # validation holds out whole training cell lines too (what the test part asks)
+    rec = adata.uns["moaspace"]["split"]
+    assert rec["val_by"] == "cell" and len(rec["val_cells"]) == 1
+    assert _sets(adata, "cell_iname", "val") == set(rec["val_cells"]) != {"A549"}
+    assert check_split(adata)["train_val_shared_cells"] == 0
+    assert _sets(adata, "cell_iname", "train") == {"MCF7", "PC3", "VCAP"} - set(rec["val_cells"])
 
     split(adata, "cell", holdout_cells="MCF7,PC3", seed=0)
     assert _sets(adata, "cell_iname", "test") == {"MCF7", "PC3"}
+    # two training lines left: one is validation, one is training (never all of them)
+    assert len(_sets(adata, "cell_iname", "val")) == 1 == len(_sets(adata, "cell_iname", "train"))
+
+
+def test_cell_split_validation_by_cell_or_compound(adata):
+    n = adata.n_obs
+    # val_size of all signatures: 4 equal lines of 25% each, so 0.3 takes two lines
+    split(adata, "cell", holdout_cells="A549", val_size=0.3, seed=1)
+    assert len(adata.uns["moaspace"]["split"]["val_cells"]) == 2
+    assert (adata.obs["split"] == "val").sum() == n // 2
+    # the same split with validation by compound: compounds, not cell lines, held out
+    split(adata, "cell", holdout_cells="A549", val_by="compound", seed=1)
+    assert adata.uns["moaspace"]["split"]["val_by"] == "compound"
+    assert check_split(adata)["train_val_shared_compounds"] == 0
+    assert _sets(adata, "cell_iname", "val") == {"MCF7", "PC3", "VCAP"}
+    # one training line only: validation falls back to compounds
+    split(adata, "cell", holdout_cells="A549,MCF7,PC3", seed=1)
+    assert adata.uns["moaspace"]["split"]["val_by"] == "compound"
+    assert _sets(adata, "cell_iname", "val") == {"VCAP"} == _sets(adata, "cell_iname", "train")
+    with pytest.raises(InputError, match="val_by='cell' is for the 'cell' scheme"):
+        split(adata, "compound", val_by="cell")
+    with pytest.raises(InputError, match="val_by must be"):
+        split(adata, "cell", val_by="plate")
 
 
 def test_unknown_holdout_cell_is_named(adata):

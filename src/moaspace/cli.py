@@ -223,10 +223,15 @@ def split_cmd(
         str | None, typer.Option(help="Cell lines to hold out, comma list (cell schemes).")
     ] = None,
     test_size: Annotated[float, typer.Option(help="Share of compounds in test.")] = 0.2,
-    val_size: Annotated[float, typer.Option(help="Share of training compounds for val.")] = 0.1,
+    val_size: Annotated[float, typer.Option(help="Share for val: of compounds (of signatures "
+                                                      "when val is by cell line).")] = 0.1,
     moa_fraction: Annotated[
         float, typer.Option(help="--scheme moa: share of MoAs held out (test only).")
     ] = 0.2,
+    val_by: Annotated[
+        str, typer.Option(help="Validation held out by 'compound' or by 'cell' line; 'auto': "
+                               "cell lines for --scheme cell, compounds otherwise.")
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Assign signatures to train / val / test without leakage.
@@ -239,12 +244,14 @@ def split_cmd(
     from .data.split import split
 
     adata = split(_load_h5ad(data), scheme, holdout_cells=holdout_cells, test_size=test_size,
-                  val_size=val_size, moa_fraction=moa_fraction, seed=seed)
+                  val_size=val_size, moa_fraction=moa_fraction, val_by=val_by, seed=seed)
     write_h5ad(adata, out)
     counts = adata.obs["split"].astype(str).value_counts()
     rows = [("output", out), ("scheme", scheme)]
     if scheme == "moa":
         rows.append(("test-only MoAs", ", ".join(adata.uns["moaspace"]["split"]["test_only_moas"])))
+    if "val_cells" in adata.uns["moaspace"]["split"]:
+        rows.append(("validation cell lines", ", ".join(adata.uns["moaspace"]["split"]["val_cells"])))
     for part in ("train", "val", "test", "unused"):
         if part in counts:
             cpds = adata.obs.loc[adata.obs["split"].astype(str) == part, "pert_id"].nunique()

