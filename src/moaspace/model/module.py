@@ -317,7 +317,7 @@ def _lr_lambda(warmup: int, total: int, floor: float = 0.01):
 
 
 class MoaModule(L.LightningModule):
-    """Trains a :class:`MoaNet`, scores validation kNN macro-F1, stops early.
+    """Trains a :class:`MoaNet`, scores validation macro-F1 of its predictor, stops early.
 
     The weights of the ``average_best`` epochs with the best validation F1 are
     kept (CPU copies) and, at the end of training, averaged into the final
@@ -472,7 +472,6 @@ class MoaModule(L.LightningModule):
         if not math.isnan(f1):
             # identical on all ranks (broadcast): the mean over ranks is the value itself
             self.log("val_f1", f1, prog_bar=True, on_epoch=True, sync_dist=True)
-        if not math.isnan(f1):
             self._offer_top_state(f1, epoch)
         improved = math.isnan(f1) or f1 > self.best_f1 + self.min_delta
         if improved:
@@ -507,9 +506,10 @@ class MoaModule(L.LightningModule):
         """Mean of the kept epochs' weights (and BatchNorm running statistics).
 
         Why: validation macro-F1 on a few held-out compounds is noisy, so the single
-        best epoch is partly chosen by chance; the mean of the best few lies in the
-        same basin and generalises at least as well (checkpoint averaging, as in
-        stochastic weight averaging). Integer buffers (BatchNorm's batch counter)
+        best epoch is partly chosen by chance; the best few epochs of one run lie in
+        one basin, and their mean is usually as good or better on new data
+        (checkpoint averaging, as in stochastic weight averaging; measured in
+        :class:`~moaspace.model.model.ModelConfig`). Integer buffers (BatchNorm's batch counter)
         come from the best epoch. None when fewer than two epochs are kept.
         """
         top = self._top_states
