@@ -185,9 +185,9 @@ def split(
         ``cell`` scheme, ``compound`` otherwise. Why: early stopping should
         score what the test part asks. On the default simulation's unseen cell
         line (6 seeds), stopping on held-out training cell lines instead of
-        held-out compounds raised test macro-F1 from 0.636 +/- 0.021 to 0.649
-        +/- 0.007: compound-level validation picks epochs that generalise across
-        compounds, not across cell lines.
+        held-out compounds raised test macro-F1 from 0.636 +/- 0.021 to 0.645
+        +/- 0.010 (the README benchmark): compound-level validation picks epochs
+        that generalise across compounds, not across cell lines.
     moa_fraction
         Fraction of MoAs held out by the ``moa`` scheme.
     seed

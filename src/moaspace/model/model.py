@@ -479,8 +479,12 @@ class MoaModel:
             finally:
                 torch.use_deterministic_algorithms(deterministic_before)
         module.restore_best()
-        # validation macro-F1 of the weights kept (the average of the best epochs, if any)
-        final_val_f1 = module.validation_f1() if len(data.val_idx) else float("nan")
+        # validation macro-F1 of the weights kept: an average of epochs is new and scored once
+        # more; the best epoch's own weights were scored during training
+        if module.averaged_epochs:
+            final_val_f1 = module.validation_f1()
+        else:
+            final_val_f1 = module.best_f1 if module.best_f1 >= 0 else float("nan")
         self.net = module.net.cpu().eval()
         module.data = None
         self.history = list(module.history)

@@ -478,8 +478,14 @@ class MoaModule(L.LightningModule):
             self.best_f1 = f1 if not math.isnan(f1) else self.best_f1
             self.best_epoch = epoch
             self.bad_epochs = 0
-            self._best_state = {k: v.detach().cpu().clone()
-                                for k, v in self.net.state_dict().items()}
+            top = self._top_states
+            if top and top[0]["epoch"] == epoch:
+                # _offer_top_state already copied this epoch: share it (one copy in memory
+                # and in checkpoints, which store a shared tensor once)
+                self._best_state = top[0]["state"]
+            else:
+                self._best_state = {k: v.detach().cpu().clone()
+                                    for k, v in self.net.state_dict().items()}
         else:
             self.bad_epochs += 1
             if self.bad_epochs >= self.patience:
@@ -528,7 +534,7 @@ class MoaModule(L.LightningModule):
     def restore_best(self) -> None:
         """Load the final weights: the average of the ``average_best`` best epochs, or the
         best epoch (no-op before the first validation)."""
-        averaged = self.averaged_state() if self.average_best > 1 else None
+        averaged = self.averaged_state()  # None unless average_best > 1 kept >= 2 epochs
         if averaged is not None:
             self.net.load_state_dict(averaged)
             self.averaged_epochs = sorted(t["epoch"] for t in self._top_states)
