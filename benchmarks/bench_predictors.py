@@ -1,0 +1,197 @@
+"""Does the compound level of the hierarchy help predict the MoA? Prediction rules compared
+on the same trained models.
+
+Issue #5 asks why moaspace is level with its own MoA-only ablation. One reason could be
+that the default predictor (the nearest MoA prototype of the last hidden layer) throws
+the compound level away. This script trains moaspace (dual ArcFace) and the MoA-only
+ablation on the same splits (``moaspace simulate --seed 0`` + default ``prepare``; the
+README's ``data.h5ad``) and scores, on the validation and the test signatures of each
+model, these rules:
+
+* ``proto_sig``: the default; MoA centre = mean of the unit hidden activations of the
+  MoA's training signatures;
+* ``proto_cpd``: MoA centre = sum over its training compounds of each compound's unit
+  mean activation (every compound counts once, whatever its signature count);
+* ``proto_cpd_len``: the same, compound means left unnormalised, so a compound whose
+  signatures disagree (an inactive one) counts less;
+* ``cpd_lse_hidden`` / ``cpd_lse_emb``: hierarchical call; cosine to every training
+  compound's centre (hidden layer / normalised embedding), MoA score = log-sum-exp over
+  the MoA's compounds at temperature 0.05 (the nearest known compounds decide);
+* ``cpd_head``: the same with the compound ArcFace head's weights as compound centres
+  (dual-loss model only);
+* ``proto_emb``: MoA centres in the normalised embedding.
+
+It also measures how well each model recognises a *known* compound in an unseen cell
+line (cell split: every test compound is a training compound): the rank of the
+compound's own training centre among all training-compound centres (top-1, top-10,
+mean reciprocal rank), in the embedding and in the hidden layer.
+
+Writes ``benchmarks/results/bench_predictors.json`` and prints the paired differences to
+``proto_sig`` (same model, same split): mean ± sd over seeds.
+
+    python benchmarks/bench_predictors.py [--data data.h5ad] [--seeds 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from _simdata import simulate_prepared
+from scipy.special import logsumexp
+
+from moaspace.data.simulate import SimulationConfig
+from moaspace.data.split import split
+from moaspace.model import MoaModel
+from moaspace.tl.metrics import classification_metrics
+from moaspace.tl.predict import l2_normalize, prototypes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = {"moaspace": {}, "arcface_moa_only": {"loss": "arcface_moa"}}
+TEMPERATURE = 0.05
+
+
+def group_means(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean row of ``x`` per group; returns (sorted group names, means)."""
+    names, inv = np.unique(groups, return_inverse=True)
+    sums = np.zeros((len(names), x.shape[1]))
+    np.add.at(sums, inv, x)
+    return names, sums / np.bincount(inv)[:, None]
+
+
+def hierarchical_scores(x: np.ndarray, centres: np.ndarray, centre_moa: np.ndarray,
+                        n_moas: int) -> np.ndarray:
+    """MoA score = log-sum-exp of the cosines to that MoA's compound centres."""
+    sims = l2_normalize(x) @ l2_normalize(centres).T / TEMPERATURE
+    out = np.full((len(x), n_moas), -np.inf)
+    for k in np.unique(centre_moa):
+        out[:, k] = logsumexp(sims[:, centre_moa == k], axis=1)
+    return out
+
+
+def moa_centres_from_compounds(means: np.ndarray, moa_codes: np.ndarray, n_moas: int,
+                               unit: bool) -> np.ndarray:
+    sums = np.zeros((n_moas, means.shape[1]))
+    np.add.at(sums, moa_codes, l2_normalize(means) if unit else means)
+    return l2_normalize(sums)
+
+
+def compound_identification(x: np.ndarray, own: np.ndarray, names: np.ndarray,
+                            centres: np.ndarray) -> dict:
+    """Rank of each row's own compound among the centres (rows whose compound has one)."""
+    pos = pd.Index(names).get_indexer(own)
+    ok = pos >= 0
+    if not ok.any():
+        return {}
+    sims = l2_normalize(x[ok]) @ l2_normalize(centres).T
+    rank = (sims > sims[np.arange(ok.sum()), pos[ok]][:, None]).sum(1)
+    return {"top1": float((rank == 0).mean()), "top10": float((rank < 10).mean()),
+            "mrr": float((1.0 / (rank + 1)).mean()), "n": int(ok.sum())}
+
+
+def run_one(adata: ad.AnnData, scheme: str, seed: int, model_name: str,
+            max_epochs: int) -> dict:
+    data = split(adata, scheme, seed=seed, copy=True)
+    part = data.obs["split"].astype(str).to_numpy()
+    model = MoaModel(data, **MODELS[model_name])
+    model.train(max_epochs=max_epochs, seed=seed, progress_bar=False)
+    classes = list(model.moas)
+    moa = data.obs["moa"].astype(str).to_numpy()
+    cpd = data.obs["pert_id"].astype(str).to_numpy()
+    z, h = model.embed_layers(data, ("embedding", "hidden"))
+    hn, zn = l2_normalize(h), l2_normalize(z)
+    train = part == "train"
+    code = {m: i for i, m in enumerate(classes)}
+    names, h_means = group_means(hn[train], cpd[train])
+    _, z_means = group_means(zn[train], cpd[train])
+    cpd_moa = pd.Series(moa[train], index=cpd[train]).groupby(level=0).first()
+    names_moa = np.array([code[m] for m in cpd_moa.loc[names]])
+    n = len(classes)
+    centres = {
+        "proto_sig": prototypes(h[train], moa[train], classes)[0],
+        "proto_cpd": moa_centres_from_compounds(h_means, names_moa, n, unit=True),
+        "proto_cpd_len": moa_centres_from_compounds(h_means, names_moa, n, unit=False),
+        "proto_emb": prototypes(z[train], moa[train], classes)[0],
+    }
+    rules = {name: (lambda x, c=c: l2_normalize(x) @ c.T) for name, c in centres.items()}
+    layer = {"proto_sig": hn, "proto_cpd": hn, "proto_cpd_len": hn, "proto_emb": zn,
+             "cpd_lse_hidden": hn, "cpd_lse_emb": zn}
+    rules["cpd_lse_hidden"] = lambda x: hierarchical_scores(x, h_means, names_moa, n)
+    rules["cpd_lse_emb"] = lambda x: hierarchical_scores(x, z_means, names_moa, n)
+    head = model.net.compound_head
+    if head is not None and head.sub_centers == 1:
+        head_moa = np.array([code[m] for m in cpd_moa.loc[list(model.compounds)]])
+        weights = head.weight.detach().cpu().numpy()
+        rules["cpd_head"] = lambda x: hierarchical_scores(x, weights, head_moa, n)
+        layer["cpd_head"] = zn
+    out = {"scheme": scheme, "seed": seed, "model": model_name, "macro_f1": {}}
+    for name, rule in rules.items():
+        for p in ("val", "test"):
+            rows = part == p
+            out["macro_f1"][f"{name}/{p}"] = classification_metrics(
+                moa[rows], rule(layer[name][rows]), classes)["macro_f1"]
+    test = part == "test"
+    out["compound_identification"] = {
+        "embedding": compound_identification(zn[test], cpd[test], names, z_means),
+        "hidden": compound_identification(hn[test], cpd[test], names, h_means),
+    }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=None,
+                        help="prepared h5ad of `moaspace simulate --seed 0` (made if absent)")
+    parser.add_argument("--schemes", default="compound,cell")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--max-epochs", type=int, default=30)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.data is None:
+        _, adata = simulate_prepared(Path(tempfile.mkdtemp()) / "sim", SimulationConfig(seed=0))
+    else:
+        adata = ad.read_h5ad(args.data)
+    t0 = time.perf_counter()
+    runs = [run_one(adata, scheme, int(s), model, args.max_epochs)
+            for scheme in args.schemes.split(",") for s in args.seeds.split(",")
+            for model in MODELS]
+    rows = [{"scheme": r["scheme"], "seed": r["seed"], "model": r["model"], "rule": k.split("/")[0],
+             "part": k.split("/")[1], "macro_f1": v} for r in runs for k, v in r["macro_f1"].items()]
+    frame = pd.DataFrame(rows)
+    base = frame[frame["rule"] == "proto_sig"].set_index(["scheme", "seed", "model", "part"])
+    frame["minus_default"] = frame["macro_f1"].to_numpy() - base.loc[
+        pd.MultiIndex.from_frame(frame[["scheme", "seed", "model", "part"]]), "macro_f1"].to_numpy()
+    summary = (frame.groupby(["scheme", "model", "rule", "part"])["minus_default"]
+               .agg(["mean", "std"]).unstack("part"))
+    summary.columns = [f"{p}_minus_default_{s}" for s, p in summary.columns]
+    summary = summary[[f"{p}_minus_default_{s}" for p in ("test", "val") for s in ("mean", "std")]]
+    summary = summary.drop(index="proto_sig", level="rule")
+    ident = pd.DataFrame([{"scheme": r["scheme"], "seed": r["seed"], "model": r["model"],
+                           "space": space, **vals}
+                          for r in runs for space, vals in r["compound_identification"].items()
+                          if vals])
+    ident_summary = ident.groupby(["scheme", "model", "space"])[["top1", "top10", "mrr"]].mean()
+    out = {"signatures": adata.n_obs, "seeds": args.seeds, "max_epochs": args.max_epochs,
+           "temperature": TEMPERATURE, "seconds": time.perf_counter() - t0, "runs": runs,
+           "summary": summary.reset_index().to_dict("records"),
+           "compound_identification": ident_summary.reset_index().to_dict("records")}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_predictors.json").write_text(json.dumps(out, indent=2))
+    pd.set_option("display.width", 160)
+    print("test / val macro-F1 minus the default rule (proto_sig), same model and split, "
+          f"mean ± sd over seeds {args.seeds}")
+    print(summary.round(4).to_string())
+    print("\nknown compound in an unseen cell line (cell split): its own training centre's rank "
+          "among all training compounds' (mean over seeds)")
+    print(ident_summary.round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
