@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -99,6 +100,19 @@ def test_unwritable_output(tiny_lincs, tmp_path):
         assert "Error:" in result.output
     finally:
         locked.chmod(0o700)
+
+
+def test_simulate_compound_series_are_recorded_in_the_truth(tmp_path):
+    sim = tmp_path / "sim"
+    r = runner.invoke(app, ["simulate", "--out", str(sim), "--seed", "3", "--n-compounds", "60",
+                            "--n-cells", "3", "--compound-series", "2", "--series-weight", "0.5"])
+    assert r.exit_code == 0, r.output
+    truth = json.loads((sim / "truth.json").read_text())
+    assert truth["config"]["compound_series"] == 2 and truth["config"]["series_weight"] == 0.5
+    assert {c["series"] for c in truth["compounds"].values()} == {0, 1}
+    r = runner.invoke(app, ["simulate", "--out", str(tmp_path / "bad"), "--series-weight", "2"])
+    assert r.exit_code != 0 and "series_weight" in r.output
+    assert not (tmp_path / "bad" / "truth.json").exists()
 
 
 def test_simulate_then_prepare_counts_match_filters(tmp_path):

@@ -328,6 +328,47 @@ def test_config_validation():
         simulate_adata(SimulationConfig(), n_compoundz=3)
     cfg = SimulationConfig(moas=["HDAC inhibitor", "MTOR inhibitor"], cells=["A549", "MCF7"])
     assert cfg.n_moas == 2 and cfg.n_cells == 2
+    with pytest.raises(InputError, match="compound_series"):
+        SimulationConfig(compound_series=-1)
+    with pytest.raises(InputError, match="series_weight"):
+        SimulationConfig(series_weight=1.5)
+
+
+def _compound_directions(cfg):
+    from moaspace.data.simulate import _build_world
+
+    world = _build_world(cfg)
+    directions = world.programs.T @ world.cpd_coef.T + world.cpd_idio.T
+    return world, directions.T / np.linalg.norm(directions, axis=0)[:, None]
+
+
+def test_compound_series_share_a_direction_and_leave_defaults_alone():
+    base = dict(seed=5, n_compounds=150, n_moas=5, n_cells=3)
+    world0, d0 = _compound_directions(SimulationConfig(**base))
+    assert "series" not in world0.cpd.columns
+    world, d = _compound_directions(SimulationConfig(**base, compound_series=2, series_weight=0.8))
+    # the series are drawn from their own stream: membership, MoA and every other compound
+    # property are those of the default world
+    cols = ["moa", "efficacy", "active", "moa_cosine", "offtarget_moa"]
+    pd.testing.assert_frame_equal(world.cpd[cols], world0.cpd[cols])
+    assert set(world.cpd["series"]) == {0, 1}
+    # the planted cosine to the MoA direction is kept exactly
+    moa_dir = world.programs.T @ world.moa_coef.T + world.moa_idio.T
+    moa_dir = (moa_dir / np.linalg.norm(moa_dir, axis=0)).T[world.cpd["moa_index"]]
+    np.testing.assert_allclose((d * moa_dir).sum(1), world.cpd["moa_cosine"], atol=1e-6)
+    # within a MoA, compounds of one series are closer than compounds of different series,
+    # which they are not in the default world
+    moa, series = world.cpd["moa_index"].to_numpy(), world.cpd["series"].to_numpy()
+    same_moa = (moa[:, None] == moa[None, :]) & ~np.eye(len(moa), dtype=bool)
+    same_series = same_moa & (series[:, None] == series[None, :])
+    other_series = same_moa & (series[:, None] != series[None, :])
+    for dirs, gap in ((d, 0.15), (d0, None)):
+        cos = dirs @ dirs.T
+        diff = cos[same_series].mean() - cos[other_series].mean()
+        if gap is None:
+            assert abs(diff) < 0.05
+        else:
+            assert diff > gap
 
 
 # --------------------------------------------------------------------------- planted truth

@@ -173,6 +173,11 @@ def simulate(
     n_compounds: Annotated[int | None, typer.Option(help="Number of compounds.")] = None,
     n_cells: Annotated[int | None, typer.Option(help="Number of cell lines.")] = None,
     genes: Annotated[str, typer.Option(help="landmark (978) or all.")] = "landmark",
+    compound_series: Annotated[int, typer.Option(
+        help="Chemical series per MoA whose compounds share part of their off-MoA "
+             "direction (0: none, the default).")] = 0,
+    series_weight: Annotated[float, typer.Option(
+        help="Share of a compound's off-MoA direction common to its series.")] = 0.6,
 ) -> None:
     """Write a simulated LINCS beta release (gctx, siginfo, geneinfo, ...) with truth.json.
 
@@ -183,7 +188,8 @@ def simulate(
     from .data.simulate import SimulationConfig
     from .data.simulate import simulate as run_simulate
 
-    kwargs = {"seed": seed, "genes": genes}
+    kwargs = {"seed": seed, "genes": genes, "compound_series": compound_series,
+              "series_weight": series_weight}
     if n_compounds is not None:
         kwargs["n_compounds"] = n_compounds
     if n_cells is not None:

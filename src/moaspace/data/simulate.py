@@ -134,7 +134,7 @@ _CLIP = 10.0
 
 # component tags of the random streams
 _S_PATHWAY, _S_MOA, _S_CPD, _S_CELL, _S_DESIGN, _S_KD, _S_TECH, _S_INFER = range(1, 9)
-_S_BLOCK_CP, _S_BLOCK_KD, _S_XI, _S_KDXI, _S_IDS, _S_CHEM = range(11, 17)
+_S_BLOCK_CP, _S_BLOCK_KD, _S_XI, _S_KDXI, _S_IDS, _S_CHEM, _S_SERIES = range(11, 18)
 
 STRENGTH = {"strong": 1.0, "medium": 0.68, "weak": 0.38}
 P_INACTIVE = {"strong": 0.10, "medium": 0.22, "weak": 0.45}
@@ -540,6 +540,13 @@ class SimulationConfig:
     and 14 cell lines, of which the default :func:`~moaspace.data.prepare.prepare`
     filters keep ~5,500 signatures, ~20 MoAs. ``effect_scale`` and
     ``noise_scale`` set the signal-to-noise ratio (the difficulty).
+
+    ``compound_series`` > 0 splits every MoA into that many chemical series
+    (selectivity profiles): a compound's direction beyond its MoA's is then
+    ``series_weight`` (a share of its squared norm) a direction common to its
+    series and the rest its own. Off by default: nothing below the MoA level is
+    shared between compounds, which is why the compound loss cannot help with
+    unseen compounds on the default data (see ``benchmarks/bench_predictors.py``).
     """
 
     seed: int = 0
@@ -558,6 +565,8 @@ class SimulationConfig:
     knockdown_scale: float = 0.7
     cell_baseline: float = 0.4
     interaction: float = 0.7
+    compound_series: int = 0
+    series_weight: float = 0.6
     hiq_min_cc: float = 0.1
     min_pathway_genes: int = 10
     max_pathway_genes: int = 120
@@ -601,6 +610,10 @@ class SimulationConfig:
             raise InputError(f"frac_unlabeled must be in [0, 1), got {self.frac_unlabeled}")
         if self.effect_scale < 0 or self.noise_scale <= 0:
             raise InputError("effect_scale must be >= 0 and noise_scale > 0")
+        if self.compound_series < 0:
+            raise InputError(f"compound_series must be >= 0, got {self.compound_series}")
+        if not 0 <= self.series_weight <= 1:
+            raise InputError(f"series_weight must be in [0, 1], got {self.series_weight}")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -933,6 +946,15 @@ def _compounds(cfg, moas, moa_coef, moa_idio, programs, n_lm):
     focused = np.nonzero(n_members <= cfg.max_pathway_genes)[0]
     coef = np.zeros((n, n_pw))
     idio = np.zeros((n, n_lm))
+    # optional chemical series inside each MoA: compounds of one series share part of their
+    # off-MoA direction (a selectivity profile). Own random stream, so that with
+    # compound_series=0 (the default) every other draw is unchanged.
+    n_series = cfg.compound_series
+    if n_series:
+        srng = _rng(cfg.seed, _S_SERIES)
+        series_dir = srng.standard_normal((n_moa, n_series, n_lm))
+        series_dir *= srng.random((n_moa, n_series, n_lm)) < 0.12
+        series_of = srng.integers(n_series, size=n)
     rows = []
     for c in range(n):
         m = moa_of[c]
@@ -954,6 +976,11 @@ def _compounds(cfg, moas, moa_coef, moa_idio, programs, n_lm):
         off_vec = programs.T @ off_c + off_z
         own = _unit(own) * (np.linalg.norm(off_vec) if off_vec.any() else 1.0)
         o_c, o_z = off_c, off_z + own
+        if n_series:
+            w = cfg.series_weight
+            size = np.linalg.norm(programs.T @ o_c + o_z)
+            o_c = np.sqrt(1 - w) * o_c
+            o_z = np.sqrt(1 - w) * o_z + np.sqrt(w) * size * _unit(series_dir[m, series_of[c]])
         # orthogonalise the remainder against the MoA direction, then mix
         d = programs.T @ moa_coef[m] + moa_idio[m]
         o = programs.T @ o_c + o_z
@@ -986,6 +1013,8 @@ def _compounds(cfg, moas, moa_coef, moa_idio, programs, n_lm):
             }
         )
     frame = pd.DataFrame(rows)
+    if n_series:
+        frame["series"] = series_of
     # identifiers, names, structures, targets
     irng = _rng(cfg.seed, _S_IDS)
     numbers = _unique_ints(irng, 10_000_000, 100_000_000, n)
@@ -1583,6 +1612,8 @@ def _truth(world: _World) -> dict:
             "offtarget_moa": c["offtarget_moa"] or None,
             "targets": list(c["targets"]),
         }
+        if "series" in c:
+            compounds[c["pert_id"]]["series"] = int(c["series"])
     kd = world.kd_genes
     return {
         "simulator": "moaspace.data.simulate",
