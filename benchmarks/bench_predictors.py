@@ -21,15 +21,17 @@ model, these rules:
   (dual-loss model only);
 * ``proto_emb``: MoA centres in the normalised embedding.
 
-It also measures how well each model recognises a *known* compound in an unseen cell
+It also scores the hierarchy among the test signatures (share of each one's 10 nearest
+test neighbours from the same compound / MoA, and the mAP of retrieving the same
+compound's other signatures), and how well each model recognises a *known* compound in an unseen cell
 line (cell split: every test compound is a training compound): the rank of the
 compound's own training centre among all training-compound centres (top-1, top-10,
 mean reciprocal rank), in the embedding and in the hidden layer.
 
-Writes ``benchmarks/results/bench_predictors.json`` and prints the paired differences to
+Writes ``benchmarks/results/bench_predictors.json`` (``--out``) and prints the paired differences to
 ``proto_sig`` (same model, same split): mean ± sd over seeds.
 
-    python benchmarks/bench_predictors.py [--data data.h5ad] [--seeds 0,1,2]
+    python benchmarks/bench_predictors.py [--data data.h5ad] [--seeds 0,1,2] [--schemes compound,cell]
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from scipy.special import logsumexp
 from moaspace.data.simulate import SimulationConfig
 from moaspace.data.split import split
 from moaspace.model import MoaModel
-from moaspace.tl.metrics import classification_metrics
+from moaspace.tl.metrics import classification_metrics, neighbour_label_shares, retrieval_map
 from moaspace.tl.predict import l2_normalize, prototypes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,6 +140,13 @@ def run_one(adata: ad.AnnData, scheme: str, seed: int, model_name: str,
             out["macro_f1"][f"{name}/{p}"] = classification_metrics(
                 moa[rows], rule(layer[name][rows]), classes)["macro_f1"]
     test = part == "test"
+    # the hierarchy among the test signatures themselves: are one compound's signatures
+    # (other doses, cells) each other's neighbours? what the compound loss is for
+    out["hierarchy"] = {
+        space: {**{f"same_{k}_share": v for k, v in neighbour_label_shares(
+            x[test], {"compound": cpd[test], "moa": moa[test]}, k=10).items()},
+            "compound_map": retrieval_map(x[test], cpd[test], seed=seed)}
+        for space, x in (("embedding", zn), ("hidden", hn))}
     out["compound_identification"] = {
         "embedding": compound_identification(zn[test], cpd[test], names, z_means),
         "hidden": compound_identification(hn[test], cpd[test], names, h_means),
@@ -152,6 +161,7 @@ def main() -> None:
     parser.add_argument("--schemes", default="compound,cell")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_predictors.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.data is None:
@@ -177,20 +187,33 @@ def main() -> None:
                            "space": space, **vals}
                           for r in runs for space, vals in r["compound_identification"].items()
                           if vals])
-    ident_summary = ident.groupby(["scheme", "model", "space"])[["top1", "top10", "mrr"]].mean()
+    # only the cell split has test compounds with a training centre
+    ident_summary = (ident.groupby(["scheme", "model", "space"])[["top1", "top10", "mrr"]].mean()
+                     if len(ident) else pd.DataFrame())
+    hier = pd.DataFrame([{"scheme": r["scheme"], "seed": r["seed"], "model": r["model"],
+                          "space": space, **vals}
+                         for r in runs for space, vals in r["hierarchy"].items()])
+    hier_summary = hier.groupby(["scheme", "model", "space"])[
+        ["same_compound_share", "same_moa_share", "compound_map"]].mean()
     out = {"signatures": adata.n_obs, "seeds": args.seeds, "max_epochs": args.max_epochs,
            "temperature": TEMPERATURE, "seconds": time.perf_counter() - t0, "runs": runs,
            "summary": summary.reset_index().to_dict("records"),
-           "compound_identification": ident_summary.reset_index().to_dict("records")}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_predictors.json").write_text(json.dumps(out, indent=2))
+           "compound_identification": ident_summary.reset_index().to_dict("records"),
+           "hierarchy": hier_summary.reset_index().to_dict("records")}
+    out["data"] = str(args.data) if args.data else "moaspace simulate --seed 0 + prepare"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
     pd.set_option("display.width", 160)
     print("test / val macro-F1 minus the default rule (proto_sig), same model and split, "
           f"mean ± sd over seeds {args.seeds}")
     print(summary.round(4).to_string())
-    print("\nknown compound in an unseen cell line (cell split): its own training centre's rank "
-          "among all training compounds' (mean over seeds)")
-    print(ident_summary.round(3).to_string())
+    print("\ntest signatures among themselves (10 neighbours; compound retrieval mAP), mean over "
+          "seeds")
+    print(hier_summary.round(3).to_string())
+    if len(ident_summary):
+        print("\nknown compound in an unseen cell line (cell split): its own training centre's "
+              "rank among all training compounds' (mean over seeds)")
+        print(ident_summary.round(3).to_string())
 
 
 if __name__ == "__main__":
