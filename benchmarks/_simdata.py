@@ -6,6 +6,8 @@ is importable as ``_simdata``.
 
 from __future__ import annotations
 
+import argparse
+import tempfile
 from pathlib import Path
 
 import anndata as ad
@@ -25,6 +27,20 @@ def simulate_prepared(out_dir: Path, config: SimulationConfig) -> tuple[dict, ad
     release's paths and the prepared AnnData."""
     paths = simulate(out_dir, config)
     return paths, prepare(*(paths[k] for k in PREPARE_INPUTS), progress=False)
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data``: the prepared default simulation, for the scripts that can reuse it."""
+    parser.add_argument("--data", type=Path, default=None,
+                        help="prepared h5ad of `moaspace simulate --seed 0` (made if absent)")
+
+
+def default_data(path: Path | None) -> ad.AnnData:
+    """``path`` read, or, when None, ``moaspace simulate --seed 0`` + default ``prepare``
+    made in a temporary directory."""
+    if path is not None:
+        return ad.read_h5ad(path)
+    return simulate_prepared(Path(tempfile.mkdtemp()) / "sim", SimulationConfig(seed=0))[1]
 
 
 def prepare_knockdowns(paths: dict) -> ad.AnnData:

@@ -29,13 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _simdata import simulate_prepared
+from _simdata import add_data_argument, default_data
 
 from moaspace.data.simulate import _TIME_GENERIC, SimulationConfig, _build_world
 from moaspace.data.split import split
@@ -73,17 +72,12 @@ def oracle_scores(world, adata: ad.AnnData, moas: list[str]) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=None,
-                        help="prepared h5ad of `moaspace simulate --seed 0` (made if absent)")
+    add_data_argument(parser)
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     config = SimulationConfig(seed=0)
-    if args.data is None:
-        work = Path(tempfile.mkdtemp())
-        _, adata = simulate_prepared(work / "sim", config)
-    else:
-        adata = ad.read_h5ad(args.data)
+    adata = default_data(args.data)
     world = _build_world(config)
     active = world.cpd.set_index("pert_id")["active"]
     seeds = [int(s) for s in args.seeds.split(",")]

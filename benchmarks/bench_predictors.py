@@ -32,6 +32,7 @@ Writes ``benchmarks/results/bench_predictors.json`` (``--out``) and prints the p
 ``proto_sig`` (same model, same split): mean ± sd over seeds.
 
     python benchmarks/bench_predictors.py [--data data.h5ad] [--seeds 0,1,2] [--schemes compound,cell]
+        [--models moaspace,arcface_moa_only] [--compound-weight W] [--out FILE]
 """
 
 from __future__ import annotations
@@ -39,17 +40,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _simdata import simulate_prepared
+from _simdata import add_data_argument, default_data
 from scipy.special import logsumexp
 
-from moaspace.data.simulate import SimulationConfig
 from moaspace.data.split import split
 from moaspace.model import MoaModel
 from moaspace.tl.metrics import classification_metrics, neighbour_label_shares, retrieval_map
@@ -99,10 +98,13 @@ def compound_identification(x: np.ndarray, own: np.ndarray, names: np.ndarray,
 
 
 def run_one(adata: ad.AnnData, scheme: str, seed: int, model_name: str,
-            max_epochs: int) -> dict:
+            max_epochs: int, compound_weight: float | None = None) -> dict:
     data = split(adata, scheme, seed=seed, copy=True)
     part = data.obs["split"].astype(str).to_numpy()
-    model = MoaModel(data, **MODELS[model_name])
+    kwargs = dict(MODELS[model_name])
+    if compound_weight is not None and model_name == "moaspace":
+        kwargs["compound_weight"] = compound_weight
+    model = MoaModel(data, **kwargs)
     model.train(max_epochs=max_epochs, seed=seed, progress_bar=False)
     classes = list(model.moas)
     moa = data.obs["moa"].astype(str).to_numpy()
@@ -156,22 +158,21 @@ def run_one(adata: ad.AnnData, scheme: str, seed: int, model_name: str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=None,
-                        help="prepared h5ad of `moaspace simulate --seed 0` (made if absent)")
+    add_data_argument(parser)
     parser.add_argument("--schemes", default="compound,cell")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_predictors.json")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--compound-weight", type=float, default=None,
+                        help="moaspace's compound-loss weight (default: the model's default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.data is None:
-        _, adata = simulate_prepared(Path(tempfile.mkdtemp()) / "sim", SimulationConfig(seed=0))
-    else:
-        adata = ad.read_h5ad(args.data)
+    adata = default_data(args.data)
     t0 = time.perf_counter()
-    runs = [run_one(adata, scheme, int(s), model, args.max_epochs)
+    runs = [run_one(adata, scheme, int(s), model, args.max_epochs, args.compound_weight)
             for scheme in args.schemes.split(",") for s in args.seeds.split(",")
-            for model in MODELS]
+            for model in args.models.split(",")]
     rows = [{"scheme": r["scheme"], "seed": r["seed"], "model": r["model"], "rule": k.split("/")[0],
              "part": k.split("/")[1], "macro_f1": v} for r in runs for k, v in r["macro_f1"].items()]
     frame = pd.DataFrame(rows)
@@ -196,6 +197,7 @@ def main() -> None:
     hier_summary = hier.groupby(["scheme", "model", "space"])[
         ["same_compound_share", "same_moa_share", "compound_map"]].mean()
     out = {"signatures": adata.n_obs, "seeds": args.seeds, "max_epochs": args.max_epochs,
+           "compound_weight": args.compound_weight,
            "temperature": TEMPERATURE, "seconds": time.perf_counter() - t0, "runs": runs,
            "summary": summary.reset_index().to_dict("records"),
            "compound_identification": ident_summary.reset_index().to_dict("records"),

@@ -20,17 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _simdata import simulate_prepared
+from _simdata import add_data_argument, default_data
 from sklearn.metrics import f1_score
 
-from moaspace.data.simulate import SimulationConfig
 from moaspace.data.split import split
 from moaspace.model import MoaModel
 from moaspace.tl.baselines import make_baseline
@@ -93,17 +91,13 @@ def quartiles(pred: pd.DataFrame) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=None,
-                        help="prepared h5ad of `moaspace simulate --seed 0` (made if absent)")
+    add_data_argument(parser)
     parser.add_argument("--schemes", default="compound,cell")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--max-epochs", type=int, default=30)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.data is None:
-        _, adata = simulate_prepared(Path(tempfile.mkdtemp()) / "sim", SimulationConfig(seed=0))
-    else:
-        adata = ad.read_h5ad(args.data)
+    adata = default_data(args.data)
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()
     out = {"signatures": adata.n_obs, "seeds": seeds, "max_epochs": args.max_epochs,
