@@ -544,9 +544,9 @@ class SimulationConfig:
     ``compound_series`` > 0 splits every MoA into that many chemical series
     (selectivity profiles): a compound's direction beyond its MoA's is then
     ``series_weight`` (a share of its squared norm) a direction common to its
-    series and the rest its own. Off by default: nothing below the MoA level is
-    shared between compounds, which is why the compound loss cannot help with
-    unseen compounds on the default data (see ``benchmarks/bench_predictors.py``).
+    series and the rest its own. Off by default: then nothing below the MoA
+    level is shared between compounds (``benchmarks/bench_predictors.py`` and the
+    README measure what the compound loss does with and without series).
     """
 
     seed: int = 0
