@@ -35,6 +35,13 @@ def add_data_argument(parser: argparse.ArgumentParser) -> None:
                         help="prepared h5ad of `moaspace simulate --seed 0` (made if absent)")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, schemes: str = "compound,cell") -> None:
+    """``--schemes``, ``--seeds``, ``--max-epochs``: which splits, seeds and epoch budget."""
+    parser.add_argument("--schemes", default=schemes)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--max-epochs", type=int, default=30)
+
+
 def default_data(path: Path | None) -> ad.AnnData:
     """``path`` read, or, when None, ``moaspace simulate --seed 0`` + default ``prepare``
     made in a temporary directory."""

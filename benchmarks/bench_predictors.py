@@ -46,7 +46,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _simdata import add_data_argument, default_data
+from _simdata import add_data_argument, add_run_arguments, default_data
 from scipy.special import logsumexp
 
 from moaspace.data.split import split
@@ -159,9 +159,7 @@ def run_one(adata: ad.AnnData, scheme: str, seed: int, model_name: str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_argument(parser)
-    parser.add_argument("--schemes", default="compound,cell")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--max-epochs", type=int, default=30)
+    add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_predictors.json")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--compound-weight", type=float, default=None,

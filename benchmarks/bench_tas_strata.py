@@ -26,7 +26,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _simdata import add_data_argument, default_data
+from _simdata import add_data_argument, add_run_arguments, default_data
 from sklearn.metrics import f1_score
 
 from moaspace.data.split import split
@@ -92,9 +92,7 @@ def quartiles(pred: pd.DataFrame) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_data_argument(parser)
-    parser.add_argument("--schemes", default="compound,cell")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--max-epochs", type=int, default=30)
+    add_run_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     adata = default_data(args.data)
