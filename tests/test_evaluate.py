@@ -85,6 +85,32 @@ def test_benchmark_records_and_outputs(tmp_path):
     assert (tmp_path / "bench" / "results.png").stat().st_size > 1000
 
 
+def test_cli_benchmark_contract(tmp_path):
+    """`moaspace benchmark DATA --out DIR --scheme --seeds` writes the records and the table."""
+    runner = CliRunner()
+    make_synthetic(n_moas=3, compounds_per_moa=5, n_genes=40, seed=6).write_h5ad(
+        tmp_path / "data.h5ad")
+    out = tmp_path / "bench"
+    r = runner.invoke(app, ["--quiet", "benchmark", str(tmp_path / "data.h5ad"), "--out", str(out),
+                            "--scheme", "compound", "--seeds", "0,1",
+                            "--methods", "moaspace,raw_knn", "--max-epochs", "2",
+                            "--compound-weight", "0.5"])
+    assert r.exit_code == 0, r.output
+    records = json.loads((out / "results.json").read_text())
+    assert {(rec["method"], rec["seed"]) for rec in records} == {
+        (m, s) for m in ("moaspace", "raw_knn") for s in (0, 1)}
+    for rec in records:
+        assert {"method", "scheme", "seed", "macro_f1", "accuracy"} <= set(rec)
+        assert rec["scheme"] == "compound" and 0 <= rec["macro_f1"] <= 1
+    md = (out / "results.md").read_text()
+    assert "| moaspace |" in md and "| raw_knn |" in md
+    assert '"compound_weight": 0.5' in md  # the option is recorded with the command
+    r = runner.invoke(app, ["benchmark", str(tmp_path / "data.h5ad"), "--out",
+                            str(tmp_path / "bad"), "--methods", "moaspace,svm"])
+    assert r.exit_code != 0 and "svm" in r.output
+    assert not (tmp_path / "bad" / "results.json").exists()
+
+
 def test_paired_differences_by_hand():
     """moaspace minus each method seed by seed, within its scheme; mean > sd is the bar."""
     from moaspace.tl.benchmark import paired_differences
@@ -117,9 +143,11 @@ def test_cli_split_train_predict_evaluate(tmp_path):
     assert r.exit_code == 0, r.output
     assert set(ad.read_h5ad(tmp_path / "s.h5ad").obs["split"]) == {"train", "val", "test"}
     r = runner.invoke(app, ["train", str(tmp_path / "s.h5ad"), "--out", str(tmp_path / "m"),
-                            "--max-epochs", "2", "--seed", "0"])
+                            "--max-epochs", "2", "--seed", "0", "--compound-weight", "0.3"])
     assert r.exit_code == 0, r.output
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"model.pt", "config.json"}
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model"]["compound_weight"] == 0.3
     r = runner.invoke(app, ["predict", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
                             "--out", str(tmp_path / "p.h5ad"), "--compound-level"])
     assert r.exit_code == 0, r.output

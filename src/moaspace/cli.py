@@ -288,6 +288,10 @@ def train(
         int, typer.Option(help="Keep the mean weights of this many best validation epochs "
                                "(1: the single best epoch).", min=1)
     ] = 5,
+    compound_weight: Annotated[
+        float | None, typer.Option(help="Weight of the compound ArcFace loss next to the MoA "
+                                        "loss (default: the model's, 0.1).", min=0.0)
+    ] = None,
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",
     strategy: Annotated[str, typer.Option(help="auto | ddp | ddp_spawn ...")] = "auto",
@@ -322,7 +326,8 @@ def train(
         adata = adata[:, landmark] if backed else adata[:, landmark].copy()
     elif genes not in (None, "all"):
         raise typer.BadParameter("--genes must be 'landmark' or 'all'")
-    model = MoaModel(adata, loss=loss, predictor=predictor, average_best=average_best)
+    extra = {} if compound_weight is None else {"compound_weight": compound_weight}
+    model = MoaModel(adata, loss=loss, predictor=predictor, average_best=average_best, **extra)
     model.train(max_epochs=max_epochs, batch_size=batch_size, seed=seed, resume=resume,
                 model_dir=out, patience=patience, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
@@ -541,6 +546,11 @@ def benchmark(
     methods: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
     holdout_cells: Annotated[str | None, typer.Option(help="For the cell schemes.")] = None,
     max_epochs: Annotated[int, typer.Option(help="Epoch budget of every neural model.")] = 40,
+    compound_weight: Annotated[
+        float | None, typer.Option(help="moaspace's compound-loss weight (default: the "
+                                        "model's, 0.1); the other methods are unchanged.",
+                                   min=0.0)
+    ] = None,
 ) -> None:
     """Our model and all baselines on the same splits and seeds.
 
@@ -556,13 +566,16 @@ def benchmark(
         raise typer.BadParameter(f"--seeds must be integers, got {seeds!r}") from None
     method_list = [m.strip() for m in methods.split(",")] if methods else list(METHODS)
     adata = _load_h5ad(data)
+    model_kwargs = None if compound_weight is None else {"compound_weight": compound_weight}
     records = []
     for sch in [s.strip() for s in scheme.split(",") if s.strip()]:
         records += run_benchmark(adata, scheme=sch, seeds=seed_list, methods=method_list,
                                  holdout_cells=holdout_cells, max_epochs=max_epochs,
-                                 progress=not _state["quiet"])
+                                 model_kwargs=model_kwargs, progress=not _state["quiet"])
     meta = {"command": " ".join(sys.argv), "data": str(data), "seeds": seed_list,
             "max_epochs": max_epochs}
+    if model_kwargs:
+        meta["moaspace_options"] = model_kwargs
     write_benchmark(records, out, meta)
     from .tl.benchmark import summarize
 
