@@ -77,10 +77,11 @@ def hierarchical_scores(x: np.ndarray, centres: np.ndarray, centre_moa: np.ndarr
     return out
 
 
-def moa_centres_from_compounds(means: np.ndarray, moa_codes: np.ndarray, n_moas: int,
-                               unit: bool) -> np.ndarray:
+def length_weighted_centres(means: np.ndarray, moa_codes: np.ndarray, n_moas: int) -> np.ndarray:
+    """MoA centres from compound means left unnormalised: a compound whose signatures
+    disagree (short mean) counts less. (Normalised means: ``tl.predict.prototypes``.)"""
     sums = np.zeros((n_moas, means.shape[1]))
-    np.add.at(sums, moa_codes, l2_normalize(means) if unit else means)
+    np.add.at(sums, moa_codes, means)
     return l2_normalize(sums)
 
 
@@ -119,9 +120,9 @@ def run_one(adata: ad.AnnData, scheme: str, seed: int, model_name: str,
     names_moa = np.array([code[m] for m in cpd_moa.loc[names]])
     n = len(classes)
     centres = {
-        "proto_sig": prototypes(h[train], moa[train], classes)[0],
-        "proto_cpd": moa_centres_from_compounds(h_means, names_moa, n, unit=True),
-        "proto_cpd_len": moa_centres_from_compounds(h_means, names_moa, n, unit=False),
+        "proto_sig": model.hidden_prototypes,  # what `predict` calls with
+        "proto_cpd": prototypes(h_means, cpd_moa.loc[names].to_numpy(), classes)[0],
+        "proto_cpd_len": length_weighted_centres(h_means, names_moa, n),
         "proto_emb": prototypes(z[train], moa[train], classes)[0],
     }
     rules = {name: (lambda x, c=c: l2_normalize(x) @ c.T) for name, c in centres.items()}
