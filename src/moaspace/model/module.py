@@ -484,8 +484,7 @@ class MoaModule(L.LightningModule):
                 # and in checkpoints, which store a shared tensor once)
                 self._best_state = top[0]["state"]
             else:
-                self._best_state = {k: v.detach().cpu().clone()
-                                    for k, v in self.net.state_dict().items()}
+                self._best_state = self._state_copy()
         else:
             self.bad_epochs += 1
             if self.bad_epochs >= self.patience:
@@ -494,6 +493,10 @@ class MoaModule(L.LightningModule):
                 self.stopped_early = True
                 self.trainer.should_stop = True
 
+    def _state_copy(self) -> dict:
+        """A CPU copy of the network's current weights and buffers."""
+        return {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+
     def _offer_top_state(self, f1: float, epoch: int) -> None:
         """Keep this epoch's weights if they are among the ``average_best`` best so far."""
         if self.average_best < 2:
@@ -501,9 +504,7 @@ class MoaModule(L.LightningModule):
         top = self._top_states
         if len(top) >= self.average_best and f1 <= top[-1]["f1"]:
             return
-        top.append({"f1": float(f1), "epoch": int(epoch),
-                    "state": {k: v.detach().cpu().clone()
-                              for k, v in self.net.state_dict().items()}})
+        top.append({"f1": float(f1), "epoch": int(epoch), "state": self._state_copy()})
         # best first; among equal scores the earlier epoch (stable sort keeps it first)
         top.sort(key=lambda t: -t["f1"])
         del top[self.average_best:]
