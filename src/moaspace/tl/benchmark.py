@@ -198,6 +198,8 @@ def paired_differences(records: list[dict], metric: str = "macro_f1",
 
 
 def results_markdown(records: list[dict]) -> str:
+    from ..model.model import ModelConfig  # the default the note below describes
+
     summary = summarize(records)
     paired = paired_differences(records)
     lines = []
@@ -233,7 +235,8 @@ def results_markdown(records: list[dict]) -> str:
                  "`reference` predicts with 1-NN in the embedding as published; `moaspace`, "
                  "`mlp_softmax` and `arcface_moa_only` with the nearest MoA prototype of the "
                  "encoder's last hidden layer (`predict`'s default) and keep the mean weights of "
-                 "their 5 best validation epochs (`reference`: the best epoch); the classical kNN "
+                 f"their {ModelConfig.average_best} best validation epochs (`reference`: the "
+                 "best epoch); the classical kNN "
                  "baselines with distance-weighted cosine 10-NN.")
     return "\n".join(lines) + "\n"
 
