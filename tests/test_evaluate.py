@@ -78,10 +78,28 @@ def test_benchmark_records_and_outputs(tmp_path):
     # same split per seed: every method scored the same test rows
     for seed in (0, 1):
         assert len({r["n_test"] for r in records if r["seed"] == seed}) == 1
+    # the compound level of the hierarchy, in the spaces that exist: moaspace's embedding and
+    # raw_knn's z-scores; raw_knn's is the retrieval among the same split's test rows
+    from moaspace.tl.metrics import retrieval_map
+
+    for r in records:
+        has_space = r["method"] in ("moaspace", "raw_knn")
+        assert ("compound_map" in r) == has_space and ("same_compound_share" in r) == has_space
+        if has_space:
+            assert 0 < r["compound_map"] <= 1 and 0 <= r["same_compound_share"] <= 1
+    data = split(adata, "compound", seed=1, copy=True)
+    test = data[data.obs["split"] == "test"]
+    raw = next(r for r in records if r["method"] == "raw_knn" and r["seed"] == 1)
+    assert raw["compound_map"] == pytest.approx(retrieval_map(
+        np.asarray(test.X, dtype=np.float32), test.obs["pert_id"].astype(str), seed=1))
     write_benchmark(records, tmp_path / "bench")
     assert json.loads((tmp_path / "bench" / "results.json").read_text()) == records
     assert "± " in results_markdown(records)
     assert "Paired per seed, `moaspace` minus each method" in results_markdown(records)
+    md = results_markdown(records)
+    assert "same-compound mAP |" in md and "Same-compound mAP, paired per seed" in md
+    pca_row = next(line for line in md.splitlines() if line.startswith("| pca_lda | 0"))
+    assert pca_row.count("–") == 1  # no space of its own: no mAP
     assert (tmp_path / "bench" / "results.png").stat().st_size > 1000
 
 
