@@ -50,7 +50,7 @@ from _simdata import add_data_argument, add_run_arguments, default_data
 from scipy.special import logsumexp
 
 from moaspace.data.split import split
-from moaspace.model import MoaModel
+from moaspace.model import MoaModel, ModelConfig
 from moaspace.tl.metrics import classification_metrics, neighbour_label_shares, retrieval_map
 from moaspace.tl.predict import l2_normalize, prototypes
 
@@ -196,7 +196,9 @@ def main() -> None:
     hier_summary = hier.groupby(["scheme", "model", "space"])[
         ["same_compound_share", "same_moa_share", "compound_map"]].mean()
     out = {"signatures": adata.n_obs, "seeds": args.seeds, "max_epochs": args.max_epochs,
-           "compound_weight": args.compound_weight,
+           # the weight moaspace trained with, the model's default when not given
+           "compound_weight": (ModelConfig.compound_weight if args.compound_weight is None
+                               else args.compound_weight),
            "temperature": TEMPERATURE, "seconds": time.perf_counter() - t0, "runs": runs,
            "summary": summary.reset_index().to_dict("records"),
            "compound_identification": ident_summary.reset_index().to_dict("records"),
