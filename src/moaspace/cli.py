@@ -290,7 +290,7 @@ def train(
     ] = 5,
     compound_weight: Annotated[
         float | None, typer.Option(help="Weight of the compound ArcFace loss next to the MoA "
-                                        "loss (default: the model's, 0.1).", min=0.0)
+                                        "loss (default: the model's, 1.0).", min=0.0)
     ] = None,
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",
@@ -548,7 +548,7 @@ def benchmark(
     max_epochs: Annotated[int, typer.Option(help="Epoch budget of every neural model.")] = 40,
     compound_weight: Annotated[
         float | None, typer.Option(help="moaspace's compound-loss weight (default: the "
-                                        "model's, 0.1); the other methods are unchanged.",
+                                        "model's, 1.0); the other methods are unchanged.",
                                    min=0.0)
     ] = None,
 ) -> None:
