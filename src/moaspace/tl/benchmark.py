@@ -229,6 +229,7 @@ def results_markdown(records: list[dict]) -> str:
     summary = summarize(records)
     paired = paired_differences(records)
     hierarchy = "compound_map_mean" in summary
+    paired_map = paired_differences(records, "compound_map") if hierarchy else pd.DataFrame()
     lines = []
     for scheme, block in summary.groupby("scheme", sort=False):
         lines += [f"### Held-out split: `{scheme}` ({int(block['n_seeds'].max())} seeds, "
@@ -257,8 +258,7 @@ def results_markdown(records: list[dict]) -> str:
                              f"{row['higher']}/{row['n_seeds']} | "
                              f"{'yes' if row['beyond_spread'] else 'no'} |")
             lines.append("")
-        mine = paired_differences(records, "compound_map") if hierarchy else pd.DataFrame()
-        mine = mine[mine["scheme"] == scheme] if len(mine) else mine
+        mine = paired_map[paired_map["scheme"] == scheme] if len(paired_map) else paired_map
         if len(mine) and int(mine["n_seeds"].max()) > 1:
             lines += ["Same-compound mAP, paired per seed, `moaspace` minus each method with a "
                       "space:", "", "| method | difference | seeds higher |", "|---|---|---|"]
