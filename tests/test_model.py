@@ -412,21 +412,26 @@ def test_gpu_mixed_precision(adata, tmp_path):
 
 
 # --------------------------------------------------------------------------- hierarchy
-def _hierarchy_data():
-    """The project simulator when present (planted hierarchy), else the local generator."""
-    try:
-        from moaspace.data.simulate import SimulationConfig, simulate_adata
-    except ImportError:
-        a = make_synthetic(n_moas=6, compounds_per_moa=10, n_genes=128, compound_scale=1.0,
-                           noise=1.5, seed=2)
-        return split(a, "compound", seed=0)
+def _planted_hierarchy():
+    """A small simulation (planted MoAs, compounds, cell lines), labelled rows only."""
+    from moaspace.data.simulate import SimulationConfig, simulate_adata
+
     # named MoAs (two strong, three medium, one weak) so the difficulty does not hinge on
     # which classes a seed happens to draw
     moas = ("HDAC inhibitor", "MEK inhibitor", "EGFR inhibitor",
             "glucocorticoid receptor agonist", "HMGCR inhibitor", "PPAR receptor agonist")
     a, _ = simulate_adata(SimulationConfig(seed=3, n_compounds=160, moas=moas, n_cells=6,
                                            sigs_per_compound=(8, 30), frac_unlabeled=0.0))
-    a = a[a.obs["moa"].astype(str) != ""].copy()
+    return a[a.obs["moa"].astype(str) != ""].copy()
+
+
+def _hierarchy_data():
+    """The project simulator when present (planted hierarchy), else the local generator."""
+    try:
+        a = _planted_hierarchy()
+    except ImportError:
+        a = make_synthetic(n_moas=6, compounds_per_moa=10, n_genes=128, compound_scale=1.0,
+                           noise=1.5, seed=2)
     return split(a, "compound", seed=0)
 
 
@@ -476,14 +481,10 @@ def test_compound_loss_builds_the_compound_level():
     the README's benchmark data this is same-compound mAP 0.416 vs 0.352 and own-compound
     top-1 0.37 vs 0.19 (``benchmarks/bench_predictors.py``, cell split, 3 of 3 seeds).
     """
-    from moaspace.data.simulate import SimulationConfig, simulate_adata
     from moaspace.tl.metrics import retrieval_map
+    from moaspace.tl.predict import prototypes
 
-    moas = ("HDAC inhibitor", "MEK inhibitor", "EGFR inhibitor",
-            "glucocorticoid receptor agonist", "HMGCR inhibitor", "PPAR receptor agonist")
-    a, _ = simulate_adata(SimulationConfig(seed=3, n_compounds=160, moas=moas, n_cells=6,
-                                           sigs_per_compound=(8, 30), frac_unlabeled=0.0))
-    a = a[a.obs["moa"].astype(str) != ""].copy()
+    a = _planted_hierarchy()
     cells = a.obs["cell_iname"].astype(str).value_counts()
     a = split(a, "cell", holdout_cells=[cells.index[0]], seed=0)
     test = a[a.obs["split"] == "test"]
@@ -499,8 +500,7 @@ def test_compound_loss_builds_the_compound_level():
         model.train(max_epochs=20, batch_size=128, seed=0, progress_bar=False,
                     accelerator="cpu")
         z_test, z_train = model.embed(test), model.embed(train)
-        centres = np.stack([z_train[cpd_train == c].mean(0) for c in names])
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        centres, _ = prototypes(z_train, cpd_train, names)  # one unit centre per compound
         nearest = names[np.argmax(z_test @ centres.T, axis=1)]
         found[loss] = (retrieval_map(z_test, cpd_test, seed=0), float((nearest == cpd_test).mean()))
     (map_dual, own_dual), (map_moa, own_moa) = found["dual_arcface"], found["arcface_moa"]
