@@ -23,15 +23,16 @@ import pandas as pd
 from .. import __version__
 from .._utils import atomic_path, preview
 from ..errors import InputError
-from ..io.gctx import read_gctx as _read_gctx
-from ..io.gctx import read_gctx_meta
 from ..io.labels import read_moa_table
 from ..io.lincs import landmark_gene_ids, read_compoundinfo, read_geneinfo, read_siginfo
+from ..io.matrix import open_matrix
 
 logger = logging.getLogger(__name__)
 
 COMPOUND_TYPES = ("trt_cp",)
 KNOCKDOWN_TYPES = ("trt_xpr", "trt_sh", "trt_sh.cgs", "trt_oe")
+#: ``obs["cell_iname"]`` of signatures prepared without siginfo (one per compound)
+CONSENSUS_CELL = "consensus"
 OBS_COLUMNS = (
     "sig_id", "pert_id", "cmap_name", "moa", "cell_iname", "pert_dose", "pert_dose_unit",
     "pert_idose", "pert_time", "tas", "pert_type", "is_hiq", "target_gene",
@@ -137,10 +138,56 @@ def _select_genes(
     return [g for g in wanted if g in present_set]
 
 
+def bundled_geneinfo() -> pd.DataFrame:
+    """The 978 landmark genes as a geneinfo table (``gene_id``, ``gene_symbol``,
+    ``feature_space``), for matrices that come without a ``geneinfo_beta.txt``."""
+    from importlib import resources
+
+    path = resources.files("moaspace.resources") / "landmark_genes.csv"
+    with resources.as_file(path) as local:
+        table = pd.read_csv(local, dtype={"pr_gene_id": str})
+    out = pd.DataFrame({"gene_id": table["pr_gene_id"].str.strip(),
+                        "gene_symbol": table["pr_gene_symbol"].astype(str),
+                        "feature_space": "landmark"})
+    return out.set_index("gene_id", drop=False).rename_axis(None)
+
+
+def _geneinfo_for(matrix, geneinfo, genes: str) -> tuple[pd.DataFrame, str]:
+    """geneinfo (read, or the bundled landmarks plus the matrix's other genes) and its name."""
+    if geneinfo is not None:
+        return read_geneinfo(geneinfo), str(geneinfo)
+    table = bundled_geneinfo()
+    extra = matrix.genes.difference(table.index)
+    if genes == "all" and len(extra):
+        more = pd.DataFrame({"gene_id": extra, "gene_symbol": "", "feature_space": "unknown"},
+                            index=extra)
+        table = pd.concat([table, more])
+    logger.info("no geneinfo: genes from the bundled landmark table (%d landmark genes)",
+                int((table["feature_space"] == "landmark").sum()))
+    return table, "the bundled landmark gene table"
+
+
+def _consensus_siginfo(matrix, config: PrepareConfig, has_labels: bool) -> pd.DataFrame:
+    """A siginfo for a matrix without one: one signature per compound, named by its id."""
+    if not config.is_compound:
+        raise InputError(f"pert_type {list(config.pert_type)} needs a siginfo (the knocked-down "
+                         "gene of each signature); without siginfo every signature is a compound")
+    if not has_labels:
+        raise InputError(f"{matrix.path}: without siginfo the matrix's signature ids are compound "
+                         "ids and need a MoA table (moa_labels or compoundinfo)")
+    if config.min_tas is not None:
+        raise InputError("min_tas needs siginfo's 'tas' column; without siginfo there is no TAS")
+    logger.info("no siginfo: each of the %d signatures of %s is one compound (cell 'consensus'); "
+                "the quality and time filters do not apply", len(matrix.signatures), matrix.path)
+    ids = matrix.signatures.astype(str)
+    return pd.DataFrame({"sig_id": ids, "pert_id": ids, "pert_type": "trt_cp",
+                         "cell_iname": CONSENSUS_CELL}, index=ids)
+
+
 def prepare(
     gctx: str | os.PathLike,
-    siginfo: str | os.PathLike,
-    geneinfo: str | os.PathLike,
+    siginfo: str | os.PathLike | None = None,
+    geneinfo: str | os.PathLike | None = None,
     compoundinfo: str | os.PathLike | None = None,
     moa_labels: str | os.PathLike | None = None,
     config: PrepareConfig | None = None,
@@ -152,11 +199,24 @@ def prepare(
 
     Parameters
     ----------
-    gctx, siginfo, geneinfo, compoundinfo, moa_labels
-        Paths to the level-5 ``.gctx``, ``siginfo_beta.txt``,
-        ``geneinfo_beta.txt``, ``compoundinfo_beta.txt`` and a compound -> MoA
-        table. For compounds the MoA comes from ``moa_labels`` when given,
-        else from compoundinfo's ``moa`` column.
+    gctx
+        The signature matrix: a level-5 ``.gctx`` (streamed, never loaded whole),
+        or a GCT 1.2/1.3, TSV or CSV text matrix (optionally ``.gz``) with genes in
+        rows or in columns (:func:`moaspace.io.matrix.open_matrix`). Gene ids are
+        Entrez ids.
+    siginfo
+        ``siginfo_beta.txt``; every signature id of the matrix must be in it.
+        None: the matrix holds one signature per compound (e.g. per-compound
+        consensus signatures), its signature ids are the compound ids of the MoA
+        table, ``obs["cell_iname"]`` is ``"consensus"``, and the quality, time and
+        TAS filters do not apply.
+    geneinfo
+        ``geneinfo_beta.txt``; None: the bundled table of the 978 landmark genes
+        (with ``genes="all"`` the matrix's other genes are kept without symbols).
+    compoundinfo, moa_labels
+        ``compoundinfo_beta.txt`` and a compound -> MoA table
+        (:func:`moaspace.io.read_moa_table`). For compounds the MoA comes from
+        ``moa_labels`` when given, else from compoundinfo's ``moa`` column.
     config, overrides
         Filters, see :class:`PrepareConfig`; keyword overrides replace fields.
 
@@ -167,14 +227,53 @@ def prepare(
     if overrides:
         config = PrepareConfig(**{**asdict(config), **overrides})
     gctx = Path(gctx)
-    sig = read_siginfo(siginfo)
-    genes_df = read_geneinfo(geneinfo)
     cinfo = read_compoundinfo(compoundinfo) if compoundinfo is not None else None
     labels = read_moa_table(moa_labels) if moa_labels is not None else None
-    row_meta, col_meta = read_gctx_meta(gctx)
+    known_genes = (read_geneinfo(geneinfo).index if geneinfo is not None
+                   else bundled_geneinfo().index)
+    matrix = open_matrix(gctx, gene_ids=known_genes)
+    genes_df, geneinfo_name = _geneinfo_for(matrix, geneinfo, config.genes)
+    if siginfo is not None:
+        sig = read_siginfo(siginfo)
+        siginfo_name = str(siginfo)
+    else:
+        sig = _consensus_siginfo(matrix, config, labels is not None or cinfo is not None)
+        siginfo_name = "the matrix (no siginfo)"
+        config = PrepareConfig(**{**asdict(config), "hiq_only": False, "times": None})
+    _check_signature_ids(matrix, sig, siginfo_name, gctx)
+    # genes first: a matrix keyed by symbols should fail before any filtering
+    gene_ids = _select_genes(genes_df, matrix.genes, config.genes, gctx, geneinfo_name)
+    frame, log = _filter_signatures(matrix, sig, siginfo_name, config, gctx)
+    frame = _label_signatures(frame, sig, cinfo, labels, config, log, compoundinfo,
+                              moa_labels, siginfo_name)
 
-    # --- ids: matrix vs metadata, both ways --------------------------------
-    matrix_sigs = col_meta.index
+    logger.info("reading %d signatures x %d genes from %s", len(frame), len(gene_ids), gctx)
+    adata = matrix.read(gene_ids, frame.index.tolist(), progress=progress)
+    adata.obs = _obs_frame(frame)
+    var = pd.DataFrame(index=pd.Index(gene_ids))
+    var["gene_symbol"] = genes_df.loc[gene_ids, "gene_symbol"].astype(str).values
+    var["feature_space"] = genes_df.loc[gene_ids, "feature_space"].astype(str).values
+    adata.var = var
+    adata.uns["moaspace"] = {
+        "prepare": {
+            "version": __version__,
+            "config": json.loads(json.dumps(asdict(config))),
+            "files": {
+                "gctx": str(gctx), "siginfo": str(siginfo or ""),
+                "geneinfo": str(geneinfo or ""),
+                "compoundinfo": str(compoundinfo) if compoundinfo else "",
+                "moa_labels": str(moa_labels) if moa_labels else "",
+            },
+            # a table (not a list of dicts) so that it survives the .h5ad round trip
+            "filters": pd.DataFrame(log.steps).astype({"step": str}),
+        }
+    }
+    return adata
+
+
+def _check_signature_ids(matrix, sig: pd.DataFrame, siginfo, gctx: Path) -> None:
+    """Every signature id of the matrix, once, in siginfo."""
+    matrix_sigs = matrix.signatures
     if len(matrix_sigs) == 0:
         raise InputError(f"{gctx}: the matrix has no signatures")
     if matrix_sigs.has_duplicates:
@@ -183,7 +282,7 @@ def prepare(
         )
     unknown = matrix_sigs.difference(sig.index)
     if len(unknown):
-        overlap_rows = row_meta.index.isin(sig.index).sum()
+        overlap_rows = matrix.genes.isin(sig.index).sum()
         hint = (
             " (the matrix's row ids are signature ids: rows and columns look swapped)"
             if overlap_rows else ""
@@ -192,10 +291,13 @@ def prepare(
             f"{gctx}: {len(unknown)} of {len(matrix_sigs)} signature ids in the matrix are "
             f"not in {siginfo}: {preview(unknown)}{hint}"
         )
-    # genes first: a matrix keyed by symbols should fail before any filtering
-    gene_ids = _select_genes(genes_df, row_meta.index, config.genes, gctx, geneinfo)
+
+
+def _filter_signatures(matrix, sig: pd.DataFrame, siginfo, config: PrepareConfig, gctx: Path
+                       ) -> tuple[pd.DataFrame, FilterLog]:
+    """Apply the type, quality, time and TAS filters to the matrix's signatures."""
+    matrix_sigs = matrix.signatures
     log = FilterLog()
-    is_cp = config.is_compound
     frame = sig.loc[matrix_sigs]
     log.record("signatures in matrix", sig, frame, moa=False)
 
@@ -230,61 +332,67 @@ def prepare(
         before = frame
         frame = frame[pd.to_numeric(frame["tas"], errors="coerce") >= config.min_tas]
         log.record(f"tas >= {config.min_tas}", before, frame, moa=False)
+    return frame.copy(), log
 
-    frame = frame.copy()
-    if "cmap_name" not in frame.columns and cinfo is not None:
-        names = cinfo.drop_duplicates("pert_id").set_index("pert_id")["cmap_name"]
-        frame["cmap_name"] = frame["pert_id"].map(names)
 
-    if is_cp:
-        if labels is not None:
-            moa_map = labels["moa"]
-            source = str(moa_labels)
+def _label_signatures(frame, sig, cinfo, labels, config, log, compoundinfo, moa_labels,
+                      siginfo) -> pd.DataFrame:
+    """MoA (compounds: with the per-compound and per-MoA filters) or target gene (knockdowns)."""
+    if "cmap_name" not in frame.columns:
+        if labels is not None and labels["cmap_name"].notna().any():
+            frame["cmap_name"] = frame["pert_id"].astype(str).map(labels["cmap_name"])
         elif cinfo is not None:
-            moa_map = _compound_moa(cinfo)["moa"]
-            source = f"{compoundinfo} (moa column)"
-        else:
-            raise InputError("compounds need MoA labels: pass moa_labels or compoundinfo")
-        if labels is not None:
-            unknown_ids = labels.index.difference(sig["pert_id"].astype(str).unique())
-            if len(unknown_ids) == len(labels):
-                raise InputError(
-                    f"{moa_labels}: none of its {len(labels)} compound ids are pert_ids of "
-                    f"{siginfo} (e.g. {preview(labels.index, 5)})"
-                )
-            if len(unknown_ids):
-                logger.info("%d compounds of the MoA table have no signatures", len(unknown_ids))
-        frame["moa"] = frame["pert_id"].astype(str).map(moa_map)
-        before = frame
-        frame = frame[frame["moa"].notna()]
-        log.record(f"compound has a MoA ({Path(source).name})", before, frame, moa=True)
-
-        before = frame
-        counts = frame["pert_id"].value_counts()
-        keep = counts.index[counts >= config.min_sigs_per_compound]
-        frame = frame[frame["pert_id"].isin(keep)]
-        log.record(f">= {config.min_sigs_per_compound} signatures per compound", before, frame,
-                   moa=True)
-
-        before = frame
-        per_moa = frame.groupby("moa")["pert_id"].nunique()
-        keep_moa = per_moa.index[per_moa >= config.min_compounds_per_moa]
-        frame = frame[frame["moa"].isin(keep_moa)]
-        log.record(f">= {config.min_compounds_per_moa} compounds per MoA", before, frame, moa=True)
-        if frame["moa"].nunique() < 2:
-            raise InputError(
-                f"only one MoA ({frame['moa'].iloc[0]!r}) left after filtering: a classifier "
-                "needs at least two; lower --min-compounds-per-moa or check the MoA table"
-            )
-    else:
+            names = cinfo.drop_duplicates("pert_id").set_index("pert_id")["cmap_name"]
+            frame["cmap_name"] = frame["pert_id"].map(names)
+    if not config.is_compound:
         # knockdowns: the knocked-down gene is the perturbagen name
         target = frame["cmap_name"] if "cmap_name" in frame.columns else frame["pert_id"]
         frame["target_gene"] = target.astype(str)
         frame["moa"] = pd.NA
+        return frame
+    if labels is not None:
+        moa_map = labels["moa"]
+        source = str(moa_labels)
+    elif cinfo is not None:
+        moa_map = _compound_moa(cinfo)["moa"]
+        source = f"{compoundinfo} (moa column)"
+    else:
+        raise InputError("compounds need MoA labels: pass moa_labels or compoundinfo")
+    if labels is not None:
+        unknown_ids = labels.index.difference(sig["pert_id"].astype(str).unique())
+        if len(unknown_ids) == len(labels):
+            raise InputError(
+                f"{moa_labels}: none of its {len(labels)} compound ids are pert_ids of "
+                f"{siginfo} (e.g. {preview(labels.index, 5)})"
+            )
+        if len(unknown_ids):
+            logger.info("%d compounds of the MoA table have no signatures", len(unknown_ids))
+    frame["moa"] = frame["pert_id"].astype(str).map(moa_map)
+    before = frame
+    frame = frame[frame["moa"].notna()]
+    log.record(f"compound has a MoA ({Path(source).name})", before, frame, moa=True)
 
-    logger.info("reading %d signatures x %d genes from %s", len(frame), len(gene_ids), gctx)
-    adata = _read_gctx(gctx, rids=gene_ids, cids=frame.index.tolist(), progress=progress)
+    before = frame
+    counts = frame["pert_id"].value_counts()
+    keep = counts.index[counts >= config.min_sigs_per_compound]
+    frame = frame[frame["pert_id"].isin(keep)]
+    log.record(f">= {config.min_sigs_per_compound} signatures per compound", before, frame,
+               moa=True)
 
+    before = frame
+    per_moa = frame.groupby("moa")["pert_id"].nunique()
+    keep_moa = per_moa.index[per_moa >= config.min_compounds_per_moa]
+    frame = frame[frame["moa"].isin(keep_moa)]
+    log.record(f">= {config.min_compounds_per_moa} compounds per MoA", before, frame, moa=True)
+    if frame["moa"].nunique() < 2:
+        raise InputError(
+            f"only one MoA ({frame['moa'].iloc[0]!r}) left after filtering: a classifier "
+            "needs at least two; lower --min-compounds-per-moa or check the MoA table"
+        )
+    return frame
+
+
+def _obs_frame(frame: pd.DataFrame) -> pd.DataFrame:
     obs = pd.DataFrame(index=frame.index)
     for column in OBS_COLUMNS:
         if column in frame.columns:
@@ -295,25 +403,7 @@ def prepare(
     for column in obs.columns:
         if obs[column].dtype == object:
             obs[column] = obs[column].astype("string").fillna("").astype(str)
-    adata.obs = obs
-    var = pd.DataFrame(index=pd.Index(gene_ids))
-    var["gene_symbol"] = genes_df.loc[gene_ids, "gene_symbol"].astype(str).values
-    var["feature_space"] = genes_df.loc[gene_ids, "feature_space"].astype(str).values
-    adata.var = var
-    adata.uns["moaspace"] = {
-        "prepare": {
-            "version": __version__,
-            "config": json.loads(json.dumps(asdict(config))),
-            "files": {
-                "gctx": str(gctx), "siginfo": str(siginfo), "geneinfo": str(geneinfo),
-                "compoundinfo": str(compoundinfo) if compoundinfo else "",
-                "moa_labels": str(moa_labels) if moa_labels else "",
-            },
-            # a table (not a list of dicts) so that it survives the .h5ad round trip
-            "filters": pd.DataFrame(log.steps).astype({"step": str}),
-        }
-    }
-    return adata
+    return obs
 
 
 def write_h5ad(adata: ad.AnnData, path: str | os.PathLike, compression: str | None = None) -> Path:

@@ -2,12 +2,19 @@
 
 Accepted: CSV/TSV or the original ``.xlsx`` (whose first row is a title, so
 the header is found automatically). Column names are matched case-insensitively
-among common spellings: ``pert_id``/``BRD-ID`` for the compound, ``moa``/``MOA``
-for the mechanism, ``cmap_name``/``Drug name`` for the name (optional).
+among common spellings: ``pert_id``/``BRD-ID``/``drugbank_id`` for the compound,
+``moa``/``MOA`` for the mechanism, ``cmap_name``/``Drug name`` for the name
+(optional).
+
+A MoA cell holding several mechanisms separated by ``|`` (the Drug Repurposing
+Hub's convention, e.g. ``"EGFR inhibitor|HER2 inhibitor"``) gives the compound
+no single label: such compounds are dropped with a log line, as are compounds
+with several MoAs in compoundinfo.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pandas as pd
@@ -15,7 +22,10 @@ import pandas as pd
 from .._utils import preview, require_file
 from ..errors import InputError
 
-ID_COLUMNS = ("pert_id", "brd-id", "brd_id", "brd id", "broad_id", "compound_id")
+logger = logging.getLogger(__name__)
+
+ID_COLUMNS = ("pert_id", "brd-id", "brd_id", "brd id", "broad_id", "compound_id",
+              "drugbank_id", "perturbagen", "compound")
 MOA_COLUMNS = ("moa", "mechanism", "mechanism_of_action")
 NAME_COLUMNS = ("cmap_name", "drug name", "drug_name", "pert_iname", "name")
 
@@ -72,8 +82,14 @@ def read_moa_table(path: str | os.PathLike) -> pd.DataFrame:
     )
     out = out.dropna(subset=["pert_id", "moa"])
     out = out[(out["pert_id"] != "") & (out["moa"] != "")]
+    multi = out["moa"].str.contains("|", regex=False)
+    if multi.any():
+        logger.info("%s: %d compounds with several '|'-separated MoAs dropped (no single label), "
+                    "e.g. %s", path, int(multi.sum()), preview(out.loc[multi, "pert_id"], 3))
+        out = out[~multi]
     if out.empty:
-        raise InputError(f"{path}: MoA table has no rows with both a compound id and a MoA")
+        raise InputError(f"{path}: MoA table has no rows with both a compound id and a "
+                         "single MoA")
     out = out.drop_duplicates(subset=["pert_id", "moa"])
     conflict = out["pert_id"][out["pert_id"].duplicated()]
     if len(conflict):
