@@ -10,6 +10,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from _synthetic import make_synthetic
@@ -492,7 +493,7 @@ def test_predict_uses_the_forced_calibration_method(openset_run, method, predict
             scores = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes))
             layer, centres = z, prototypes(ref_z, ref_moa, classes)[0]
         else:
-            layer, centres = model.embed(test, layer="hidden"), model.hidden_prototypes
+            layer, centres = model.embed(test, layer="prototype"), model.hidden_prototypes
             scores = prototype_scores(layer, centres)
         np.testing.assert_allclose(pred.obsm["moa_scores"], scores, atol=1e-5)
         feats = confidence_features(scores, layer, centres, sims, idx, codes, wide_k=cal.wide_k)
@@ -822,11 +823,17 @@ def test_hidden_prototype_scores_by_hand():
 
     centres_z = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     z = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)
-    hidden_centres = np.array([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # not unit: normalised
-    hidden = np.array([[1.0, 0.0, 1.0], [0.0, 5.0, 0.0]])
+    hidden_centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    hidden = np.array([[1.0, 0.0, 1.0], [0.0, 5.0, 0.0]])  # not unit: normalised
     s = openset_scores(z, centres=centres_z, reference=centres_z, k=1, hidden=hidden,
                        hidden_centres=hidden_centres)
     np.testing.assert_allclose(s["hidden_prototype"], [1 - 1 / np.sqrt(2), 0.0], atol=1e-6)
+    # prototypes are used as given: those of a prototype layer with a linear view carry
+    # their discriminant's bias and are not unit vectors (moaspace.model.prototypes)
+    scaled = openset_scores(z, centres=centres_z, reference=centres_z, k=1, hidden=hidden,
+                            hidden_centres=2 * hidden_centres)
+    np.testing.assert_allclose(scaled["hidden_prototype"], [1 - 2 / np.sqrt(2), -1.0],
+                               atol=1e-6)
     assert "hidden_prototype" not in openset_scores(z, centres=centres_z, reference=centres_z,
                                                     k=1)
     # leave-own-MoA-out: row 0 (MoA 0) only has MoA 1's hidden prototype left (cosine 0)
@@ -866,11 +873,25 @@ def test_model_hidden_prototypes_and_the_hidden_unknown_score(openset_run, tmp_p
     from moaspace.tl.predict import prototypes
 
     root, model, adata, test = openset_run
-    train = adata[adata.obs["split"] == "train"]
-    expected, _ = prototypes(model.embed(train, layer="hidden"),
-                             train.obs["moa"].astype(str), model.moas)
+    # by hand: the prototype layer stacks the hidden layer's unit MoA centres and the
+    # sphere-centroid discriminant of the whitened signatures (moaspace.model.prototypes),
+    # over the training and validation rows, with the view weights fitted in training
+    fit = adata[adata.obs["split"].isin(["train", "val"])]
+    centres, _ = prototypes(model.embed(fit, layer="hidden"), fit.obs["moa"].astype(str),
+                            model.moas)
+    enc = model.net.encoder
+    x = torch.as_tensor(model.align_genes(fit))
+    with torch.no_grad():
+        w = torch.nn.functional.normalize(enc.whiten(enc._clip(x)), dim=1).numpy()
+    labels = fit.obs["moa"].astype(str).to_numpy()
+    means = np.stack([w[labels == m].mean(axis=0) for m in model.moas])
+    a_h, a_w = (float(v) for v in enc.view_weights)
+    assert a_h > 0 and a_w > 0 and a_h + 2 * a_w == pytest.approx(1.0)
+    expected = np.hstack([np.sqrt(a_h) * centres, np.sqrt(a_w) * means,
+                          -np.sqrt(a_w) * 0.5 * (means ** 2).sum(axis=1, keepdims=True)])
     np.testing.assert_allclose(model.hidden_prototypes, expected, atol=1e-5)
-    assert model.hidden_prototypes.shape == (len(model.moas), TINY["hidden_dims"][-1])
+    assert model.hidden_prototypes.shape == (len(model.moas),
+                                             TINY["hidden_dims"][-1] + adata.n_vars + 1)
     loaded = MoaModel.load(root / "model")
     np.testing.assert_array_equal(loaded.hidden_prototypes, model.hidden_prototypes)
     # compared on validation with the others, whichever was chosen
@@ -880,8 +901,8 @@ def test_model_hidden_prototypes_and_the_hidden_unknown_score(openset_run, tmp_p
         cal = model.calibrate(adata, score="hidden_prototype")
         assert cal.score == "hidden_prototype"
         pred = predict(model, test, compound_key=None)
-        h = model.embed(test, layer="hidden")
-        h /= np.linalg.norm(h, axis=1, keepdims=True)
+        h = model.embed(test, layer="prototype")
+        np.testing.assert_allclose(np.linalg.norm(h, axis=1), 1.0, atol=1e-5)
         want = 1 - (h @ model.hidden_prototypes.T).max(axis=1)
         np.testing.assert_allclose(pred.obs["moa_unknown_score"], want, atol=1e-5)
         flagged = want > cal.threshold

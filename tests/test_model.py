@@ -85,13 +85,32 @@ def test_training_keeps_averaged_best_weights_and_reference(trained, adata):
     # default: the weights kept are the mean of the 5 best epochs, scored once more
     assert trained.config.average_best == 5
     assert trained.train_info["averaged_epochs"] == _top_epochs(h, 5)
-    assert _val_f1(trained, adata) == pytest.approx(trained.train_info["final_val_f1"], abs=1e-9)
     assert trained.train_info["final_val_f1"] > 0.5
+    # the network kept is the input candidate whose prototype predictor validated best
+    scores = trained.train_info["input_candidates"]
+    assert set(scores) == {"off", "on"}
+    assert scores[trained.train_info["input_whitening"]] == max(scores.values())
+    assert trained.config.input_whitening == trained.train_info["input_whitening"]
     ref = trained.reference
     assert ref.n_obs == int((adata.obs["split"] == "train").sum())
     assert set(ref.obs["pert_id"]) == set(trained.compounds)
     np.testing.assert_allclose(np.linalg.norm(ref.X, axis=1), 1.0, atol=1e-5)
     assert {"moa", "pert_id", "cell_iname"} <= set(ref.obs.columns)
+
+
+def test_predict_scores_what_the_candidate_choice_scored(adata):
+    """With the prototypes left on the training rows, `predict` on the validation rows
+    reproduces the validation macro-F1 that chose the kept network; with the default
+    refit on train + val the validation rows are in the prototypes (in-sample)."""
+    model = MoaModel(adata, **TINY, refit_prototypes=False)
+    model.train(max_epochs=4, seed=0, **TRAIN)
+    kept = model.train_info["input_candidates"][model.train_info["input_whitening"]]
+    assert _val_f1(model, adata) == pytest.approx(kept, abs=1e-9)
+    assert "prototype_rows" not in model.train_info
+    refit = MoaModel(adata, **TINY)
+    refit.train(max_epochs=4, seed=0, **TRAIN)
+    assert refit.train_info["prototype_rows"] == "train+val"
+    assert not np.allclose(refit.hidden_prototypes, model.hidden_prototypes)
 
 
 class _EveryEpochState(L.Callback):
@@ -110,7 +129,9 @@ def test_final_weights_are_the_mean_of_the_best_epochs(adata, average_best):
     epochs with the best validation F1 (integer buffers from the best one); k=1 restores
     the best epoch itself, not the last."""
     every = _EveryEpochState()
-    model = MoaModel(adata, **TINY, average_best=average_best)
+    # one network (raw input, hidden-layer prototypes): the callback sees one run
+    model = MoaModel(adata, **TINY, average_best=average_best, input_whitening="off",
+                     linear_view_weight=0.0, refit_prototypes=False)
     out = model.train(max_epochs=6, seed=0, callbacks=[every], **TRAIN)
     assert len(every.states) == 6
     epochs = _top_epochs(model.history, average_best)
@@ -385,7 +406,7 @@ def test_ddp_two_cpu_processes(adata, strategy):
     """
     single = MoaModel(adata, **TINY)
     single.train(max_epochs=6, seed=0, **TRAIN)
-    ddp = MoaModel(adata, **TINY)
+    ddp = MoaModel(adata, **TINY, refit_prototypes=False)
     out = ddp.train(max_epochs=6, seed=0, devices=2, strategy=strategy,
                     **{**TRAIN, "batch_size": 32})  # 2 x 32 = the single run's 64
     assert ddp.train_info["world_size"] == 2
@@ -393,20 +414,22 @@ def test_ddp_two_cpu_processes(adata, strategy):
     # the weights that came back are those kept (the mean of the best epochs, averaged
     # in the workers): recomputing the score agrees
     assert ddp.train_info["averaged_epochs"] == _top_epochs(ddp.history, 5)
-    assert _val_f1(ddp, adata) == pytest.approx(ddp.train_info["final_val_f1"], abs=1e-9)
+    kept = ddp.train_info["input_candidates"][ddp.train_info["input_whitening"]]
+    assert _val_f1(ddp, adata) == pytest.approx(kept, abs=1e-9)
     assert ddp.best_val_f1 > 0.5
     assert abs(ddp.best_val_f1 - single.best_val_f1) < 0.2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_mixed_precision(adata, tmp_path):
-    model = MoaModel(adata, **TINY)
+    model = MoaModel(adata, **TINY, refit_prototypes=False)
     out = model.train(max_epochs=6, seed=0, batch_size=64, progress_bar=False,
                       accelerator="gpu", devices=1, model_dir=tmp_path)
     assert model.train_info["precision"] == "16-mixed"
     assert out["best_val_f1"] > 0.5
     # weights come back to the CPU; the fp32 CPU score matches the GPU-time score
-    assert _val_f1(model, adata) == pytest.approx(out["final_val_f1"], abs=0.03)
+    kept = model.train_info["input_candidates"][model.train_info["input_whitening"]]
+    assert _val_f1(model, adata) == pytest.approx(kept, abs=0.03)
     model.save(tmp_path)
     np.testing.assert_array_equal(MoaModel.load(tmp_path).embed(adata), model.embed(adata))
 
@@ -506,3 +529,28 @@ def test_compound_loss_builds_the_compound_level():
     (map_dual, own_dual), (map_moa, own_moa) = found["dual_arcface"], found["arcface_moa"]
     assert map_dual > map_moa + 0.02, found
     assert own_dual > own_moa + 0.05, found
+
+
+def test_one_signature_per_compound_switches_the_compound_loss_off(tmp_path, caplog):
+    """Consensus-like data: the compound loss could only tell each training signature
+    from all others, so it is off (with a log line), and config.json says so."""
+    adata = make_synthetic(n_moas=5, compounds_per_moa=12, cells=("A549",),
+                           sigs_per_compound_cell=1, seed=3)
+    adata = split(adata, "compound", seed=0)
+    assert adata.obs["pert_id"].value_counts().max() == 1
+    model = MoaModel(adata, **TINY)
+    with caplog.at_level(logging.INFO, logger="moaspace"):
+        model.train(max_epochs=3, seed=0, **TRAIN)
+    assert "compound loss has nothing to learn" in caplog.text
+    assert model.config.loss == "arcface_moa" and model.net.compound_head is None
+    model.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"]["loss"] == "arcface_moa"
+    assert config["train"]["compound_loss"].startswith("off")
+    assert set(config["train"]["input_candidates"]) == {"off", "on"}
+    loaded = MoaModel.load(tmp_path)
+    np.testing.assert_array_equal(loaded.embed(adata), model.embed(adata))
+    # several signatures per compound: the compound loss stays on
+    multi = MoaModel(_data(), **TINY)
+    multi.train(max_epochs=1, seed=0, **TRAIN)
+    assert multi.config.loss == "dual_arcface" and "compound_loss" not in multi.train_info

@@ -371,6 +371,31 @@ def test_compound_series_share_a_direction_and_leave_defaults_alone():
             assert diff > gap
 
 
+def test_correlated_noise_regime_adds_module_structure_and_leaves_defaults_alone():
+    base = dict(seed=3, n_compounds=120, n_moas=5, n_cells=4, sigs_per_compound=(8, 12),
+                n_null_knockdowns=0)
+    plain, _ = simulate_adata(SimulationConfig(**base))
+    again, _ = simulate_adata(SimulationConfig(**base, module_noise=2.0))  # no modules: off
+    np.testing.assert_array_equal(plain.X, again.X)
+    corr, _ = simulate_adata(SimulationConfig(**base, noise_modules=10, module_noise=1.5,
+                                              saturation=3.0))
+    assert corr.obs_names.equals(plain.obs_names)
+    assert (corr.obs["moa"] == plain.obs["moa"]).all()
+
+    def top_share(adata):
+        """Share of the within-compound variance in its 10 largest components."""
+        x = pd.DataFrame(np.asarray(adata.X), index=adata.obs["pert_id"].to_numpy())
+        resid = (x - x.groupby(level=0).transform("mean")).to_numpy()
+        s = np.linalg.svd(resid, compute_uv=False) ** 2
+        return s[:10].sum() / s.sum()
+
+    # module activity varies within a compound and across genes together: noise that is
+    # no longer near-isotropic
+    assert top_share(corr) > 1.5 * top_share(plain)
+    with pytest.raises(InputError, match="saturation must be > 0"):
+        SimulationConfig(saturation=0.0)
+
+
 # --------------------------------------------------------------------------- planted truth
 
 

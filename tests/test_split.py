@@ -9,7 +9,7 @@ import pytest
 
 from _synthetic import make_synthetic
 from moaspace.data.prepare import read_h5ad, write_h5ad
-from moaspace.data.split import check_split, split
+from moaspace.data.split import check_split, cv_folds, split
 from moaspace.errors import InputError, MoaspaceError
 
 
@@ -168,3 +168,27 @@ def test_split_survives_h5ad_round_trip(adata, tmp_path):
     back = read_h5ad(path)
     assert (back.obs["split"].astype(str) == adata.obs["split"].astype(str)).all()
     assert list(back.uns["moaspace"]["split"]["holdout_cells"]) == ["A549"]
+
+
+def test_cv_folds_test_every_compound_once_without_leaks(adata):
+    folds = cv_folds(adata, 4, seed=1)
+    assert len(folds) == 4
+    pert = adata.obs["pert_id"].astype(str).to_numpy()
+    moa = adata.obs["moa"].astype(str).to_numpy()
+    tested = np.zeros(adata.n_obs, dtype=int)
+    for labels in folds:
+        assert set(labels) == {"train", "val", "test"}
+        tested += labels == "test"
+        parts = {p: set(pert[labels == p]) for p in ("train", "val", "test")}
+        assert not (parts["train"] & parts["test"]) and not (parts["val"] & parts["test"])
+        assert not parts["train"] & parts["val"]
+        # stratified: every MoA is in each test fold and keeps training compounds
+        assert set(moa[labels == "test"]) == set(moa) == set(moa[labels == "train"])
+    assert (tested == 1).all()  # each signature (so each compound) is tested exactly once
+    again = cv_folds(adata[::-1].copy(), 4, seed=1)  # row order does not matter
+    order = np.argsort(adata[::-1].obs_names)
+    for a, b in zip(folds, again, strict=True):
+        np.testing.assert_array_equal(a[np.argsort(adata.obs_names)], b[order])
+    assert any((a != b).any() for a, b in zip(folds, cv_folds(adata, 4, seed=2), strict=True))
+    with pytest.raises(InputError, match="at least 2 folds"):
+        cv_folds(adata, 1)

@@ -104,10 +104,16 @@ def _floats(text: str | None, what: str) -> list[float] | None:
 @app.command()
 @handle_errors
 def prepare(
-    gctx: Annotated[Path, typer.Option(help="Level-5 .gctx (e.g. level5_beta_trt_cp_*.gctx).")],
-    siginfo: Annotated[Path, typer.Option(help="siginfo_beta.txt")],
-    geneinfo: Annotated[Path, typer.Option(help="geneinfo_beta.txt")],
+    gctx: Annotated[Path, typer.Option(
+        "--gctx", "--matrix",
+        help="Signature matrix: level-5 .gctx (streamed), or GCT 1.2/1.3, .tsv, .csv text "
+             "(optionally .gz; genes in rows or columns, Entrez ids).")],
     out: Annotated[Path, typer.Option(help="Output .h5ad (written atomically).")],
+    siginfo: Annotated[Path | None, typer.Option(
+        help="siginfo_beta.txt. Without it every matrix signature is one compound (e.g. "
+             "consensus signatures) whose id is looked up in the MoA table.")] = None,
+    geneinfo: Annotated[Path | None, typer.Option(
+        help="geneinfo_beta.txt (default: the bundled 978 landmark genes).")] = None,
     compoundinfo: Annotated[
         Path | None, typer.Option(help="compoundinfo_beta.txt (MoA fallback, targets).")
     ] = None,
@@ -133,6 +139,11 @@ def prepare(
         moaspace prepare --gctx level5_beta_trt_cp.gctx --siginfo siginfo_beta.txt
         --geneinfo geneinfo_beta.txt --compoundinfo compoundinfo_beta.txt
         --moa-labels moa_labels.csv --out data.h5ad
+
+    One signature per compound (a matrix and a MoA table, no siginfo):
+
+        moaspace prepare --matrix consensi.tsv.gz --moa-labels moa.tsv
+        --min-sigs-per-compound 1 --min-compounds-per-moa 5 --out real.h5ad
     """
     from .data.prepare import PrepareConfig, write_h5ad
     from .data.prepare import prepare as run_prepare
@@ -178,18 +189,31 @@ def simulate(
              "direction (0: none, the default).")] = 0,
     series_weight: Annotated[float, typer.Option(
         help="Share of a compound's off-MoA direction common to its series.")] = 0.6,
+    noise_modules: Annotated[int, typer.Option(
+        help="Correlated-noise regime: co-regulated gene modules whose activity varies "
+             "from signature to signature (0: off, the default world).", min=0)] = 0,
+    module_noise: Annotated[float, typer.Option(
+        help="Per-gene RMS (z-score units) of the module noise.", min=0.0)] = 0.5,
+    saturation: Annotated[float | None, typer.Option(
+        help="Saturating responses: response -> S * tanh(response / S) (default: off).")
+    ] = None,
 ) -> None:
     """Write a simulated LINCS beta release (gctx, siginfo, geneinfo, ...) with truth.json.
 
     Example:
 
         moaspace simulate --out sim --seed 0
+
+    The correlated-noise regime (docs/simulator.md):
+
+        moaspace simulate --out sim_corr --seed 0 --noise-modules 20 --saturation 3
     """
     from .data.simulate import SimulationConfig
     from .data.simulate import simulate as run_simulate
 
     kwargs = {"seed": seed, "genes": genes, "compound_series": compound_series,
-              "series_weight": series_weight}
+              "series_weight": series_weight, "noise_modules": noise_modules,
+              "module_noise": module_noise, "saturation": saturation}
     if n_compounds is not None:
         kwargs["n_compounds"] = n_compounds
     if n_cells is not None:
@@ -292,6 +316,15 @@ def train(
         float | None, typer.Option(help="Weight of the compound ArcFace loss next to the MoA "
                                         "loss (default: the model's, 1.0).", min=0.0)
     ] = None,
+    input_whitening: Annotated[
+        str, typer.Option(help="auto: train on the raw and on the within-class whitened "
+                               "signatures and keep the network that validates best; on | off.")
+    ] = "auto",
+    linear_view_weight: Annotated[
+        float, typer.Option(help="Weight of the whitened-signature centroid score next to the "
+                                 "hidden layer's in the MoA prototypes (0: hidden layer only).",
+                            min=0.0, max=1.0)
+    ] = 0.5,
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",
     strategy: Annotated[str, typer.Option(help="auto | ddp | ddp_spawn ...")] = "auto",
@@ -327,7 +360,11 @@ def train(
     elif genes not in (None, "all"):
         raise typer.BadParameter("--genes must be 'landmark' or 'all'")
     extra = {} if compound_weight is None else {"compound_weight": compound_weight}
-    model = MoaModel(adata, loss=loss, predictor=predictor, average_best=average_best, **extra)
+    if input_whitening not in ("auto", "on", "off"):
+        raise typer.BadParameter("--input-whitening must be auto, on or off")
+    model = MoaModel(adata, loss=loss, predictor=predictor, average_best=average_best,
+                     input_whitening=input_whitening, linear_view_weight=linear_view_weight,
+                     **extra)
     model.train(max_epochs=max_epochs, batch_size=batch_size, seed=seed, resume=resume,
                 model_dir=out, patience=patience, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
@@ -551,12 +588,22 @@ def benchmark(
                                         "model's, 1.0); the other methods are unchanged.",
                                    min=0.0)
     ] = None,
+    cv: Annotated[
+        int | None, typer.Option(help="K-fold cross-validation over compounds (stratified by "
+                                      "MoA, validation from the training folds, every "
+                                      "compound tested once, metrics pooled over the folds) "
+                                      "instead of --scheme; repeated for each seed.", min=2)
+    ] = None,
 ) -> None:
     """Our model and all baselines on the same splits and seeds.
 
     Example:
 
         moaspace benchmark data.h5ad --out bench --scheme compound,cell --seeds 0,1,2
+
+    Small data sets (hundreds of compounds): 5-fold cross-validation, three fold seeds:
+
+        moaspace benchmark real.h5ad --out bench --cv 5 --seeds 0,1,2
     """
     from .tl.benchmark import METHODS, run_benchmark, write_benchmark
 
@@ -568,12 +615,18 @@ def benchmark(
     adata = _load_h5ad(data)
     model_kwargs = None if compound_weight is None else {"compound_weight": compound_weight}
     records = []
-    for sch in [s.strip() for s in scheme.split(",") if s.strip()]:
+    schemes = [s.strip() for s in scheme.split(",") if s.strip()] if cv is None else ["cv"]
+    for sch in schemes:
         records += run_benchmark(adata, scheme=sch, seeds=seed_list, methods=method_list,
                                  holdout_cells=holdout_cells, max_epochs=max_epochs,
-                                 model_kwargs=model_kwargs, progress=not _state["quiet"])
+                                 model_kwargs=model_kwargs, cv=cv,
+                                 progress=not _state["quiet"])
+    from . import __version__
+
     meta = {"command": " ".join(sys.argv), "data": str(data), "seeds": seed_list,
-            "max_epochs": max_epochs}
+            "max_epochs": max_epochs, "moaspace_version": __version__}
+    if cv is not None:
+        meta["cv_folds"] = cv
     if model_kwargs:
         meta["moaspace_options"] = model_kwargs
     write_benchmark(records, out, meta)

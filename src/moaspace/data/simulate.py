@@ -135,6 +135,7 @@ _CLIP = 10.0
 # component tags of the random streams
 _S_PATHWAY, _S_MOA, _S_CPD, _S_CELL, _S_DESIGN, _S_KD, _S_TECH, _S_INFER = range(1, 9)
 _S_BLOCK_CP, _S_BLOCK_KD, _S_XI, _S_KDXI, _S_IDS, _S_CHEM, _S_SERIES = range(11, 18)
+_S_MODULES, _S_MODULE_NOISE = 18, 19
 
 STRENGTH = {"strong": 1.0, "medium": 0.68, "weak": 0.38}
 P_INACTIVE = {"strong": 0.10, "medium": 0.22, "weak": 0.45}
@@ -547,6 +548,15 @@ class SimulationConfig:
     series and the rest its own. Off by default: then nothing below the MoA
     level is shared between compounds (``benchmarks/bench_predictors.py`` and the
     README measure what the compound loss does with and without series).
+
+    ``noise_modules`` > 0 adds the *correlated-noise regime* (off by default): that
+    many co-regulated gene modules (random sparse gene loadings) whose activity varies
+    from signature to signature independently of the compound (biological variation
+    that MODZ averaging of replicates does not remove), with a gain per cell line and
+    module; ``module_noise`` is its per-gene RMS in z-score units. ``saturation`` > 0
+    passes every response through ``saturation * tanh(response / saturation)``
+    (saturating responses). Both draw from their own random streams, so the default
+    world is unchanged. See ``docs/simulator.md``.
     """
 
     seed: int = 0
@@ -567,6 +577,9 @@ class SimulationConfig:
     interaction: float = 0.7
     compound_series: int = 0
     series_weight: float = 0.6
+    noise_modules: int = 0
+    module_noise: float = 0.5
+    saturation: float | None = None
     hiq_min_cc: float = 0.1
     min_pathway_genes: int = 10
     max_pathway_genes: int = 120
@@ -614,6 +627,11 @@ class SimulationConfig:
             raise InputError(f"compound_series must be >= 0, got {self.compound_series}")
         if not 0 <= self.series_weight <= 1:
             raise InputError(f"series_weight must be in [0, 1], got {self.series_weight}")
+        if self.noise_modules < 0 or self.module_noise < 0:
+            raise InputError(f"noise_modules and module_noise must be >= 0, got "
+                             f"{self.noise_modules}, {self.module_noise}")
+        if self.saturation is not None and self.saturation <= 0:
+            raise InputError(f"saturation must be > 0 (or None: off), got {self.saturation}")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -706,6 +724,8 @@ class _World:
     plates: list[str] = field(default_factory=list)
     plate_effect: np.ndarray | None = None
     plate_quality: np.ndarray | None = None
+    modules: np.ndarray | None = None  # (n_modules, n_lm) unit loadings, correlated regime
+    module_cell_gain: np.ndarray | None = None  # (n_cells, n_modules)
 
 
 def _genes(cfg: SimulationConfig, gmt: dict[str, list[str]]):
@@ -880,10 +900,23 @@ def _build_world(cfg: SimulationConfig) -> _World:
         guide_seed=guide_seed,
         tech_factors=tech,
     )
+    if cfg.noise_modules > 0:
+        world.modules, world.module_cell_gain = _noise_modules(cfg, n_lm, n_cells)
     if cfg.genes == "all":
         world.infer_w, world.infer_r2 = _inference_weights(cfg, world, gmt)
     _design(world)
     return world
+
+
+def _noise_modules(cfg: SimulationConfig, n_lm: int, n_cells: int):
+    """Co-regulated gene modules of the correlated-noise regime: sparse unit loadings
+    (each gene in a module with probability 8%, random signs and sizes) and a
+    log-normal gain per cell line and module."""
+    rng = _rng(cfg.seed, _S_MODULES)
+    mask = rng.random((cfg.noise_modules, n_lm)) < 0.08
+    loadings = rng.standard_normal((cfg.noise_modules, n_lm)) * mask
+    gain = np.exp(rng.normal(0, 0.5, (n_cells, cfg.noise_modules)))
+    return _unit(loadings), gain
 
 
 def _choose_cells(cfg: SimulationConfig) -> list[str]:
@@ -1365,6 +1398,8 @@ def _block(world: _World, kind: str, b: int) -> tuple[np.ndarray, dict[str, np.n
     direction = _pair_directions(world, kind, ent, cell, extra_ent)
     generic = (cyto * wgen * world.cell_generic[cell])[:, None] * world.generic[None, :]
     signal = (amp[:, None] * np.sqrt(n_lm)) * (direction + generic)
+    if cfg.saturation is not None:  # saturating responses (correlated regime)
+        signal = cfg.saturation * np.tanh(signal / cfg.saturation)
     if kind == "kd":  # the knocked-down transcript itself drops (CRISPR: partial, NMD)
         self_idx = world.kd_genes["self_index"].to_numpy()[ent]
         has = self_idx >= 0
@@ -1373,6 +1408,11 @@ def _block(world: _World, kind: str, b: int) -> tuple[np.ndarray, dict[str, np.n
             * world.guides["efficiency"].to_numpy()[rows["guide"].to_numpy()[has]]
         )
     shared = signal + world.cell_base[cell] + world.plate_effect[rows["plate_index"].to_numpy()]
+    if world.modules is not None:  # module activity of each signature (correlated regime)
+        mrng = _rng(cfg.seed, _S_MODULE_NOISE, 0 if kind == "cp" else 1, b)
+        activity = mrng.standard_normal((n, len(world.modules))) * world.module_cell_gain[cell]
+        scale = cfg.module_noise * np.sqrt(n_lm / len(world.modules))
+        shared = shared + scale * activity @ world.modules
     noise_sd = rows["noise"].to_numpy(dtype=np.float32)
     nsample = rows["nsample"].to_numpy()
     out = np.empty((n, n_lm), dtype=np.float32)

@@ -335,6 +335,56 @@ def split(
     return adata
 
 
+def cv_folds(
+    adata: ad.AnnData,
+    n_folds: int = 5,
+    *,
+    seed: int = 0,
+    val_size: float = 0.1,
+) -> list[np.ndarray]:
+    """Compound-grouped K-fold cross-validation, stratified by MoA.
+
+    Returns one label array (``train`` / ``val`` / ``test`` per signature) per fold:
+    the compounds are dealt to ``n_folds`` folds within each MoA (so every MoA is
+    spread over the folds), each fold is the test part once, and validation
+    compounds (``val_size`` of all compounds, stratified by MoA, at least one per
+    MoA with three or more training compounds) are carved from the other folds. Every
+    compound is tested exactly once; pooled over the folds, every signature gets a
+    prediction from a model that never saw its compound. Small data sets (hundreds of
+    compounds) need this: one 20% test split holds a handful of compounds per MoA.
+    Randomness comes only from ``seed``.
+    """
+    if n_folds < 2:
+        raise InputError(f"cross-validation needs at least 2 folds, got {n_folds}")
+    if not 0 <= val_size < 1 - 1 / n_folds:
+        raise InputError(f"val_size must be in [0, {1 - 1 / n_folds:.2f}), got {val_size}")
+    _require_columns(adata, ["pert_id", "moa"], f"cv{n_folds}")
+    moa_of = _compound_moa(adata.obs)
+    if len(moa_of) < n_folds:
+        raise InputError(f"{len(moa_of)} compounds cannot fill {n_folds} folds")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    offset = 0
+    # deal each MoA's shuffled compounds round-robin, continuing where the last MoA
+    # stopped, so folds get near-equal numbers of compounds
+    for _, members in sorted(moa_of.groupby(moa_of, observed=True).groups.items()):
+        ids = rng.permutation(np.array(sorted(map(str, members))))
+        for i, cpd in enumerate(ids):
+            fold_of[cpd] = (offset + i) % n_folds
+        offset += len(ids)
+    pert = adata.obs["pert_id"].astype(str).to_numpy()
+    fold = np.array([fold_of[p] for p in pert])
+    val_fraction = val_size / (1 - 1 / n_folds)
+    out = []
+    for k in range(n_folds):
+        labels = np.where(fold == k, "test", "train").astype(object)
+        train_cpds = moa_of[[fold_of[c] != k for c in moa_of.index]]
+        val_cpds = _stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
+        labels[(labels == "train") & np.isin(pert, list(val_cpds))] = "val"
+        out.append(labels)
+    return out
+
+
 def check_split(adata: ad.AnnData, key: str = "split") -> dict:
     """Return leakage counts between train(+val) and test: compounds and cells shared.
 

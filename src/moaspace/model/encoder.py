@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .whitening import InputWhitening
+
 
 class Encoder(nn.Module):
     """``n_genes -> hidden_dims... -> embedding_dim`` with ReLU, optional BN/dropout.
@@ -40,6 +42,13 @@ class Encoder(nn.Module):
     clip
         Clip input z-scores to ``[-clip, clip]`` (``None``: no clipping): a few
         extreme z-scores otherwise dominate the first layer.
+    whitening
+        Hold a fixed within-class whitening map of the input
+        (:class:`~moaspace.model.whitening.InputWhitening`, fitted by the model
+        before training) and the linear view it gives to the prototype layer.
+    whiten_input
+        Feed the whitened signature (clipped again at ``clip``) to the MLP instead
+        of the raw z-scores.
     """
 
     def __init__(
@@ -52,8 +61,18 @@ class Encoder(nn.Module):
         input_dropout: float = 0.0,
         input_noise: float = 0.0,
         clip: float | None = 10.0,
+        whitening: bool = False,
+        whiten_input: bool = False,
     ):
         super().__init__()
+        if whiten_input and not whitening:
+            raise ValueError("whiten_input needs whitening")
+        self.whiten = InputWhitening(int(n_genes)) if whitening else None
+        self.whiten_input = bool(whiten_input)
+        if whitening:
+            # prototype-layer weights of the hidden and the linear view (see prototype_features);
+            # (1, 0) until the model fits them: the prototype layer is then the hidden layer
+            self.register_buffer("view_weights", torch.tensor([1.0, 0.0]))
         self.n_genes = int(n_genes)
         self.embedding_dim = int(embedding_dim)
         self.input_noise = float(input_noise)
@@ -82,11 +101,43 @@ class Encoder(nn.Module):
         so the open-set score ``hidden_prototype`` reads it
         (:func:`moaspace.tl.calibrate.openset_scores`).
         """
-        if self.clip is not None:
-            x = x.clamp(-self.clip, self.clip)
+        x = self._clip(x)
+        if self.whiten_input:
+            x = self._clip(self.whiten(x))
         if self.training and self.input_noise > 0:
             x = x + self.input_noise * torch.randn_like(x)
         return self.body(self.input_dropout(x))
+
+    def _clip(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.clip is None else x.clamp(-self.clip, self.clip)
+
+    @property
+    def prototype_dim(self) -> int:
+        """Width of :meth:`prototype_features`."""
+        return self.hidden_dim + (self.n_genes + 1 if self.whiten is not None else 0)
+
+    def prototype_features(self, x: torch.Tensor, hidden: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+        """The layer the MoA prototypes live in: unit rows, one dot product per MoA.
+
+        Without whitening it is the normalised last hidden layer. With it, the
+        normalised hidden layer and the normalised whitened signature are stacked,
+        weighted by ``view_weights`` ``(a_h, a_w)``, plus a constant
+        ``sqrt(a_w)``: against a prototype ``[sqrt(a_h) c_h, sqrt(a_w) m, -sqrt(a_w)
+        |m|^2 / 2]`` the dot product is ``a_h cos(h, c_h) + a_w (w.m - |m|^2 / 2)``,
+        the hidden layer's cosine plus the nearest-centroid discriminant of the
+        whitened signature on the sphere (:mod:`moaspace.model.prototypes`).
+        ``a_h + 2 a_w = 1`` keeps every row at unit norm. ``hidden``: the activations
+        of ``x`` if already computed.
+        """
+        h = self.hidden(x) if hidden is None else hidden
+        h = F.normalize(h.float(), dim=1)
+        if self.whiten is None:
+            return h
+        a_h, a_w = self.view_weights.float().clamp_min(0).sqrt()
+        w = F.normalize(self.whiten(self._clip(x)).float(), dim=1)
+        ones = torch.ones((len(x), 1), dtype=w.dtype, device=w.device)
+        return torch.cat([a_h * h, a_w * w, a_w * ones], dim=1)
 
     def forward_raw(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding before normalisation (what a softmax classifier head sees)."""

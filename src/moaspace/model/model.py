@@ -42,14 +42,22 @@ from .data import InMemoryRows, RowSource, backed_rows
 from .module import (
     LOSSES,
     SAMPLING,
-    AtomicCheckpointIO,
-    LastCheckpoint,
     MoaModule,
     MoaNet,
     TrainData,
     embed_row_source,
     layer_widths,
+    macro_f1,
 )
+from .prototypes import (
+    ViewSums,
+    fit_view_weights,
+    stacked_prototypes,
+    unit_rows,
+    view_scores,
+)
+from .training import RunOptions, config_meta, fit_candidate, single_signature_compounds
+from .whitening import MAX_WHITENING_GENES, fit_whitening
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,8 @@ FORMAT_VERSION = 1
 MODEL_FILE, CONFIG_FILE, ATLAS_FILE = "model.pt", "config.json", "atlas.h5ad"
 CALIBRATION_FILE = "calibration.json"  # optional (moaspace.tl.calibrate); older dirs lack it
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
+#: networks ``input_whitening="auto"`` trains and chooses between: raw, then whitened input
+INPUT_CANDIDATES = ("off", "on")
 
 
 @dataclass
@@ -135,6 +145,10 @@ class ModelConfig:
     knn_k: int = 10
     predictor: str = "hidden_prototype"
     average_best: int = 5
+    input_whitening: str = "auto"
+    whitening_shrinkage: float = 0.5
+    linear_view_weight: float = 0.5
+    refit_prototypes: bool = True
     val_max_reference: int = 30_000
     val_max_queries: int = 20_000
     extra: dict = field(default_factory=dict)
@@ -151,6 +165,12 @@ class ModelConfig:
         if int(self.average_best) < 1:
             raise MoaspaceError(f"average_best must be >= 1, got {self.average_best}")
         self.average_best = int(self.average_best)
+        if self.input_whitening not in ("auto", "on", "off"):
+            raise MoaspaceError(f"input_whitening must be 'auto', 'on' or 'off', "
+                                f"got {self.input_whitening!r}")
+        for name in ("whitening_shrinkage", "linear_view_weight"):
+            if not 0 <= float(getattr(self, name)) <= 1:
+                raise MoaspaceError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.margin_mode not in ("fixed", "count"):
             raise MoaspaceError(f"margin_mode must be 'fixed' or 'count', got {self.margin_mode!r}")
         for name in ("moa_margin", "compound_margin"):
@@ -381,9 +401,12 @@ class MoaModel:
             val_idx=val_idx, val_ref_idx=ref_idx,
         )
 
-    def _build_net(self, moa_counts=None) -> MoaNet:
-        return MoaNet(len(self.genes), len(self.moas), len(self.compounds),
-                      self.config.to_dict(), moa_counts=moa_counts)
+    def _build_net(self, moa_counts=None, input_whitening: str | None = None) -> MoaNet:
+        config = self.config.to_dict()
+        if input_whitening is not None:  # a candidate of input_whitening="auto"
+            config["input_whitening"] = input_whitening
+        return MoaNet(len(self.genes), len(self.moas), len(self.compounds), config,
+                      moa_counts=moa_counts)
 
     # ------------------------------------------------------------------ train
     def train(
@@ -435,65 +458,104 @@ class MoaModel:
         averaged; empty when one epoch was kept) and ``final_val_f1`` (validation
         macro-F1 of the weights kept).
         """
-        import lightning as L
-
         if self.adata is None:
             raise MoaspaceError("this model was loaded without data; it can embed but not train")
         if max_epochs < 1 or batch_size < 2:
             raise MoaspaceError("max_epochs must be >= 1 and batch_size >= 2")
-        ckpt = Path(model_dir) / CHECKPOINT if model_dir is not None else None
-        if resume and ckpt is None:
+        if resume and model_dir is None:
             raise MoaspaceError("resume=True needs model_dir (where the checkpoints are)")
         use_cuda = accelerator in ("gpu", "cuda") or (
             accelerator == "auto" and torch.cuda.is_available()
         )
         if precision is None:
             precision = "16-mixed" if use_cuda else "32-true"
-        c = self.config
-        resume_from = None
-        if resume:
-            if ckpt.exists():
-                resume_from = self._check_checkpoint(ckpt)
-            else:
-                logger.warning("resume: no checkpoint at %s; training from scratch", ckpt)
-
         deterministic_before = torch.are_deterministic_algorithms_enabled()
-        with _quiet_lightning():
-            L.seed_everything(seed, workers=True, verbose=False)
-            data = self._training_data(seed)
-            moa_counts = np.bincount(data.moa[data.train_idx].numpy(), minlength=len(self.moas))
-            net = self._build_net(moa_counts)
-            module = MoaModule(
-                net, data, lr=c.lr, weight_decay=c.weight_decay, warmup_epochs=c.warmup_epochs,
-                batch_size=batch_size, seed=seed, sampling=c.sampling, knn_k=c.knn_k,
-                patience=patience, predictor=c.predictor, average_best=c.average_best,
-                meta={"fingerprint": self.fingerprint,
-                      "config": json.dumps(self.config.to_dict(), sort_keys=True)},
-            )
-            cbs = list(callbacks or [])
-            if ckpt is not None:
-                cbs.append(LastCheckpoint(ckpt))
-            trainer = L.Trainer(
-                max_epochs=max_epochs, accelerator=accelerator, devices=devices,
-                strategy=strategy, precision=precision, deterministic=not use_cuda,
-                logger=False, enable_checkpointing=ckpt is not None, callbacks=cbs,
-                enable_model_summary=False, enable_progress_bar=progress_bar,
-                num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
-                default_root_dir=str(model_dir) if model_dir is not None else None,
-                plugins=[AtomicCheckpointIO()], log_every_n_steps=1,
-            )
-            try:
-                if resume_from is not None and resume_from["stopped_early"]:
-                    logger.info("resume: the checkpointed run had already stopped early")
-                    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-                    module.load_state_dict(state["state_dict"])
-                    module.on_load_checkpoint(state)
-                else:
-                    trainer.fit(module, ckpt_path=str(ckpt) if resume_from else None,
-                                weights_only=True)
-            finally:
-                torch.use_deterministic_algorithms(deterministic_before)
-        module.restore_best()
+        try:
+            with _quiet_lightning():
+                data, whitening = self._prepare_training(seed)
+                opts = RunOptions(
+                    max_epochs=max_epochs, batch_size=batch_size, accelerator=accelerator,
+                    devices=devices, strategy=strategy, seed=seed, patience=patience,
+                    progress_bar=progress_bar, callbacks=list(callbacks or []),
+                    precision=precision, deterministic=not use_cuda,
+                    model_dir=Path(model_dir) if model_dir is not None else None,
+                    resume=resume, meta=config_meta(self.fingerprint, self.config.to_dict()))
+                module, world_size = self._train_candidates(data, whitening, opts)
+        finally:
+            torch.use_deterministic_algorithms(deterministic_before)
+        self._finish_training(module, data, world_size, opts)
+        return {"best_epoch": self.best_epoch, "best_val_f1": self.best_val_f1,
+                "epochs": len(self.history), "history": self.history,
+                "averaged_epochs": self.train_info["averaged_epochs"],
+                "final_val_f1": self.train_info["final_val_f1"]}
+
+    def _prepare_training(self, seed: int):
+        """Training data; the compound loss off for one signature per compound; the input
+        whitening map (None when not used)."""
+        data = self._training_data(seed)
+        c = self.config
+        self._notes = {}
+        if c.loss == "dual_arcface" and single_signature_compounds(
+                data.compound[data.train_idx].numpy()):
+            # the compound loss would only tell each training signature from all others
+            logger.info("every training compound has one signature: the compound loss has "
+                        "nothing to learn and is switched off (loss 'arcface_moa')")
+            c.loss = "arcface_moa"
+            self._notes["compound_loss"] = "off: one signature per training compound"
+        whitening = None
+        wanted = c.input_whitening != "off" or c.linear_view_weight > 0
+        if wanted and len(self.genes) > MAX_WHITENING_GENES:
+            logger.info("%d genes: no input whitening (a %d x %d matrix); the model uses the "
+                        "raw input and the hidden-layer prototypes", len(self.genes),
+                        len(self.genes), len(self.genes))
+            c.input_whitening, c.linear_view_weight = "off", 0.0
+            self._notes["input_whitening"] = f"off: more than {MAX_WHITENING_GENES} genes"
+        elif wanted:
+            moa = data.moa[data.train_idx].numpy()
+            whitening = fit_whitening(data.x, data.train_idx, moa,
+                                      shrinkage=c.whitening_shrinkage, seed=seed)
+        return data, whitening
+
+    def _train_candidates(self, data: TrainData, whitening, opts: RunOptions):
+        """Train one network per input candidate; keep the one whose prototype predictor
+        scores the best validation macro-F1 (the first on a tie)."""
+        c = self.config
+        names = list(INPUT_CANDIDATES) if c.input_whitening == "auto" else [c.input_whitening]
+        moa_counts = np.bincount(data.moa[data.train_idx].numpy(), minlength=len(self.moas))
+        best = None
+        scores = {}
+        import lightning as L
+
+        for name in names:
+            # every candidate starts from the same seed: the raw-input network is the one a
+            # single-candidate run trains, initial weights and batches alike
+            L.seed_everything(opts.seed, workers=True, verbose=False)
+            net = self._build_net(moa_counts, input_whitening=name)
+            if whitening is not None:
+                net.encoder.whiten.set(whitening)
+            module, world_size = fit_candidate(net, data, opts, config=c, candidate=name,
+                                               n_candidates=len(names))
+            module.net.cpu().eval()
+            self.net = module.net
+            self._fit_prototypes(data, rows=data.train_idx)
+            scores[name] = self._prototype_val_f1(data)
+            logger.info("candidate input %r: validation macro-F1 of the prototype predictor "
+                        "%.4f", name, scores[name])
+            if best is None or scores[name] > best[0] + 1e-12:
+                best = (scores[name], name, module, world_size)
+        _, chosen, module, world_size = best
+        self._notes["input_candidates"] = scores
+        if len(names) > 1:
+            logger.info("kept the network with %s input (validation macro-F1 %s)",
+                        "whitened" if chosen == "on" else "raw",
+                        ", ".join(f"{n}: {v:.4f}" for n, v in scores.items()))
+        self._notes["input_whitening"] = chosen
+        c.input_whitening = chosen
+        return module, world_size
+
+    def _finish_training(self, module: MoaModule, data: TrainData, world_size: int,
+                         opts: RunOptions) -> None:
+        """Record the kept run, build the atlas, calibrate on val, refit the prototypes."""
         # validation macro-F1 of the weights kept: an average of epochs is new and scored once
         # more; the best epoch's own weights were scored during training
         if module.averaged_epochs:
@@ -506,29 +568,37 @@ class MoaModel:
         self.best_epoch = int(module.best_epoch)
         self.best_val_f1 = float(module.best_f1) if module.best_f1 >= 0 else None
         self.train_info = {
-            "max_epochs": int(max_epochs), "batch_size": int(batch_size), "seed": int(seed),
-            "patience": int(patience), "precision": precision,
-            "epochs_run": len(self.history), "stopped_early": bool(module.stopped_early),
+            "max_epochs": int(opts.max_epochs), "batch_size": int(opts.batch_size),
+            "seed": int(opts.seed), "patience": int(opts.patience),
+            "precision": opts.precision, "epochs_run": len(self.history),
+            "stopped_early": bool(module.stopped_early),
             "n_train": len(data.train_idx), "n_val": len(data.val_idx),
-            "world_size": int(trainer.world_size),
+            "world_size": int(world_size),
             "averaged_epochs": list(module.averaged_epochs),
             "final_val_f1": None if math.isnan(final_val_f1) else float(final_val_f1),
+            "loss": self.config.loss, **self._notes,
         }
-        # one pass over the training rows: the atlas and the hidden layer's MoA prototypes
-        # (the atlas's sorted classes are self.moas, in whose order data.moa codes them)
-        emb, centres = self._atlas_embedding(data.x, data.train_idx,
-                                             data.moa[data.train_idx].numpy())
+        # the kept network's prototypes (train rows), the atlas and the calibration
+        centres = self._fit_prototypes(data, rows=data.train_idx)
+        emb = self._embed_source(data.x, data.train_idx)[0]
         self._reference = self._build_reference(data.train_idx, data, emb)
         self._reference.uns["moaspace"].update(hidden_prototypes=centres,
                                                hidden_prototype_moas=list(self.moas))
         if len(data.val_idx):  # calibrated scores and the 'unknown' threshold, on val compounds
-            z_val, h_val = self._embed_source(data.x, data.val_idx,
-                                              layers=("embedding", "hidden"))
+            z_val, p_val = self._embed_source(data.x, data.val_idx,
+                                              layers=("embedding", "prototype"))
             val = self._build_reference(data.val_idx, data, z_val)
             self._fit_calibration(np.asarray(val.X), val.obs["moa"].astype(str).to_numpy(),
                                   self._tas(self.adata.obs.iloc[data.val_idx]),
                                   groups=val.obs["pert_id"].astype(str).to_numpy(),
-                                  hidden=h_val)
+                                  hidden=p_val)
+            if self.config.refit_prototypes:
+                # the MoA centres from every labelled signature the network may see, as the
+                # classical baselines are fitted on train + val (the network is not retrained)
+                rows = np.union1d(data.train_idx, data.val_idx)
+                self._reference.uns["moaspace"]["hidden_prototypes"] = self._fit_prototypes(
+                    data, rows=rows, weights_from=data.train_idx)
+                self.train_info["prototype_rows"] = "train+val"
         else:
             self.calibration = None
             logger.warning("no validation signatures: the model is not calibrated (no 'unknown' "
@@ -540,26 +610,6 @@ class MoaModel:
             f"; kept the mean of epochs {module.averaged_epochs} (val macro-F1 "
             f"{final_val_f1:.4f})" if module.averaged_epochs else "",
         )
-        return {"best_epoch": self.best_epoch, "best_val_f1": self.best_val_f1,
-                "epochs": len(self.history), "history": self.history,
-                "averaged_epochs": self.train_info["averaged_epochs"],
-                "final_val_f1": self.train_info["final_val_f1"]}
-
-    def _check_checkpoint(self, ckpt: Path) -> dict:
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise MoaspaceError(f"cannot read checkpoint {ckpt}: {exc}") from exc
-        meta = state.get("moaspace", {})
-        if meta.get("fingerprint") != self.fingerprint:
-            raise MoaspaceError(
-                f"{ckpt} was written for different data or a different split; "
-                "train without --resume (or use another model dir)"
-            )
-        if meta.get("config") != json.dumps(self.config.to_dict(), sort_keys=True):
-            raise MoaspaceError(f"{ckpt} was written with different hyper-parameters")
-        extra = state["state_dict"].get("_extra_state", {})
-        return {"stopped_early": bool(extra.get("stopped_early", False))}
 
     # -------------------------------------------------------------- inference
     def _require_net(self) -> MoaNet:
@@ -667,22 +717,60 @@ class MoaModel:
         return tuple(t.numpy() for t in embed_row_source(
             net, source, idx, batch_size=batch_size, layers=layers, out_device="cpu"))
 
-    def _atlas_embedding(self, source: RowSource, idx: np.ndarray, moa: np.ndarray,
-                         block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings of the atlas rows ``idx`` and the unit MoA prototypes of the last
-        hidden layer over them (MoA codes ``moa``, rows in ``self.moas`` order), in one
-        pass; the hidden activations are summed block by block, never held whole."""
-        from ..tl.predict import l2_normalize
-
-        net = self._require_net()
-        emb = np.zeros((len(idx), net.encoder.embedding_dim), dtype=np.float32)
-        sums = np.zeros((len(self.moas), net.encoder.hidden_dim), dtype=np.float64)
+    def _views(self, source: RowSource, idx: np.ndarray, block: int = 8192):
+        """Yield ``(positions, hidden, whitened)`` for blocks of rows ``idx`` (eval mode)."""
+        enc = self._require_net().encoder
+        block = min(block, source.chunk_rows or block)  # a backed source reads in chunks
         for start in range(0, len(idx), block):
-            z, h = self._embed_source(source, idx[start:start + block],
-                                      layers=("embedding", "hidden"))
-            emb[start:start + block] = z
-            np.add.at(sums, moa[start:start + block], l2_normalize(h))
-        return emb, l2_normalize(sums).astype(np.float32)
+            rows = idx[start:start + block]
+            with torch.no_grad():
+                x = source.rows(rows).float()
+                hidden = enc.hidden(x).numpy()
+                whitened = enc.whiten(enc._clip(x)).numpy() if enc.whiten is not None else None
+            yield slice(start, start + len(rows)), hidden, whitened
+
+    def _fit_prototypes(self, data: TrainData, rows: np.ndarray,
+                        weights_from: np.ndarray | None = None) -> np.ndarray:
+        """MoA prototypes of the prototype layer over ``rows``, block by block.
+
+        With a linear view (:mod:`moaspace.model.prototypes`) its weights are fitted on
+        a sample of ``rows`` (or of ``weights_from`` when given, leaving the fitted
+        weights alone) and set on the encoder. Returns the prototypes in ``self.moas``
+        order and keeps them for :meth:`_prototype_val_f1`.
+        """
+        enc = self._require_net().encoder
+        self.net.eval()
+        codes = data.moa.numpy()
+        if enc.whiten is None:
+            sums = np.zeros((len(self.moas), enc.hidden_dim))
+            for pos, hidden, _ in self._views(data.x, rows):
+                np.add.at(sums, codes[rows[pos]], unit_rows(hidden))
+            self._train_prototypes = unit_rows(sums).astype(np.float32)
+            return self._train_prototypes
+        sums = ViewSums(len(self.moas), enc.hidden_dim, enc.n_genes)
+        for pos, hidden, whitened in self._views(data.x, rows):
+            sums.add(hidden, whitened, codes[rows[pos]])
+        centres = sums.centres()
+        if weights_from is None:
+            sample = rows
+            if len(sample) > 20_000:  # the spreads need no more
+                sample = np.sort(np.random.default_rng(0).choice(rows, 20_000, replace=False))
+            parts = [(h, w) for _, h, w in self._views(data.x, sample)]
+            s_hidden, s_whitened = view_scores(np.vstack([h for h, _ in parts]),
+                                               np.vstack([w for _, w in parts]), centres)
+            weights = fit_view_weights(s_hidden, s_whitened, self.config.linear_view_weight)
+            enc.view_weights.copy_(torch.tensor(weights, dtype=enc.view_weights.dtype))
+        weights = tuple(float(v) for v in enc.view_weights)
+        self._train_prototypes = stacked_prototypes(centres, weights)
+        return self._train_prototypes
+
+    def _prototype_val_f1(self, data: TrainData) -> float:
+        """Validation macro-F1 of the nearest prototype of :meth:`_fit_prototypes`."""
+        if len(data.val_idx) == 0:
+            return float("nan")
+        feats = self._embed_source(data.x, data.val_idx, layers=("prototype",))[0]
+        pred = (feats @ self._train_prototypes.T).argmax(axis=1)
+        return macro_f1(data.moa[data.val_idx].numpy(), pred)
 
     @property
     def hidden_prototypes(self) -> np.ndarray | None:
@@ -810,7 +898,7 @@ class MoaModel:
         if self.hidden_prototypes is None:
             z, hidden = self.embed(sub), None
         else:
-            z, hidden = self.embed_layers(sub, ("embedding", "hidden"))
+            z, hidden = self.embed_layers(sub, ("embedding", "prototype"))
         return self._fit_calibration(
             z, sub.obs[moa_key].astype(str).to_numpy(),
             self._tas(sub.obs, tas_key),
@@ -918,6 +1006,10 @@ class MoaModel:
         hyperparams.setdefault("predictor", "knn")
         # saved before `average_best` existed: the single best epoch was kept
         hyperparams.setdefault("average_best", 1)
+        # saved before input whitening and the linear view: raw input, hidden prototypes
+        hyperparams.setdefault("input_whitening", "off")
+        hyperparams.setdefault("linear_view_weight", 0.0)
+        hyperparams.setdefault("refit_prototypes", False)
         model = cls(None, **hyperparams, **keys)
         model.genes = list(config["genes"])
         model.gene_symbols = list(config.get("gene_symbols", []))

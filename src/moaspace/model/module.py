@@ -70,6 +70,14 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1)
     return -per_anchor.mean()
 
 
+def uses_whitening(config: dict) -> bool:
+    """Whether a net built from ``config`` holds the input whitening map: for its input
+    (``input_whitening`` ``on``/``auto``) or for the linear view of its prototype layer
+    (``linear_view_weight`` > 0). Configs saved before these fields existed: no."""
+    return (config.get("input_whitening", "off") != "off"
+            or float(config.get("linear_view_weight", 0.0)) > 0)
+
+
 class MoaNet(nn.Module):
     """Encoder + loss heads; ``embed`` is all that inference needs.
 
@@ -89,6 +97,7 @@ class MoaNet(nn.Module):
             n_genes, hidden_dims=c["hidden_dims"], embedding_dim=c["embedding_dim"],
             dropout=c["dropout"], batch_norm=c["batch_norm"], input_dropout=c["input_dropout"],
             input_noise=c["input_noise"], clip=c["clip"],
+            whitening=uses_whitening(c), whiten_input=c.get("input_whitening", "off") == "on",
         )
         d = c["embedding_dim"]
         self.moa_head: nn.Module | None = None
@@ -150,7 +159,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 # ---------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------
-LAYERS = ("embedding", "hidden")
+LAYERS = ("embedding", "hidden", "prototype")
 
 
 def layer_widths(net: MoaNet, layers: tuple[str, ...]) -> list[int]:
@@ -158,7 +167,8 @@ def layer_widths(net: MoaNet, layers: tuple[str, ...]) -> list[int]:
     bad = [layer for layer in layers if layer not in LAYERS]
     if bad or not layers:
         raise InputError(f"layers must be among {list(LAYERS)}, got {list(layers)}")
-    width = {"embedding": net.encoder.embedding_dim, "hidden": net.encoder.hidden_dim}
+    width = {"embedding": net.encoder.embedding_dim, "hidden": net.encoder.hidden_dim,
+             "prototype": net.encoder.prototype_dim}
     return [width[layer] for layer in layers]
 
 
@@ -189,6 +199,8 @@ def embed_row_source(net: MoaNet, source, idx: np.ndarray, device=None,
             h = net.encoder.hidden(xb)
             # net.embed(x) is normalize(head(hidden(x))) for every loss
             got = {"hidden": h, "embedding": F.normalize(net.encoder.head(h), dim=1)}
+            if "prototype" in layers:
+                got["prototype"] = net.encoder.prototype_features(xb, hidden=h)
             for o, layer in zip(out, layers, strict=True):
                 o[start:start + batch_size] = got[layer].float().to(out_device)
     finally:

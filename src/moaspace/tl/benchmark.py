@@ -11,11 +11,14 @@ Methods:
   nearest MoA prototype of the last hidden layer, ``predictor="hidden_prototype"``,
   early-stops on it and keeps the mean weights of its 5 best validation epochs,
   ``average_best=5``);
-* ``raw_knn``, ``pca_knn``, ``pca_lda``, ``logreg``: see :mod:`moaspace.tl.baselines`;
+* ``raw_knn``, ``pca_knn``, ``pca_lda``, ``logreg``, ``lda``, ``linear_svm``: see
+  :mod:`moaspace.tl.baselines`;
 * ``mlp_softmax``: the same encoder trained as a softmax classifier;
 * ``arcface_moa_only``: our model without the compound loss (both ablations
-  call MoAs and early-stop as ``moaspace`` does, so they differ from it in the
-  loss alone);
+  call MoAs and early-stop as ``moaspace`` does, with the same input candidates and
+  prototype layer, so they differ from it in the loss alone);
+* ``moaspace_unwhitened``: our model as it was before input whitening and the linear
+  view (raw input, hidden-layer prototypes over the training rows);
 * ``reference``: the published configuration (Adam-like lr 1e-5, no dropout or
   batch-norm, MoA margin 0.25 rad, compound margin 0.1 *degree* as the
   reference's pytorch-metric-learning call actually applied it, compound loss
@@ -57,11 +60,15 @@ from .predict import aggregate_scores, predict
 
 logger = logging.getLogger(__name__)
 
+#: the model before input whitening and the linear view: raw input, hidden-layer prototypes
+#: over the training rows (the ablation that shows what those two add)
+UNWHITENED = {"input_whitening": "off", "linear_view_weight": 0.0, "refit_prototypes": False}
 NEURAL = {
     "moaspace": {},
+    "moaspace_unwhitened": UNWHITENED,
     "mlp_softmax": {"loss": "softmax"},
     "arcface_moa_only": {"loss": "arcface_moa"},
-    "reference": {
+    "reference": {**UNWHITENED,
         "loss": "dual_arcface", "lr": 1e-5, "moa_margin": 0.25,
         "compound_margin": 0.1 * math.pi / 180, "compound_weight": 0.1,  # lambda_cmap
         "dropout": 0.0, "batch_norm": False,
@@ -71,8 +78,8 @@ NEURAL = {
 }
 NEURAL_K = {"reference": 1}
 NEURAL_BATCH = {"reference": 512}
-METHODS = ("moaspace", "raw_knn", "pca_knn", "pca_lda", "logreg", "mlp_softmax",
-           "arcface_moa_only", "reference")
+METHODS = ("moaspace", "raw_knn", "pca_knn", "pca_lda", "logreg", "lda", "linear_svm",
+           "mlp_softmax", "arcface_moa_only", "moaspace_unwhitened", "reference")
 
 
 def _dense(x) -> np.ndarray:
@@ -106,6 +113,55 @@ def _score(method, scheme, seed, y, scores, classes, compounds, seconds, extra=N
     return record
 
 
+def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
+                 n_components: int, model_kwargs: dict | None) -> dict:
+    """Fit one method on the train (+ val) rows of ``data`` and score its test rows."""
+    from ..model import MoaModel
+
+    part = data.obs["split"].astype(str).to_numpy()
+    fit_rows, test_rows = np.isin(part, ["train", "val"]), part == "test"
+    t0 = time.perf_counter()
+    if method in CLASSICAL:
+        X_fit, X_test = _dense(data.X[fit_rows]), _dense(data.X[test_rows])
+        y_fit = data.obs["moa"].astype(str).to_numpy()[fit_rows]
+        model = make_baseline(method, seed=seed, k=k, n_components=n_components)
+        model.fit(X_fit, y_fit)
+        scores, classes = model.predict_scores(X_test)
+        # raw_knn's space is the z-scores themselves: the CMap-style reference
+        # for how much compound structure the signatures carry on their own
+        space = X_test if method == "raw_knn" else None
+        extra: dict = {}
+    else:
+        own = (model_kwargs or {}) if method == "moaspace" else {}
+        kwargs = {**NEURAL[method], **own}
+        model = MoaModel(data, **kwargs)
+        model.train(max_epochs=max_epochs, batch_size=NEURAL_BATCH.get(method, 256),
+                    seed=seed, progress_bar=False)
+        # the raw per-class scores of `moaspace predict` (no open-set calls: every
+        # test MoA is known), with the model's own predictor
+        pred = predict(model, data[test_rows], k=NEURAL_K.get(method, k),
+                       compound_key=None, open_set=False)
+        scores, classes = pred.obsm["moa_scores"], list(pred.uns["moa_classes"])
+        extra = {"best_epoch": model.best_epoch, "best_val_f1": model.best_val_f1,
+                 "averaged_epochs": model.train_info["averaged_epochs"],
+                 "final_val_f1": model.train_info["final_val_f1"],
+                 "epochs_run": len(model.history), "max_epochs": max_epochs,
+                 "predictor": model.config.predictor}
+        extra.update({key: model.train_info[key] for key in ("input_whitening", "loss")
+                      if key in model.train_info})
+        space = np.asarray(pred.obsm["X_moa"])
+    return {"scores": np.asarray(scores, np.float32), "classes": [str(c) for c in classes],
+            "space": space, "extra": extra, "seconds": time.perf_counter() - t0}
+
+
+def _on_classes(scores: np.ndarray, classes: list[str], every: list[str]) -> np.ndarray:
+    """Scores re-indexed onto ``every`` class (a class a fold never trained on: -inf)."""
+    out = np.full((len(scores), len(every)), -np.inf, dtype=np.float32)
+    pos = {c: i for i, c in enumerate(every)}
+    out[:, [pos[c] for c in classes]] = scores
+    return out
+
+
 def run_benchmark(
     adata,
     *,
@@ -117,67 +173,96 @@ def run_benchmark(
     k: int = 10,
     n_components: int = 100,
     model_kwargs: dict | None = None,
+    cv: int | None = None,
     progress: bool = False,
 ) -> list[dict]:
-    """Run every method on the same split per seed; return one record per (method, seed)."""
-    from tqdm.auto import tqdm
+    """Run every method on the same split per seed; return one record per (method, seed).
 
-    from ..data.split import split as make_split
-    from ..model import MoaModel
+    ``cv=K``: instead of one split per seed, compound-grouped K-fold cross-validation
+    stratified by MoA (:func:`moaspace.data.split.cv_folds`): every compound is tested
+    once, and each record holds the metrics of the predictions pooled over the K folds
+    (scheme ``cvK``); the seed deals the folds. The hierarchy metrics are the mean
+    over the folds that have them.
+    """
+    from tqdm.auto import tqdm
 
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise InputError(f"unknown benchmark methods {unknown}; known: {list(METHODS)}")
+    if cv is not None and cv < 2:
+        raise InputError(f"cv needs at least 2 folds, got {cv}")
+    options = {"max_epochs": max_epochs, "k": k, "n_components": n_components,
+               "model_kwargs": model_kwargs}
     records = []
-    bar = tqdm(total=len(seeds) * len(methods), desc=f"benchmark ({scheme})", unit="fit",
-               disable=not progress)
+    bar = tqdm(total=len(seeds) * len(methods) * (cv or 1), desc=f"benchmark ({scheme})",
+               unit="fit", disable=not progress)
     for seed in seeds:
-        data = make_split(adata, scheme, holdout_cells=holdout_cells, seed=seed, copy=True)
-        part = data.obs["split"].astype(str).to_numpy()
-        fit_rows, test_rows = np.isin(part, ["train", "val"]), part == "test"
-        if not test_rows.any():
-            raise InputError(f"split {scheme!r} (seed {seed}) has no test signatures")
-        X_fit, X_test = _dense(data.X[fit_rows]), _dense(data.X[test_rows])
-        y_fit = data.obs["moa"].astype(str).to_numpy()[fit_rows]
-        y_test = data.obs["moa"].astype(str).to_numpy()[test_rows]
-        cpd_test = data.obs["pert_id"].astype(str).to_numpy()[test_rows]
-        for method in methods:
-            t0 = time.perf_counter()
-            logger.info("benchmark: %s, scheme %s, seed %d", method, scheme, seed)
-            if method in CLASSICAL:
-                model = make_baseline(method, seed=seed, k=k, n_components=n_components)
-                model.fit(X_fit, y_fit)
-                scores, classes = model.predict_scores(X_test)
-                # raw_knn's space is the z-scores themselves: the CMap-style reference
-                # for how much compound structure the signatures carry on their own
-                space = X_test if method == "raw_knn" else None
-                extra = {}
-            else:
-                own = (model_kwargs or {}) if method == "moaspace" else {}
-                kwargs = {**NEURAL[method], **own}
-                model = MoaModel(data, **kwargs)
-                model.train(max_epochs=max_epochs, batch_size=NEURAL_BATCH.get(method, 256),
-                            seed=seed, progress_bar=False)
-                # the raw per-class scores of `moaspace predict` (no open-set calls: every
-                # test MoA is known), with the model's own predictor
-                pred = predict(model, data[test_rows], k=NEURAL_K.get(method, k),
-                               compound_key=None, open_set=False)
-                scores, classes = pred.obsm["moa_scores"], list(pred.uns["moa_classes"])
-                extra = {"best_epoch": model.best_epoch, "best_val_f1": model.best_val_f1,
-                         "averaged_epochs": model.train_info["averaged_epochs"],
-                         "final_val_f1": model.train_info["final_val_f1"],
-                         "epochs_run": len(model.history), "max_epochs": max_epochs,
-                         "predictor": model.config.predictor}
-                space = np.asarray(pred.obsm["X_moa"])
-            seconds = time.perf_counter() - t0  # fit + predict; the hierarchy is not timed
-            if space is not None:
-                extra.update(_hierarchy(space, cpd_test, seed))
-            records.append(_score(method, scheme, seed, y_test, scores, classes, cpd_test,
-                                  seconds, extra))
-            logger.info("  macro-F1 %.3f accuracy %.3f (%.0f s)", records[-1]["macro_f1"],
-                        records[-1]["accuracy"], seconds)
-            bar.update()
+        if cv is None:
+            records += _holdout_records(adata, scheme, seed, methods, holdout_cells, options,
+                                        bar)
+        else:
+            records += _cv_records(adata, cv, seed, methods, options, bar)
     bar.close()
+    return records
+
+
+def _holdout_records(adata, scheme, seed, methods, holdout_cells, options, bar) -> list[dict]:
+    from ..data.split import split as make_split
+
+    data = make_split(adata, scheme, holdout_cells=holdout_cells, seed=seed, copy=True)
+    test_rows = data.obs["split"].astype(str).to_numpy() == "test"
+    if not test_rows.any():
+        raise InputError(f"split {scheme!r} (seed {seed}) has no test signatures")
+    y_test = data.obs["moa"].astype(str).to_numpy()[test_rows]
+    cpd_test = data.obs["pert_id"].astype(str).to_numpy()[test_rows]
+    records = []
+    for method in methods:
+        logger.info("benchmark: %s, scheme %s, seed %d", method, scheme, seed)
+        got = _fit_predict(method, data, seed, **options)
+        extra = dict(got["extra"])
+        if got["space"] is not None:  # the hierarchy is not timed
+            extra.update(_hierarchy(got["space"], cpd_test, seed))
+        records.append(_score(method, scheme, seed, y_test, got["scores"], got["classes"],
+                              cpd_test, got["seconds"], extra))
+        logger.info("  macro-F1 %.3f accuracy %.3f (%.0f s)", records[-1]["macro_f1"],
+                    records[-1]["accuracy"], got["seconds"])
+        bar.update()
+    return records
+
+
+def _cv_records(adata, n_folds, seed, methods, options, bar) -> list[dict]:
+    from ..data.split import cv_folds
+
+    folds = cv_folds(adata, n_folds, seed=seed)
+    y = adata.obs["moa"].astype(str).to_numpy()
+    cpd = adata.obs["pert_id"].astype(str).to_numpy()
+    every = sorted(set(y))
+    scheme = f"cv{n_folds}"
+    records = []
+    for method in methods:
+        logger.info("benchmark: %s, %d-fold cross-validation, seed %d", method, n_folds, seed)
+        scores = np.full((adata.n_obs, len(every)), -np.inf, dtype=np.float32)
+        seconds, hierarchy, extras = 0.0, [], []
+        for labels in folds:
+            data = adata.copy()
+            data.obs["split"] = pd.Categorical(labels, categories=["train", "val", "test"])
+            test_rows = labels == "test"
+            got = _fit_predict(method, data, seed, **options)
+            scores[test_rows] = _on_classes(got["scores"], got["classes"], every)
+            seconds += got["seconds"]
+            extras.append(got["extra"])
+            if got["space"] is not None:
+                hierarchy.append(_hierarchy(got["space"], cpd[test_rows], seed))
+            bar.update()
+        extra = {"n_folds": n_folds, "folds": extras}
+        for key in ("compound_map", "same_compound_share"):
+            values = [h[key] for h in hierarchy if key in h and np.isfinite(h[key])]
+            if values:
+                extra[key] = float(np.mean(values))
+        scores[~np.isfinite(scores)] = np.float32(-1e30)  # ranks last, keeps metrics finite
+        records.append(_score(method, scheme, seed, y, scores, every, cpd, seconds, extra))
+        logger.info("  pooled macro-F1 %.3f accuracy %.3f (%.0f s)", records[-1]["macro_f1"],
+                    records[-1]["accuracy"], seconds)
     return records
 
 
@@ -268,14 +353,18 @@ def results_markdown(records: list[dict]) -> str:
             lines.append("")
     lines.append("Classical baselines are fitted on train + val; neural models train on train and "
                  "early-stop on validation macro-F1 (held-out compounds; held-out training cell "
-                 "lines for the `cell` scheme) of their own "
-                 "predictor, with the same epoch budget for all (`reference` included). "
-                 "`reference` predicts with 1-NN in the embedding as published; `moaspace`, "
-                 "`mlp_softmax` and `arcface_moa_only` with the nearest MoA prototype of the "
-                 "encoder's last hidden layer (`predict`'s default) and keep the mean weights of "
-                 f"their {ModelConfig.average_best} best validation epochs (`reference`: the "
-                 "best epoch); the classical kNN "
-                 "baselines with distance-weighted cosine 10-NN.")
+                 "lines for the `cell` scheme), with the same epoch budget for all (`reference` "
+                 "included). `moaspace`, `mlp_softmax` and `arcface_moa_only` call the nearest "
+                 "MoA prototype of the prototype layer (the last hidden layer stacked with the "
+                 "within-class whitened signature; `predict`'s default), keep the better of a "
+                 "raw-input and a whitened-input network on validation, and the mean weights of "
+                 f"its {ModelConfig.average_best} best validation epochs; their prototypes are "
+                 "computed over train + val. `moaspace_unwhitened` is `moaspace` without input "
+                 "whitening and the linear view (raw input, hidden-layer prototypes over the "
+                 "training rows: the model before them). `reference` predicts with 1-NN in the "
+                 "embedding as published (best epoch kept); the classical kNN baselines with "
+                 "distance-weighted cosine 10-NN. `cvK`: K-fold cross-validation over "
+                 "compounds, predictions pooled over the folds.")
     if hierarchy:
         lines.append("")
         lines.append("Same-compound mAP: mean average precision of retrieving each test "

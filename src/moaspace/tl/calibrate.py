@@ -300,7 +300,10 @@ def _hidden_cosines(hidden: np.ndarray, hidden_centres: np.ndarray | None) -> np
     if hidden.ndim != 2 or hidden.shape[1] != hidden_centres.shape[1]:
         raise InputError(f"hidden activations {hidden.shape} do not match the hidden "
                          f"prototypes {hidden_centres.shape}")
-    return (l2_normalize(hidden) @ l2_normalize(hidden_centres).T).astype(np.float64)
+    # the centres are used as stored: unit vectors for the hidden layer alone, and for a
+    # prototype layer with a linear view they carry their discriminant's bias term
+    # (moaspace.model.prototypes), which normalising would change
+    return (l2_normalize(hidden) @ hidden_centres.T).astype(np.float64)
 
 
 def openset_scores(

@@ -325,7 +325,9 @@ def predict(
             raise MoaspaceError(f"{what} needs the model's hidden prototypes, which this model "
                                 "(saved by an older moaspace) lacks; use method 'knn' or "
                                 "'prototype' and recalibrate with another score, or retrain")
-        z, hidden = model.embed_layers(adata, ("embedding", "hidden"))
+        # the prototype layer: the last hidden layer (stacked with the whitened signature
+        # for models that have it; moaspace.model.prototypes)
+        z, hidden = model.embed_layers(adata, ("embedding", "prototype"))
     else:
         z = model.embed(adata)
     if k is None:

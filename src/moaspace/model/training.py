@@ -1,0 +1,148 @@
+"""One training run of a network (a *candidate*), with checkpoints that survive kills.
+
+``MoaModel.train`` may train more than one candidate network (raw and whitened
+input, ``ModelConfig.input_whitening="auto"``) and keep the one that validates
+best. Each candidate is a Lightning run of :class:`~moaspace.model.module.MoaModule`.
+
+Checkpoints: the candidate in progress writes ``checkpoints/last.ckpt`` every epoch
+(the file ``--resume`` continues from). When there are several candidates, a
+finished one's checkpoint is renamed to ``checkpoints/<candidate>.ckpt``, so a
+resumed run reloads it instead of training it again; each checkpoint records
+which candidate it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MoaspaceError
+from .module import AtomicCheckpointIO, LastCheckpoint, MoaModule, MoaNet, TrainData
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = Path("checkpoints")
+LAST = "last.ckpt"
+
+
+@dataclass
+class RunOptions:
+    """Trainer settings shared by every candidate of one ``MoaModel.train`` call."""
+
+    max_epochs: int
+    batch_size: int
+    accelerator: str
+    devices: int | str
+    strategy: str
+    seed: int
+    patience: int
+    progress_bar: bool
+    callbacks: list
+    precision: str
+    deterministic: bool
+    model_dir: Path | None
+    resume: bool
+    meta: dict
+
+
+def _checkpoint_state(path: Path, meta: dict) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MoaspaceError(f"cannot read checkpoint {path}: {exc}") from exc
+    saved = state.get("moaspace", {})
+    if saved.get("fingerprint") != meta.get("fingerprint"):
+        raise MoaspaceError(f"{path} was written for different data or a different split; "
+                            "train without --resume (or use another model dir)")
+    if saved.get("config") != meta.get("config"):
+        raise MoaspaceError(f"{path} was written with different hyper-parameters")
+    return state
+
+
+def _finished_path(opts: RunOptions, candidate: str, n_candidates: int) -> Path | None:
+    if opts.model_dir is None or n_candidates < 2:
+        return None
+    return opts.model_dir / CHECKPOINT_DIR / f"{candidate}.ckpt"
+
+
+def fit_candidate(net: MoaNet, data: TrainData, opts: RunOptions, *, config,
+                  candidate: str, n_candidates: int) -> tuple[MoaModule, int]:
+    """Train ``net`` on ``data`` (or reload a finished or interrupted run); return the
+    module with its final weights in place, and the trainer's world size. The caller
+    seeds (before building ``net``, whose initial weights draw from the seed too)."""
+    meta = {**opts.meta, "candidate": candidate}
+    module = MoaModule(
+        net, data, lr=config.lr, weight_decay=config.weight_decay,
+        warmup_epochs=config.warmup_epochs, batch_size=opts.batch_size, seed=opts.seed,
+        sampling=config.sampling, knn_k=config.knn_k, patience=opts.patience,
+        predictor=config.predictor, average_best=config.average_best, meta=meta,
+    )
+    finished = _finished_path(opts, candidate, n_candidates)
+    if opts.resume and finished is not None and finished.exists():
+        _reload(module, _checkpoint_state(finished, meta), candidate)
+        return module, 1
+    last = opts.model_dir / CHECKPOINT_DIR / LAST if opts.model_dir is not None else None
+    resume_from = None
+    if opts.resume and last is not None and last.exists():
+        state = _checkpoint_state(last, opts.meta)
+        if state["moaspace"].get("candidate", candidate) == candidate:
+            extra = state["state_dict"].get("_extra_state", {})
+            if extra.get("stopped_early", False):
+                logger.info("resume: the checkpointed run had already stopped early")
+                _reload(module, state, candidate)
+                return _finish(module, last, finished), 1
+            resume_from = last
+    elif opts.resume and n_candidates < 2:
+        logger.warning("resume: no checkpoint at %s; training from scratch", last)
+    trainer = _trainer(opts, last)
+    trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    module.restore_best()
+    return _finish(module, last, finished), int(trainer.world_size)
+
+
+def _reload(module: MoaModule, state: dict, candidate: str) -> None:
+    logger.info("resume: candidate %r reloaded from its checkpoint", candidate)
+    module.load_state_dict(state["state_dict"])
+    module.on_load_checkpoint(state)
+    module.restore_best()
+
+
+def _finish(module: MoaModule, last: Path | None, finished: Path | None) -> MoaModule:
+    if finished is not None and last is not None and last.exists():
+        os.replace(last, finished)
+    return module
+
+
+def _trainer(opts: RunOptions, last: Path | None):
+    import lightning as L
+
+    callbacks = list(opts.callbacks)
+    if last is not None:
+        callbacks.append(LastCheckpoint(last))
+    return L.Trainer(
+        max_epochs=opts.max_epochs, accelerator=opts.accelerator, devices=opts.devices,
+        strategy=opts.strategy, precision=opts.precision, deterministic=opts.deterministic,
+        logger=False, enable_checkpointing=last is not None, callbacks=callbacks,
+        enable_model_summary=False, enable_progress_bar=opts.progress_bar,
+        num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+        default_root_dir=str(opts.model_dir) if opts.model_dir is not None else None,
+        plugins=[AtomicCheckpointIO()], log_every_n_steps=1,
+    )
+
+
+def config_meta(fingerprint: str, config_dict: dict) -> dict:
+    """What a checkpoint must match to be resumed: the data and the hyper-parameters."""
+    return {"fingerprint": fingerprint, "config": json.dumps(config_dict, sort_keys=True)}
+
+
+def single_signature_compounds(compound_codes: np.ndarray) -> bool:
+    """True when no training compound has more than one signature (e.g. consensus data)."""
+    codes = np.asarray(compound_codes)
+    codes = codes[codes >= 0]
+    return len(codes) > 0 and int(np.bincount(codes).max()) <= 1
