@@ -27,12 +27,8 @@ gene order, missing genes, symbol hint at the API level).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -40,69 +36,18 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
+from _cli import assert_clean_failure, cli, cli_proc, snapshot
 from _synthetic import make_synthetic
-from moaspace.cli import app
 from moaspace.data.prepare import prepare, read_h5ad, write_h5ad
 from moaspace.errors import InputError, MoaspaceError
 from moaspace.io import read_gctx, write_gctx
 from moaspace.model import MoaModel
 
 MATRIX = "/0/DATA/0/matrix"
-ENV = {**os.environ, "COLUMNS": "250", "PYTHONWARNINGS": "ignore"}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@dataclass
-class CliResult:
-    code: int
-    stderr: str
-    stdout: str
-    exception: BaseException | None = None
-
-    @property
-    def flat(self) -> str:
-        """stderr with whitespace collapsed (rich wraps long log lines)."""
-        return " ".join(self.stderr.split())
-
-
-def cli(*args: str) -> CliResult:
-    """Run the CLI in-process; an uncaught exception is kept, not raised."""
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
-    exc = result.exception
-    if isinstance(exc, SystemExit):
-        exc = None
-    return CliResult(result.exit_code, result.stderr, result.stdout, exc)
-
-
-def cli_proc(*args: str) -> CliResult:
-    """Run ``python -m moaspace.cli`` in a subprocess: the exit status a shell sees."""
-    proc = subprocess.run([sys.executable, "-m", "moaspace.cli", *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
-    return CliResult(proc.returncode, proc.stderr, proc.stdout)
-
-
-def assert_clean_failure(res: CliResult, *needles: str, code: int = 1) -> None:
-    """Exit ``code``, no traceback, a last line 'Error: ...' containing every needle."""
-    assert res.exception is None, f"uncaught {type(res.exception).__name__}: {res.exception}"
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert res.code == code, (res.code, res.stderr[-3000:])
-    lines = res.stderr.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("Error: ")]
-    assert starts, f"no 'Error: ' line in stderr: {res.stderr[-2000:]}"
-    error = "\n".join(lines[starts[-1]:])
-    flat = " ".join(error.split())
-    for needle in needles:
-        assert needle in flat, f"{needle!r} not in error message: {flat}"
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (names and bytes), to show nothing changed."""
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _prepare_args(p: dict, out: Path, *extra: str) -> list[str]:
@@ -602,9 +547,26 @@ MODEL_FAILURES = [
     pytest.param(lambda c: {k: v for k, v in c.items() if k != "genes"}, None,
                  ["config.json", "genes"], id="config-without-genes"),
     pytest.param(lambda c: [c], None, ["config.json"], id="config-not-an-object"),
-    pytest.param(lambda c: {**c, "moas": c["moas"][:-1]}, None,
+    pytest.param(lambda c: _unsigned({**c, "moas": c["moas"][:-1]}), None,
                  ["model.pt", "cannot load weights"], id="config-moas-do-not-match-weights"),
+    # the config is under its own checksum: a same-length reordering of the genes would
+    # silently misalign every input (reliability round two, item 5)
+    pytest.param(lambda c: {**c, "genes": c["genes"][::-1]}, None,
+                 ["config.json", "does not match its checksum"], id="config-genes-shuffled"),
+    pytest.param(lambda c: {**c, "genes": [c["genes"][1], *c["genes"][1:]]}, None,
+                 ["config.json", "'genes' lists", "more than once"], id="config-duplicated-gene"),
+    pytest.param(lambda c: {**c, "keys": list(c["keys"])}, None,
+                 ["config.json", "'keys' must be an object"], id="config-keys-a-list"),
+    pytest.param(lambda c: {**c, "files": list(c["files"])}, None,
+                 ["config.json", "'files' must be an object"], id="config-files-a-list"),
+    pytest.param(lambda c: {**c, "genes": [1, *c["genes"][1:]]}, None,
+                 ["config.json", "'genes' must be a list of strings"], id="config-gene-a-number"),
 ]
+
+
+def _unsigned(config: dict) -> dict:
+    """As a config.json written before it carried its own checksum."""
+    return {k: v for k, v in config.items() if k != "config_sha1"}
 
 
 @pytest.mark.parametrize(("edit", "remove", "needles"), MODEL_FAILURES)
@@ -623,7 +585,7 @@ def test_predict_rejects_bad_model_dir(trained, tmp_path, outdir, edit, remove, 
 def test_damaged_atlas_without_checksums_names_the_file(trained, tmp_path):
     model_dir, _, root = trained
     bad = _model_copy(model_dir, tmp_path, lambda c: {k: v for k, v in c.items()
-                                                       if k != "files"})
+                                                       if k not in ("files", "config_sha1")})
     (bad / "atlas.h5ad").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     res = cli("predict", bad, root / "query.h5ad", "--out", tmp_path / "p.h5ad")
     assert_clean_failure(res, "atlas.h5ad")
@@ -632,7 +594,13 @@ def test_damaged_atlas_without_checksums_names_the_file(trained, tmp_path):
 def test_model_from_newer_moaspace_same_format_still_predicts(trained, tmp_path):
     """format_version is the compatibility contract; the package version is informative."""
     model_dir, _, root = trained
-    newer = _model_copy(model_dir, tmp_path, lambda c: {**c, "moaspace_version": "9.9.9"})
+    from moaspace.model.model import config_digest
+
+    def newer_version(config):
+        config = {**config, "moaspace_version": "9.9.9"}
+        return {**config, "config_sha1": config_digest(config)}
+
+    newer = _model_copy(model_dir, tmp_path, newer_version)
     a = cli("predict", model_dir, root / "query.h5ad", "--out", tmp_path / "a.h5ad")
     b = cli("predict", newer, root / "query.h5ad", "--out", tmp_path / "b.h5ad")
     assert a.code == b.code == 0, b.stderr

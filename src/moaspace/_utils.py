@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -30,6 +32,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     ``path`` is left untouched, so readers never see a half-written output.
     """
     path = Path(path)
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        # a directory, device, FIFO or socket: a rename would replace it (as root, even
+        # /dev/null) with a regular file
+        raise InputError(f"{path} exists and is not a regular file; refusing to replace it")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         try:
@@ -54,6 +60,62 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return a.resolve() == b.resolve()
+
+
+def check_output(out: str | os.PathLike, inputs: Iterable, *, option: str = "--out",
+                 directory: bool = False) -> Path:
+    """Refuse an output path that would destroy data: one of the command's ``inputs``
+    (or a file inside an input directory), or, for a file output, anything but a
+    regular file or nothing. Called before any work, so a refusal leaves no output."""
+    out = Path(out)
+    exists = out.exists() or out.is_symlink()
+    if directory and exists and not out.is_dir():
+        raise InputError(f"{option} {out} exists and is not a directory")
+    if not directory and exists and not out.is_file():
+        raise InputError(f"{option} {out} exists and is not a regular file; refusing to "
+                         "replace it")
+    for path in inputs:
+        if path is None:
+            continue
+        path = Path(path)
+        if _same_file(out, path):
+            raise InputError(f"{option} {out} is an input of this command; refusing to "
+                             "overwrite it (write to another path)")
+        if path.is_dir() and exists and out.is_file() and path.resolve() in out.resolve().parents:
+            raise InputError(f"{option} {out} is a file of the input directory {path}; "
+                             "refusing to overwrite it (write to another path)")
+    return out
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the body is done, then raise KeyboardInterrupt.
+
+    h5py writes run in C callbacks where a KeyboardInterrupt raised by Python's default
+    handler can be lost (the write then finishes and the command exits 0). Inside an
+    :func:`atomic_path` block the deferred interrupt still comes before the rename, so an
+    interrupted write leaves no output. Outside the main thread signals cannot be
+    handled; the body then runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

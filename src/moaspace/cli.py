@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._utils import check_output
 from .errors import MoaspaceError
 
 app = typer.Typer(
@@ -124,7 +125,9 @@ def prepare(
         str, typer.Option(help="trt_cp (compounds) or knockdowns: trt_xpr, trt_sh (comma list).")
     ] = "trt_cp",
     genes: Annotated[str, typer.Option(help="landmark (978) or all.")] = "landmark",
-    times: Annotated[str, typer.Option(help="Time points in hours, comma list, or 'all'.")] = "6,24",
+    times: Annotated[str, typer.Option(
+        help="Time points in hours, comma list, or 'all'. Default 'auto': 6,24 for compounds; "
+             "all for knockdowns (LINCS measures them at 96 h and later).")] = "auto",
     min_tas: Annotated[float | None, typer.Option(help="Minimum TAS (none by default).")] = None,
     min_sigs_per_compound: Annotated[int, typer.Option(help="Compounds need >= N sigs.")] = 10,
     min_compounds_per_moa: Annotated[int, typer.Option(help="MoAs need >= M compounds.")] = 10,
@@ -148,7 +151,10 @@ def prepare(
     from .data.prepare import PrepareConfig, write_h5ad
     from .data.prepare import prepare as run_prepare
 
+    check_output(out, [gctx, siginfo, geneinfo, compoundinfo, moa_labels])
     knockdown = pert_type != "trt_cp"
+    if times.strip().lower() == "auto":
+        times = "all" if knockdown else "6,24"
     config = PrepareConfig(
         pert_type=pert_type,
         times=_floats(times, "--times"),
@@ -197,6 +203,9 @@ def simulate(
     saturation: Annotated[float | None, typer.Option(
         help="Saturating responses: response -> S * tanh(response / S) (default: off).")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Write into a non-empty --out (replacing a release there).")
+    ] = False,
 ) -> None:
     """Write a simulated LINCS beta release (gctx, siginfo, geneinfo, ...) with truth.json.
 
@@ -211,6 +220,11 @@ def simulate(
     from .data.simulate import SimulationConfig
     from .data.simulate import simulate as run_simulate
 
+    check_output(out, [], directory=True)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise MoaspaceError(f"--out {out} is not empty (a release there would be overwritten); "
+                            "pass --overwrite or choose an empty directory")
+
     kwargs = {"seed": seed, "genes": genes, "compound_series": compound_series,
               "series_weight": series_weight, "noise_modules": noise_modules,
               "module_noise": module_noise, "saturation": saturation}
@@ -220,6 +234,13 @@ def simulate(
         kwargs["n_cells"] = n_cells
     paths = run_simulate(out, SimulationConfig(**kwargs))
     _summary("simulate", [(name, path) for name, path in paths.items()])
+
+
+def side_file(out: Path, suffix: str) -> Path:
+    """A table written next to ``out``: ``pred.h5ad`` -> ``pred<suffix>``; any other name is
+    kept whole (``run.2024`` -> ``run.2024<suffix>``, not ``run<suffix>``)."""
+    name = out.name[:-len(".h5ad")] if out.name.endswith(".h5ad") else out.name
+    return out.with_name(name + suffix)
 
 
 def _load_h5ad(path: Path, backed: bool = False):
@@ -273,6 +294,7 @@ def split_cmd(
     from .data.prepare import write_h5ad
     from .data.split import split
 
+    check_output(out, [data])
     adata = split(_load_h5ad(data), scheme, holdout_cells=holdout_cells, test_size=test_size,
                   val_size=val_size, moa_fraction=moa_fraction, val_by=val_by, seed=seed)
     write_h5ad(adata, out)
@@ -349,7 +371,22 @@ def train(
     atlas read rows from DATA as needed (docs/reliability.md, out-of-core training).
     """
     from .model import MoaModel
+    from .model.model import CONFIG_FILE
 
+    check_output(out, [data], directory=True)
+    if (out / CONFIG_FILE).exists() and not (overwrite or resume):
+        # checked before any work: training first would overwrite the checkpoints of the
+        # run that saved the model here
+        raise MoaspaceError(f"{out} already holds a model; pass --overwrite to replace it "
+                            "(or --resume to continue its training)")
+    if devices != "auto" and not devices.isdigit():
+        raise typer.BadParameter(f"--devices must be a number or 'auto', got {devices!r}")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MoaspaceError(f"--accelerator {accelerator}: no CUDA GPU is available here "
+                                "(use --accelerator cpu or auto)")
     adata = _load_h5ad(data, backed=backed)
     if genes == "landmark":
         if "feature_space" not in adata.var.columns:
@@ -420,8 +457,10 @@ def predict(
 ) -> None:
     """Embed signatures and call their MoA by nearest neighbours in the atlas.
 
-    Writes obsm['X_moa'], obs['moa_pred'], obs['moa_pred_score'] (and with
-    --compound-level a per-compound table next to OUT as .compounds.csv).
+    Writes obsm['X_moa'], obs['moa_pred'], obs['moa_pred_score'], the top-k table
+    next to OUT as OUT.top_k.csv (with --compound-level also the per-compound table
+    OUT.compounds.csv; a stale one from an earlier run is removed). OUT.h5ad gives
+    OUT.top_k.csv; any other name keeps its whole name (run.2024 -> run.2024.top_k.csv).
     With a calibrated model (calibration.json) moa_pred_score is a calibrated
     probability, obs['moa_unknown_score'] the distance to every known MoA, and
     moa_pred is 'unknown' where the query is far from all of them (--open-set)
@@ -435,6 +474,13 @@ def predict(
     from .model import MoaModel
     from .tl.predict import predict as run_predict
 
+    if top_k < 1:
+        raise typer.BadParameter(f"--top-k must be >= 1, got {top_k}")
+    if k is not None and k < 1:
+        raise typer.BadParameter(f"--k must be >= 1, got {k}")
+    top_path, calls_path = (side_file(out, ".top_k.csv"), side_file(out, ".compounds.csv"))
+    for path in (out, top_path, calls_path):
+        check_output(path, [model_dir, query])
     model = MoaModel.load(model_dir)
     if open_set and model.calibration is None:
         raise MoaspaceError(f"{model_dir} has no calibration.json (saved by an older moaspace?): "
@@ -458,19 +504,23 @@ def predict(
     from ._utils import atomic_path
 
     with ExitStack() as stack:
-        tmp = stack.enter_context(atomic_path(out.with_suffix(".top_k.csv")))
+        tmp = stack.enter_context(atomic_path(top_path))
         top.to_csv(tmp, index=False)
         if calls is not None:
-            tmp = stack.enter_context(atomic_path(out.with_suffix(".compounds.csv")))
+            tmp = stack.enter_context(atomic_path(calls_path))
             calls.to_csv(tmp, index=False)
             result.uns["moa_compound_calls"] = calls.reset_index(drop=True)
         write_h5ad(result, out)  # renamed first; the tables follow as the stack closes
+    if calls is None and calls_path.is_file():
+        # from an earlier run with --compound-level: it would pass for this run's table
+        calls_path.unlink()
+        logger.info("removed %s (an earlier run's compound table)", calls_path)
     rows = [("output", out), ("signatures", result.n_obs),
             ("top MoA calls", ", ".join(
                 f"{m} ({n})" for m, n in result.obs["moa_pred"].value_counts().head(3).items()))]
     if calls is not None:
         rows.append(("compounds called", len(calls)))
-        rows.append(("compound table", out.with_suffix(".compounds.csv")))
+        rows.append(("compound table", calls_path))
     info = result.uns["moa_predict"]
     if info.get("calibrated"):
         labels = result.obs["moa_pred"].astype(str)
@@ -562,8 +612,17 @@ def evaluate(
     from .tl.evaluate import evaluate as run_evaluate
     from .tl.evaluate import write_metrics
 
+    for path in (out, out.with_suffix(".md")):
+        check_output(path, [model_dir, data])
     model = MoaModel.load(model_dir)
-    metrics = run_evaluate(model, _load_h5ad(data), split=split_name, k=k, method=method)
+    adata = _load_h5ad(data)
+    if "split" not in adata.obs.columns:
+        raise MoaspaceError(f"{data}: obs has no 'split' column (run `moaspace split` first)")
+    if not (adata.obs["split"].astype(str) == split_name).any():
+        counts = adata.obs["split"].astype(str).value_counts().to_dict()
+        raise MoaspaceError(f"{data}: no signatures with obs['split'] == {split_name!r} to "
+                            f"evaluate (the split column holds {counts}); use --split")
+    metrics = run_evaluate(model, adata, split=split_name, k=k, method=method)
     write_metrics(metrics, out)
     _summary("evaluate", [("output", out), ("signatures", metrics["n"]),
                           ("accuracy", f"{metrics['accuracy']:.3f}"),
@@ -612,6 +671,7 @@ def benchmark(
     except ValueError:
         raise typer.BadParameter(f"--seeds must be integers, got {seeds!r}") from None
     method_list = [m.strip() for m in methods.split(",")] if methods else list(METHODS)
+    check_output(out, [data], directory=True)
     adata = _load_h5ad(data)
     model_kwargs = None if compound_weight is None else {"compound_weight": compound_weight}
     records = []
@@ -660,6 +720,7 @@ def demo(
     """
     from .workflow import run_demo
 
+    check_output(out, [], directory=True)
     result = run_demo(out, seed=seed, max_epochs=max_epochs)
     s = result["summary"]
     _summary("demo", [
@@ -706,6 +767,7 @@ def explain(
     from .explain import explain as run_explain
     from .model import MoaModel
 
+    check_output(out, [model_dir, data, gene_sets], directory=True)
     model = MoaModel.load(model_dir)
     adata = _load_h5ad(data)
     if split_name is not None:
@@ -747,6 +809,7 @@ def crispr(
     from .crispr import RAW_REFERENCE, knockdown_map, score_knockdowns, write_crispr
     from .model import MoaModel
 
+    check_output(out, [model_dir, kd, compoundinfo], directory=True)
     model = MoaModel.load(model_dir)
     raw = _load_h5ad(model_dir / RAW_REFERENCE) if (model_dir / RAW_REFERENCE).exists() else None
     knockdowns = _load_h5ad(kd)
@@ -776,6 +839,10 @@ def report(
     """
     from .report import write_report
 
+    if out is not None:
+        inputs = ([p for p in Path(run_dir).rglob("*") if p.is_file() and p.suffix != ".html"]
+                  if Path(run_dir).is_dir() else [])
+        check_output(out, [run_dir, *inputs])
     path = write_report(run_dir, out)
     _summary("report", [("report", path)])
     typer.echo(str(path.resolve()))

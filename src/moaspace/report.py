@@ -10,6 +10,7 @@ absent are skipped.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -21,7 +22,7 @@ import pandas as pd
 
 from . import __version__
 from ._utils import atomic_write_text
-from .errors import InputError
+from .errors import InputError, MoaspaceError
 
 logger = logging.getLogger(__name__)
 
@@ -65,129 +66,180 @@ def _kv(rows) -> str:
 
 
 def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    with _reading(path):
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict | list):
+            raise ValueError(f"expected a JSON object or list, found {type(data).__name__}")
+        return data
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Turn a failure to read or render ``path`` into one error that names it."""
+    try:
+        yield
+    except MoaspaceError:
+        raise
+    except Exception as exc:  # h5py/anndata/json/pandas raise many types on bad files
+        raise InputError(f"{path}: cannot be read for the report ({type(exc).__name__}: "
+                         f"{exc}); is it complete? Rerun the stage that writes it") from exc
 
 
 def build_report(run_dir: str | os.PathLike) -> str:
     """Return the HTML text of the report for ``run_dir``."""
-    import anndata as ad
-
-    from . import pl
+    import matplotlib
 
     run = Path(run_dir)
     if not run.is_dir():
         raise InputError(f"run directory not found: {run}")
     parts = [f"<h1>moaspace report</h1><p class='note'>{html.escape(str(run.resolve()))} · "
              f"moaspace {__version__}</p>"]
-    summary = _read_json(run / "summary.json")
-    found_any = summary is not None
+    found_any = False
+    sections = [("summary.json", None), ("data.h5ad", _data_section),
+                ("predictions.h5ad", _prediction_section), ("metrics.json", _metrics_section),
+                ("benchmark/results.json", _benchmark_section),
+                ("explain/enrichment.csv", _explain_section),
+                ("model/calibration.json", _calibration_section),
+                ("crispr/summary.json", _crispr_section)]
+    # MoA names are data, not markup: "$...$" must not be read as mathtext
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for name, section in sections:
+            path = run / name
+            if not path.exists():
+                continue
+            found_any = True
+            if section is not None:
+                with _reading(path):
+                    parts.extend(section(run, path))
+        with _reading(run / "model" / "config.json"):
+            how, has_config = _provenance_section(run)
+    found_any = found_any or has_config
+    parts.extend(how)
+    if not found_any:
+        raise InputError(f"{run}: nothing to report (no summary.json, data.h5ad, metrics.json "
+                         "...); run `moaspace demo --out DIR` or the stage commands into it")
+    body = "\n".join(parts)
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>moaspace report</title><style>{CSS}</style></head><body>{body}"
+            "</body></html>")
 
-    data_path = run / "data.h5ad"
-    if data_path.exists():
-        found_any = True
-        data = ad.read_h5ad(data_path, backed="r")
-        obs = data.obs
-        parts.append("<h2>Data</h2>")
-        parts.append(_kv([("signatures", data.n_obs), ("genes", data.n_vars),
-                          ("compounds", obs["pert_id"].nunique()),
-                          ("MoAs", obs["moa"].nunique() if "moa" in obs else "–"),
-                          ("cell lines", obs["cell_iname"].nunique())]))
-        prep = data.uns.get("moaspace", {}).get("prepare", {})
-        filters = prep.get("filters")
-        if filters is not None:
-            parts.append("<p>Filters applied by <code>prepare</code>, in order:</p>")
-            parts.append(_table(pd.DataFrame(filters), "{:.0f}"))
-        data.file.close()
 
-    pred_path = run / "predictions.h5ad"
-    if pred_path.exists():
-        found_any = True
-        pred = ad.read_h5ad(pred_path)
-        parts.append("<h2>Latent space</h2><p class='note'>Held-out (test) signatures of unseen "
-                     f"compounds, PCA of the {pred.obsm['X_moa'].shape[1]}-d embedding; circles "
-                     "mark compound centres (sub-clusters inside each MoA).</p>")
-        parts.append(_img(pl.latent_map(pred.obsm["X_moa"], pred.obs["moa"],
-                                         pred.obs.get("pert_id"))))
-        parts.append("<h2>Confusion matrix</h2>")
-        parts.append(_img(pl.confusion(pred.obs["moa"], pred.obs["moa_pred"])))
-        calls = run / "compound_calls.csv"
-        if calls.exists():
+def _data_section(run: Path, path: Path) -> list[str]:
+    import anndata as ad
+
+    data = ad.read_h5ad(path, backed="r")
+    obs = data.obs
+    parts = ["<h2>Data</h2>",
+             _kv([("signatures", data.n_obs), ("genes", data.n_vars),
+                  ("compounds", obs["pert_id"].nunique()),
+                  ("MoAs", obs["moa"].nunique() if "moa" in obs else "–"),
+                  ("cell lines", obs["cell_iname"].nunique())])]
+    prep = data.uns.get("moaspace", {}).get("prepare", {})
+    filters = prep.get("filters")
+    if filters is not None:
+        parts.append("<p>Filters applied by <code>prepare</code>, in order:</p>")
+        parts.append(_table(pd.DataFrame(filters), "{:.0f}"))
+    data.file.close()
+    return parts
+
+
+def _prediction_section(run: Path, path: Path) -> list[str]:
+    import anndata as ad
+
+    from . import pl
+
+    pred = ad.read_h5ad(path)
+    parts = ["<h2>Latent space</h2><p class='note'>Held-out (test) signatures of unseen "
+             f"compounds, PCA of the {pred.obsm['X_moa'].shape[1]}-d embedding; circles "
+             "mark compound centres (sub-clusters inside each MoA).</p>",
+             _img(pl.latent_map(pred.obsm["X_moa"], pred.obs["moa"], pred.obs.get("pert_id"))),
+             "<h2>Confusion matrix</h2>",
+             _img(pl.confusion(pred.obs["moa"], pred.obs["moa_pred"]))]
+    calls = run / "compound_calls.csv"
+    if calls.exists():
+        with _reading(calls):
             frame = pd.read_csv(calls)
             truth = pred.obs.groupby("pert_id", observed=True)["moa"].first().astype(str)
             frame.insert(2, "true_moa", frame["compound"].astype(str).map(truth))
             acc = float((frame["true_moa"] == frame["moa_pred"]).mean())
-            parts.append(f"<h2>Compound-level calls</h2><p>{len(frame)} held-out compounds, "
-                         f"accuracy {acc:.3f} (mean of each compound's signature scores).</p>")
-            parts.append(_table(frame.drop(columns=["top3"], errors="ignore")))
+        parts.append(f"<h2>Compound-level calls</h2><p>{len(frame)} held-out compounds, "
+                     f"accuracy {acc:.3f} (mean of each compound's signature scores).</p>")
+        parts.append(_table(frame.drop(columns=["top3"], errors="ignore")))
+    return parts
 
-    metrics = _read_json(run / "metrics.json")
-    if metrics:
-        found_any = True
-        parts.append("<h2>Evaluation (held-out compounds)</h2>")
-        md_rows = [("accuracy", f"{metrics['accuracy']:.3f}"),
-                   ("macro-F1", f"{metrics['macro_f1']:.3f}"),
-                   ("weighted-F1", f"{metrics['weighted_f1']:.3f}"),
-                   ("top-5 accuracy", f"{metrics['top5_accuracy']:.3f}")]
-        if metrics.get("compound_level"):
-            md_rows.append(("compound-level macro-F1",
-                            f"{metrics['compound_level']['macro_f1']:.3f}"))
-        hierarchy = metrics.get("hierarchy", {})
-        for key, value in hierarchy.get("knn_share", {}).items():
-            md_rows.append((f"share of {hierarchy.get('k', 10)} nearest neighbours with the "
-                            f"same {key}",
-                            f"{value:.3f}"))
-        parts.append(_kv(md_rows))
-        parts.append(_img(pl.per_moa_f1(metrics)))
 
-    bench = _read_json(run / "benchmark" / "results.json")
-    if bench:
-        found_any = True
-        from .tl.benchmark import plot_results, summarize
+def _metrics_section(run: Path, path: Path) -> list[str]:
+    from . import pl
 
-        parts.append("<h2>Baselines, same splits and seeds</h2>")
-        s = summarize(bench)
-        cols = [c for c in ("scheme", "method", "macro_f1_mean", "macro_f1_std", "accuracy_mean",
-                            "compound_macro_f1_mean", "n_seeds") if c in s.columns]
-        parts.append(_table(s[cols]))
-        parts.append(_img(plot_results(bench)))
+    metrics = _read_json(path)
+    md_rows = [("accuracy", f"{metrics['accuracy']:.3f}"),
+               ("macro-F1", f"{metrics['macro_f1']:.3f}"),
+               ("weighted-F1", f"{metrics['weighted_f1']:.3f}"),
+               ("top-5 accuracy", f"{metrics['top5_accuracy']:.3f}")]
+    if metrics.get("compound_level"):
+        md_rows.append(("compound-level macro-F1", f"{metrics['compound_level']['macro_f1']:.3f}"))
+    hierarchy = metrics.get("hierarchy", {})
+    for key, value in hierarchy.get("knn_share", {}).items():
+        md_rows.append((f"share of {hierarchy.get('k', 10)} nearest neighbours with the "
+                        f"same {key}", f"{value:.3f}"))
+    return ["<h2>Evaluation (held-out compounds)</h2>", _kv(md_rows),
+            _img(pl.per_moa_f1(metrics))]
 
-    explain_dir = run / "explain"
-    if (explain_dir / "enrichment.csv").exists():
-        found_any = True
-        parts.append("<h2>Pathways per MoA (integrated gradients → GSEA prerank)</h2>")
-        if (explain_dir / "pathway_heatmap.png").exists():
-            parts.append(_img(explain_dir / "pathway_heatmap.png"))
-        enr = pd.read_csv(explain_dir / "enrichment.csv")
-        top = enr[enr["fdr"] < 0.05].sort_values("nes", ascending=False).groupby("moa").head(3)
-        parts.append(_table(top[["moa", "pathway", "nes", "pval", "fdr"]].sort_values("moa")))
 
-    calibration = _read_json(run / "model" / "calibration.json")
-    if calibration:
-        found_any = True
-        parts.extend(_confidence_section(calibration, run / "predictions.h5ad"))
+def _benchmark_section(run: Path, path: Path) -> list[str]:
+    from .tl.benchmark import plot_results, summarize
 
-    crispr_dir = run / "crispr"
-    crispr_summary = _read_json(crispr_dir / "summary.json")
-    if crispr_summary:
-        found_any = True
-        parts.append("<h2>CRISPR knockdowns in the drug space</h2>")
-        keys = ("n_genes", "n_genes_scored", "hit_at_1", "hit_at_5", "hit_at_5_raw",
-                "hit_at_5_null", "mean_auroc")
-        parts.append(_kv([(k, f"{crispr_summary[k]:.3f}" if isinstance(crispr_summary[k], float)
-                           else crispr_summary[k]) for k in keys if k in crispr_summary]))
-        if (crispr_dir / "crispr_map.png").exists():
-            parts.append(_img(crispr_dir / "crispr_map.png"))
-        if (crispr_dir / "crispr_scores.csv").exists():
+    bench = _read_json(path)
+    s = summarize(bench)
+    cols = [c for c in ("scheme", "method", "macro_f1_mean", "macro_f1_std", "accuracy_mean",
+                        "compound_macro_f1_mean", "n_seeds") if c in s.columns]
+    return ["<h2>Baselines, same splits and seeds</h2>", _table(s[cols]),
+            _img(plot_results(bench))]
+
+
+def _explain_section(run: Path, path: Path) -> list[str]:
+    parts = ["<h2>Pathways per MoA (integrated gradients → GSEA prerank)</h2>"]
+    if (path.parent / "pathway_heatmap.png").exists():
+        parts.append(_img(path.parent / "pathway_heatmap.png"))
+    enr = pd.read_csv(path)
+    top = enr[enr["fdr"] < 0.05].sort_values("nes", ascending=False).groupby("moa").head(3)
+    parts.append(_table(top[["moa", "pathway", "nes", "pval", "fdr"]].sort_values("moa")))
+    return parts
+
+
+def _calibration_section(run: Path, path: Path) -> list[str]:
+    pred_path = run / "predictions.h5ad"
+    with _reading(pred_path):
+        return _confidence_section(_read_json(path), pred_path)
+
+
+def _crispr_section(run: Path, path: Path) -> list[str]:
+    crispr_summary = _read_json(path)
+    crispr_dir = path.parent
+    keys = ("n_genes", "n_genes_scored", "hit_at_1", "hit_at_5", "hit_at_5_raw",
+            "hit_at_5_null", "mean_auroc")
+    parts = ["<h2>CRISPR knockdowns in the drug space</h2>",
+             _kv([(k, f"{crispr_summary[k]:.3f}" if isinstance(crispr_summary[k], float)
+                   else crispr_summary[k]) for k in keys if k in crispr_summary])]
+    if (crispr_dir / "crispr_map.png").exists():
+        parts.append(_img(crispr_dir / "crispr_map.png"))
+    if (crispr_dir / "crispr_scores.csv").exists():
+        with _reading(crispr_dir / "crispr_scores.csv"):
             parts.append(_table(pd.read_csv(crispr_dir / "crispr_scores.csv")))
+    return parts
 
+
+def _provenance_section(run: Path) -> tuple[list[str], bool]:
+    summary = _read_json(run / "summary.json")
     config = _read_json(run / "model" / "config.json")
-    parts.append("<h2>How this was made</h2>")
+    parts = ["<h2>How this was made</h2>"]
     if summary:
         parts.append("<pre>" + html.escape(json.dumps(
             {k: v for k, v in summary.items() if k != "outputs"}, indent=2, default=str))
             + "</pre>")
     if config:
-        found_any = True
         parts.append("<p>Model hyper-parameters (<code>model/config.json</code>):</p><pre>"
                      + html.escape(json.dumps(config.get("model", {}), indent=2)) + "</pre>")
         parts.append(_kv([("best epoch", config.get("best_epoch")),
@@ -196,13 +248,7 @@ def build_report(run_dir: str | os.PathLike) -> str:
                           ("validation macro-F1 of the weights kept",
                            config.get("train", {}).get("final_val_f1")),
                           ("data fingerprint", config.get("data_fingerprint"))]))
-    if not found_any:
-        raise InputError(f"{run}: nothing to report (no summary.json, data.h5ad, metrics.json "
-                         "...); run `moaspace demo --out DIR` or the stage commands into it")
-    body = "\n".join(parts)
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>moaspace report</title><style>{CSS}</style></head><body>{body}"
-            "</body></html>")
+    return parts, bool(config)
 
 
 def _confidence_section(cal: dict, pred_path: Path) -> list[str]:

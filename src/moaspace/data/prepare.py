@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from .._utils import atomic_path, preview
+from .._utils import atomic_path, deferred_interrupt, preview
 from ..errors import InputError
 from ..io.labels import read_moa_table
 from ..io.lincs import landmark_gene_ids, read_compoundinfo, read_geneinfo, read_siginfo
@@ -413,7 +413,7 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike, compression: str | No
     allow = (ad.settings.override(allow_write_nullable_strings=True)
              if hasattr(ad.settings, "allow_write_nullable_strings")
              else contextlib.nullcontext())
-    with atomic_path(path, suffix=".h5ad.tmp") as tmp, allow:
+    with atomic_path(path, suffix=".h5ad.tmp") as tmp, allow, deferred_interrupt():
         adata.write_h5ad(tmp, compression=compression)
     return path
 
@@ -427,6 +427,8 @@ def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
         adata = ad.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many types for corrupt files
         raise InputError(f"{path}: cannot read as .h5ad ({type(exc).__name__}: {exc})") from exc
-    if adata.X is not None and not np.issubdtype(np.asarray(adata.X[:1]).dtype, np.floating):
-        raise InputError(f"{path}: X must hold floating-point z-scores")
+    # dense or sparse (CSR/CSC) alike: the dtype of the stored values
+    dtype = getattr(adata.X, "dtype", None)
+    if adata.X is not None and (dtype is None or not np.issubdtype(dtype, np.floating)):
+        raise InputError(f"{path}: X must hold floating-point z-scores (found {dtype})")
     return adata

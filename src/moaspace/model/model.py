@@ -48,6 +48,7 @@ from .module import (
     embed_row_source,
     layer_widths,
     macro_f1,
+    save_torch,
 )
 from .prototypes import (
     ViewSums,
@@ -63,7 +64,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MODEL_FILE, CONFIG_FILE, ATLAS_FILE = "model.pt", "config.json", "atlas.h5ad"
-CALIBRATION_FILE = "calibration.json"  # optional (moaspace.tl.calibrate); older dirs lack it
+CALIBRATION_FILE = "calibration.json"
+#: entry of config.json holding the SHA-1 of the rest of it
+CONFIG_DIGEST = "config_sha1"  # optional (moaspace.tl.calibrate); older dirs lack it
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 #: networks ``input_whitening="auto"`` trains and chooses between: raw, then whitened input
 INPUT_CANDIDATES = ("off", "on")
@@ -196,6 +199,39 @@ class ModelConfig:
         return out
 
 
+def config_digest(config: dict) -> str:
+    """SHA-1 of ``config.json``'s content without its own digest (canonical JSON): a
+    reordered gene list or an edited class list no longer matches the weights."""
+    body = {k: v for k, v in config.items() if k != CONFIG_DIGEST}
+    return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _check_config(config: dict, path: Path) -> None:
+    """Types and uniqueness of the entries a model is rebuilt from; a clear error per entry."""
+    def fail(what: str):
+        raise MoaspaceError(f"{path}: {what}; the file was edited or damaged (save the model "
+                            "again)")
+
+    for name in ("model", "keys", "files"):
+        if name in config and not isinstance(config[name], dict):
+            fail(f"'{name}' must be an object, found {type(config[name]).__name__}")
+    for name in ("genes", "moas", "compounds", "gene_symbols"):
+        value = config.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail(f"'{name}' must be a list of strings")
+    for name in ("genes", "moas", "compounds"):
+        values = pd.Index(config[name])
+        if values.has_duplicates:
+            fail(f"'{name}' lists {preview(values[values.duplicated()].unique())} more than once")
+    for name in ("keys", "files"):
+        bad = [k for k, v in config.get(name, {}).items() if not isinstance(v, str)]
+        if bad:
+            fail(f"'{name}' entries {preview(bad)} are not strings")
+    digest = config.get(CONFIG_DIGEST)
+    if digest is not None and digest != config_digest(config):
+        fail("its content does not match its checksum (config_sha1)")
+
+
 def _sha1_file(path: Path) -> str:
     h = hashlib.sha1()
     with open(path, "rb") as fh:
@@ -219,6 +255,18 @@ def data_fingerprint(adata: ad.AnnData, split_key: str = "split") -> str:
         h.update(b"\0")
         h.update("\n".join(adata.obs[split_key].astype(str)).encode())
     return h.hexdigest()
+
+
+#: |value| above which a "z-score" is almost surely not one (raw counts, a unit error)
+IMPLAUSIBLE_Z = 1000.0
+
+
+def _warn_if_not_zscores(largest: float, what: str) -> None:
+    if largest > IMPLAUSIBLE_Z:
+        logger.warning("%s holds values up to %.3g in magnitude: L1000 z-scores lie within a "
+                       "few tens; such values are clipped at +-%s by the encoder and their "
+                       "calls are unreliable (are these raw expression values?)", what,
+                       largest, "10")
 
 
 def _dense_rows(x, rows: np.ndarray | None = None) -> np.ndarray:
@@ -377,12 +425,17 @@ class MoaModel:
             # else: share adata.X (no copy: 12,328 genes x 100k signatures is ~5 GB)
             source = InMemoryRows(x)
         bad = np.zeros(len(used), dtype=bool)
+        largest = 0.0
         # streamed, one chunk in memory at a time (the NaN flags do not depend on its size)
         step = source.chunk_rows or max(1, 64 * 2**20 // (4 * source.n_vars))
         for start in range(0, len(used), step):
             rows = used[start:start + step]
+            block = source.rows(rows).numpy()
             # numpy's isfinite makes no float temporaries (torch's does: a backed run's RSS)
-            bad[start:start + step] = ~np.isfinite(source.rows(rows).numpy()).all(axis=1)
+            bad[start:start + step] = ~np.isfinite(block).all(axis=1)
+            finite = block[~bad[start:start + step]]
+            largest = max(largest, float(np.abs(finite).max(initial=0.0)))
+        _warn_if_not_zscores(largest, "the training data")
         if bad.any():
             raise InputError(
                 f"{int(bad.sum())} signatures have NaN/inf values, e.g. "
@@ -638,7 +691,8 @@ class MoaModel:
     def _gene_positions(self, adata: ad.AnnData, max_missing_fraction: float | None) -> np.ndarray:
         """Column of each model gene in ``adata`` (-1: missing); checks and logs as documented."""
         limit = self.max_missing_fraction if max_missing_fraction is None else max_missing_fraction
-        query = pd.Index(adata.var_names.astype(str))
+        # ' 16' is gene 16: ids padded with whitespace (a spreadsheet export) still match
+        query = pd.Index(adata.var_names.astype(str).str.strip())
         if query.has_duplicates:
             raise InputError(f"duplicated gene ids in var_names: {preview(query[query.duplicated()])}")
         genes = pd.Index(self.genes)
@@ -701,13 +755,16 @@ class MoaModel:
         if source is not None:
             batch_size = min(batch_size, source.chunk_rows)
         out = tuple(np.zeros((adata.n_obs, w), dtype=np.float32) for w in widths)
+        largest = 0.0
         for start in range(0, adata.n_obs, batch_size):
             x = self._aligned_rows(adata, pos, start, start + batch_size, source)
             if not np.isfinite(x).all():
                 raise InputError("the query has NaN/inf values; drop or impute them first")
+            largest = max(largest, float(np.abs(x).max(initial=0.0)))
             got = self._embed_source(InMemoryRows(x), np.arange(len(x)), layers=layers)
             for o, g in zip(out, got, strict=True):
                 o[start:start + batch_size] = g
+        _warn_if_not_zscores(largest, "the query")
         return out
 
     def _embed_source(self, source: RowSource, idx: np.ndarray, batch_size: int = 8192,
@@ -945,7 +1002,8 @@ class MoaModel:
         model_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(model_dir / MODEL_FILE, suffix=".pt.tmp") as tmp, open(tmp, "wb") as fh:
             # a file object: the zip records are named 'archive/...', not after the temp name
-            torch.save({k: v.cpu() for k, v in self.net.state_dict().items()}, fh)
+            save_torch({k: v.cpu() for k, v in self.net.state_dict().items()}, fh,
+                       model_dir / MODEL_FILE)
         # pandas >= 3 stores strings as StringArray, which anndata writes only on request
         allow = (ad.settings.override(allow_write_nullable_strings=True)
                  if hasattr(ad.settings, "allow_write_nullable_strings")
@@ -959,8 +1017,9 @@ class MoaModel:
         elif (model_dir / CALIBRATION_FILE).exists():
             (model_dir / CALIBRATION_FILE).unlink()  # stale: from a model saved here before
         files = {name: _sha1_file(model_dir / name) for name in names}
-        atomic_write_text(model_dir / CONFIG_FILE,
-                          json.dumps(self._config_json(files), indent=1))
+        config = self._config_json(files)
+        config[CONFIG_DIGEST] = config_digest(config)
+        atomic_write_text(model_dir / CONFIG_FILE, json.dumps(config, indent=1))
         logger.info("saved model to %s", model_dir)
         return model_dir
 
@@ -992,6 +1051,10 @@ class MoaModel:
         if missing:
             raise MoaspaceError(f"{model_dir / CONFIG_FILE}: entries {missing} are missing; "
                                 "not a complete moaspace model (save it again)")
+        _check_config(config, model_dir / CONFIG_FILE)
+        if CONFIG_DIGEST not in config:
+            logger.warning("%s has no checksum of its own (saved by an older moaspace): an "
+                           "edit to it cannot be detected", model_dir / CONFIG_FILE)
         for name, digest in config.get("files", {}).items():
             if not (model_dir / name).is_file():
                 raise MoaspaceError(f"{model_dir}: {name} is listed in config.json but missing")

@@ -35,7 +35,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from .._utils import atomic_path
-from ..errors import InputError
+from ..errors import InputError, MoaspaceError
 from ..tl.predict import PREDICTORS, knn_scores, l2_normalize, prototypes, topk_similarity
 from .arcface import ArcFace, count_margins
 from .data import RowSource
@@ -296,12 +296,21 @@ class _IndexDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------
 # Lightning
 # ---------------------------------------------------------------------------
+def save_torch(obj, target, path) -> None:
+    """``torch.save`` with one clear error when the file cannot be written (a full disk
+    makes torch raise a RuntimeError from its zip writer, not an OSError)."""
+    try:
+        torch.save(obj, target)
+    except (OSError, RuntimeError) as exc:
+        raise MoaspaceError(f"cannot write {path}: {exc} (is the disk full?)") from exc
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write checkpoints to a temp file and rename, so SIGKILL never leaves a torn file."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         with atomic_path(path, suffix=".ckpt.tmp") as tmp:
-            torch.save(checkpoint, tmp)
+            save_torch(checkpoint, tmp, path)
 
 
 class LastCheckpoint(Checkpoint):

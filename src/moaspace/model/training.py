@@ -101,7 +101,15 @@ def fit_candidate(net: MoaNet, data: TrainData, opts: RunOptions, *, config,
     elif opts.resume and n_candidates < 2:
         logger.warning("resume: no checkpoint at %s; training from scratch", last)
     trainer = _trainer(opts, last)
-    trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
+    try:
+        trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None,
+                    weights_only=True)
+    except SystemExit:
+        if trainer.interrupted:
+            # Lightning turns Ctrl-C into sys.exit(1) after its shutdown: give the caller
+            # the KeyboardInterrupt back (the CLI exits 130, "Interrupted.")
+            raise KeyboardInterrupt from None
+        raise
     module.restore_best()
     return _finish(module, last, finished), int(trainer.world_size)
 

@@ -3,6 +3,7 @@ retrieval and the shape of the hierarchy. Writes JSON and a Markdown table."""
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -122,9 +123,15 @@ def metrics_markdown(metrics: dict) -> str:
                 lines.append(f"| {key.replace('_', ' by ')} | {h[key]:.3f} |")
     lines += ["", "| MoA | precision | recall | F1 | n |", "|---|---|---|---|---|"]
     for moa, m in sorted(metrics["per_moa"].items()):
-        lines.append(f"| {moa} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+        lines.append(f"| {_md_cell(moa)} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
                      f"{m['support']} |")
     return "\n".join(lines) + "\n"
+
+
+def _md_cell(text) -> str:
+    """A name as literal text in a Markdown table cell: HTML escaped (a MoA called
+    ``<script>`` stays text in a rendered page), pipes escaped (no extra columns)."""
+    return html.escape(str(text)).replace("|", "\\|")
 
 
 def write_metrics(metrics: dict, path: str | os.PathLike) -> Path:
