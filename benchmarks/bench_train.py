@@ -28,7 +28,7 @@ import numpy as np
 import psutil
 import torch
 
-from moaspace import __version__
+from moaspace._utils import provenance
 from moaspace.data.prepare import read_h5ad, write_h5ad
 from moaspace.data.split import split
 from moaspace.model import MoaModel, macro_f1
@@ -187,7 +187,7 @@ def main(argv=None) -> dict:
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         scores["raw_cosine_knn"] = knn_scores(x, adata, model.config.knn_k)
     result = {
-        "moaspace_version": __version__,
+        **provenance(),
         "machine": {"cpu_count": psutil.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "torch": torch.__version__,
                     "device": (torch.cuda.get_device_name(0)
@@ -216,7 +216,6 @@ def main(argv=None) -> dict:
         "per_epoch": [{**e, "samples_per_s": round(n_train / e["train_s"], 1)} for e in epochs],
         "history": model.history,
         "train_info": model.train_info,
-        "argv": sys.argv,
     }
     if args.baseline_hp is not None:
         # the same data, seed and machine, in the same run: the time ratio is what is compared

@@ -136,6 +136,31 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def provenance() -> dict:
+    """What a result file records about the code that made it: the moaspace version, the git
+    commit of the source tree (None outside a git checkout; ``+dirty`` with local changes)
+    and the command line."""
+    import subprocess
+    import sys
+
+    from . import __version__
+
+    here = Path(__file__).resolve().parent
+    commit = None
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode == 0:
+            commit = head.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   cwd=here, capture_output=True, text=True, timeout=10)
+            if dirty.returncode == 0 and dirty.stdout.strip():
+                commit += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"moaspace_version": __version__, "git_commit": commit, "argv": list(sys.argv)}
+
+
 def require_file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.exists():

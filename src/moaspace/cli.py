@@ -681,10 +681,10 @@ def benchmark(
                                  holdout_cells=holdout_cells, max_epochs=max_epochs,
                                  model_kwargs=model_kwargs, cv=cv,
                                  progress=not _state["quiet"])
-    from . import __version__
+    from ._utils import provenance
 
     meta = {"command": " ".join(sys.argv), "data": str(data), "seeds": seed_list,
-            "max_epochs": max_epochs, "moaspace_version": __version__}
+            "max_epochs": max_epochs, **provenance()}
     if cv is not None:
         meta["cv_folds"] = cv
     if model_kwargs:
