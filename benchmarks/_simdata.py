@@ -14,8 +14,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from moaspace.data.prepare import prepare
-from moaspace.data.simulate import SimulationConfig, simulate
+from moaspace.datasets._simulate import SimulationConfig, simulate
+from moaspace.pp._prepare import prepare
 
 #: simulate()'s outputs that are prepare()'s positional inputs, in order
 PREPARE_INPUTS = ("gctx", "siginfo", "geneinfo", "compoundinfo", "moa_labels")

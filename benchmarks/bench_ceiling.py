@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 from _simdata import add_data_argument, default_data
 
-from moaspace.data.simulate import _TIME_GENERIC, SimulationConfig, _build_world
-from moaspace.data.split import split
-from moaspace.tl.metrics import classification_metrics
+from moaspace.datasets._simulate import _TIME_GENERIC, SimulationConfig, _build_world
+from moaspace.pp._split import split
+from moaspace.tl._metrics import classification_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # compound split only: on a held-out cell line the test compounds are training compounds,

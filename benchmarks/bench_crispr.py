@@ -29,10 +29,10 @@ from pathlib import Path
 from _simdata import prepare_knockdowns, raw_reference, simulate_prepared
 from scipy.stats import binomtest
 
-from moaspace.crispr import score_knockdowns
-from moaspace.data.simulate import SimulationConfig, simulate
-from moaspace.data.split import split
+from moaspace.datasets._simulate import SimulationConfig, simulate
 from moaspace.model import MoaModel
+from moaspace.pp._split import split
+from moaspace.tl._crispr import score_knockdowns
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moaspace.tl.predict import knn_search
+from moaspace._core.neighbors import knn_search
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

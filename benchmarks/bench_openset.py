@@ -40,10 +40,17 @@ import pandas as pd
 from _simdata import simulate_prepared
 
 from moaspace import pl
-from moaspace.data.simulate import SimulationConfig
-from moaspace.data.split import split
+from moaspace._core.neighbors import (
+    encode_labels,
+    knn_scores,
+    knn_search,
+    prototype_scores,
+    prototypes,
+)
+from moaspace.datasets._simulate import SimulationConfig
 from moaspace.model import MoaModel
-from moaspace.tl.calibrate import (
+from moaspace.model._predict import predict
+from moaspace.model.calibration import (
     CALIBRATION_METHODS,
     OPENSET_SCORES,
     binary_nll,
@@ -58,14 +65,7 @@ from moaspace.tl.calibrate import (
     tas_coverage_curve,
     unknown_auroc,
 )
-from moaspace.tl.predict import (
-    encode_labels,
-    knn_scores,
-    knn_search,
-    predict,
-    prototype_scores,
-    prototypes,
-)
+from moaspace.pp._split import split
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: rows of the tables: moaspace with its default predictor (nearest hidden-layer prototype),
@@ -95,7 +95,7 @@ def evaluate_space(cal, z_test, test_obs, reference, ref_labels, held_moas, *, h
         layer, layer_centres = hidden, hidden_centres
         cal_val = cal.validation[predictor]
     chosen_map = cal.method_for(predictor)
-    from moaspace.tl.calibrate import openset_scores
+    from moaspace.model.calibration import openset_scores
 
     scores = openset_scores(z_test, centres=centres, knn_sims=sims, k=cal.k, class_scores=votes,
                             energy_scale=cal.energy_scale, hidden=hidden,

@@ -49,10 +49,10 @@ import pandas as pd
 from _simdata import add_data_argument, add_run_arguments, default_data
 from scipy.special import logsumexp
 
-from moaspace.data.split import split
+from moaspace._core.neighbors import l2_normalize, prototypes
 from moaspace.model import MoaModel, ModelConfig
-from moaspace.tl.metrics import classification_metrics, neighbour_label_shares, retrieval_map
-from moaspace.tl.predict import l2_normalize, prototypes
+from moaspace.pp._split import split
+from moaspace.tl._metrics import classification_metrics, neighbour_label_shares, retrieval_map
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"moaspace": {}, "arcface_moa_only": {"loss": "arcface_moa"}}

@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 from _simdata import prepare_knockdowns, raw_reference, simulate_prepared
 
-from moaspace.crispr import score_knockdowns
-from moaspace.data.simulate import SimulationConfig
-from moaspace.data.split import split
-from moaspace.explain import explain
+from moaspace.datasets._simulate import SimulationConfig
 from moaspace.model import MoaModel
+from moaspace.pp._split import split
+from moaspace.tl._crispr import score_knockdowns
+from moaspace.tl._explain import explain
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

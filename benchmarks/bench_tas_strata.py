@@ -29,10 +29,10 @@ import pandas as pd
 from _simdata import add_data_argument, add_run_arguments, default_data
 from sklearn.metrics import f1_score
 
-from moaspace.data.split import split
+from moaspace.benchmark._baselines import make_baseline
 from moaspace.model import MoaModel
-from moaspace.tl.baselines import make_baseline
-from moaspace.tl.predict import predict
+from moaspace.model._predict import predict
+from moaspace.pp._split import split
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUANTILES = (0.0, 0.25, 0.5, 0.75)

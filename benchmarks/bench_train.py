@@ -3,9 +3,9 @@
     python benchmarks/bench_train.py                      # ~100,000 x 978, full run
     python benchmarks/bench_train.py --n-signatures 20000 --max-epochs 10
 
-Data come from the project simulator (``moaspace.data.simulate``) when it is
+Data come from the project simulator (``moaspace.datasets._simulate``) when it is
 importable, else from the small generator in ``tests/_synthetic.py``. The
-data are split by compound (``moaspace.data.split``), the model is trained
+data are split by compound (``moaspace.pp._split``), the model is trained
 with early stopping, and the model's kNN macro-F1 on validation and test
 compounds is compared with a cosine kNN on the raw signatures of the same
 split. Results are printed as a table and written to
@@ -28,11 +28,11 @@ import numpy as np
 import psutil
 import torch
 
+from moaspace._core.neighbors import knn_predict
 from moaspace._utils import provenance
-from moaspace.data.prepare import read_h5ad, write_h5ad
-from moaspace.data.split import split
 from moaspace.model import MoaModel, macro_f1
-from moaspace.tl.predict import knn_predict
+from moaspace.pp._prepare import read_h5ad, write_h5ad
+from moaspace.pp._split import split
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_train")
@@ -41,7 +41,7 @@ logger = logging.getLogger("bench_train")
 def make_data(n_signatures: int, n_genes: int, seed: int, source: str):
     """Labelled signatures, about ``n_signatures`` of them, with ``n_genes`` genes."""
     if source == "simulator":
-        from moaspace.data.simulate import SimulationConfig, simulate_adata
+        from moaspace.datasets._simulate import SimulationConfig, simulate_adata
 
         # the default release has ~21 signatures per compound
         n_compounds = max(60, round(n_signatures / 21.2))
@@ -145,14 +145,14 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_train.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("moaspace.data.simulate").setLevel(logging.WARNING)
+    logging.getLogger("moaspace.datasets._simulate").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.source == "simulator":
         try:
-            import moaspace.data.simulate  # noqa: F401
+            import moaspace.datasets._simulate  # noqa: F401
         except ImportError:
-            logger.warning("moaspace.data.simulate not available; using the synthetic generator")
+            logger.warning("moaspace.datasets._simulate not available; using the synthetic generator")
             args.source = "synthetic"
 
     t0 = time.perf_counter()

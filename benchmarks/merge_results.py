@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from moaspace import __version__
-from moaspace.tl.benchmark import write_benchmark
+from moaspace.benchmark._run import write_benchmark
 
 
 def _meta(directory: Path) -> dict:

@@ -34,12 +34,12 @@ from typer.testing import CliRunner
 
 from _synthetic import make_synthetic, write_blocked_h5ad
 from moaspace.cli import app
-from moaspace.crispr import RAW_REFERENCE
-from moaspace.data.prepare import read_h5ad, write_h5ad
-from moaspace.data.split import split
 from moaspace.errors import InputError
 from moaspace.model import MoaModel
 from moaspace.model.data import BackedRows, InMemoryRows, backed_rows
+from moaspace.pp._prepare import read_h5ad, write_h5ad
+from moaspace.pp._split import split
+from moaspace.tl._crispr import RAW_REFERENCE
 
 torch.set_num_threads(1)
 
@@ -149,7 +149,7 @@ def test_backed_nan_rows_are_named(h5ad_path, tmp_path):
 
 def test_raw_reference_of_a_backed_gene_view_matches_in_memory(h5ad_path, tmp_path):
     """save_raw_reference reads a backed view (not row-indexable) at the kept rows only."""
-    from moaspace.crispr import save_raw_reference
+    from moaspace.tl._crispr import save_raw_reference
 
     memory = read_h5ad(h5ad_path)
     genes = list(memory.var_names[::3])

@@ -39,10 +39,10 @@ import pytest
 
 from _cli import assert_clean_failure, cli, cli_proc, snapshot
 from _synthetic import make_synthetic
-from moaspace.data.prepare import prepare, read_h5ad, write_h5ad
 from moaspace.errors import InputError, MoaspaceError
 from moaspace.io import read_gctx, write_gctx
 from moaspace.model import MoaModel
+from moaspace.pp._prepare import prepare, read_h5ad, write_h5ad
 
 MATRIX = "/0/DATA/0/matrix"
 
@@ -421,7 +421,7 @@ def test_usage_errors_exit_2(tiny_lincs, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny model for the module: (model dir, data with split, scratch dir)."""
-    from moaspace.data.split import split
+    from moaspace.pp._split import split
 
     root = tmp_path_factory.mktemp("bad_input_model")
     adata = split(make_synthetic(seed=0), "compound", seed=0)
@@ -642,7 +642,7 @@ def test_unwritable_model_dir_for_train(trained, tmp_path):
     blocker.write_text("x")
     data = root / "train_data.h5ad"
     if not data.exists():
-        from moaspace.data.split import split
+        from moaspace.pp._split import split
 
         write_h5ad(split(make_synthetic(seed=0), "compound", seed=0), data)
     res = cli("train", data, "--out", blocker / "model", "--max-epochs", "1",

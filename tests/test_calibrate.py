@@ -15,11 +15,10 @@ from typer.testing import CliRunner
 
 from _synthetic import make_synthetic
 from moaspace.cli import app
-from moaspace.data.prepare import read_h5ad, write_h5ad
-from moaspace.data.split import split
 from moaspace.errors import InputError, MoaspaceError
 from moaspace.model import MoaModel
-from moaspace.tl.calibrate import (
+from moaspace.model._predict import predict
+from moaspace.model.calibration import (
     Calibration,
     _out_of_fold_confidence,
     apply_logistic,
@@ -39,7 +38,8 @@ from moaspace.tl.calibrate import (
     tas_coverage_curve,
     unknown_auroc,
 )
-from moaspace.tl.predict import predict
+from moaspace.pp._prepare import read_h5ad, write_h5ad
+from moaspace.pp._split import split
 
 # ------------------------------------------------------------------ threshold logic
 
@@ -306,8 +306,8 @@ def test_open_set_machinery_flags_a_distinct_unknown_moa():
     # the calibration map with the lowest out-of-fold Brier score on validation is used
     brier = cal.validation["brier_out_of_fold"]
     assert cal.method == min(brier, key=brier.get)
-    from moaspace.tl.calibrate import openset_scores
-    from moaspace.tl.predict import knn_predict, prototypes
+    from moaspace._core.neighbors import knn_predict, prototypes
+    from moaspace.model.calibration import openset_scores
 
     test = s == "test"
     votes, classes = knn_predict(x[test], x[s == "train"], y[s == "train"], k=cal.k)
@@ -329,7 +329,7 @@ TINY = {"hidden_dims": (256, 128), "embedding_dim": 32}
 
 @pytest.fixture(scope="module")
 def openset_run(tmp_path_factory):
-    from moaspace.data.simulate import SimulationConfig, simulate_adata
+    from moaspace.datasets._simulate import SimulationConfig, simulate_adata
 
     root = tmp_path_factory.mktemp("openset")
     cfg = SimulationConfig(seed=4, n_compounds=200, n_moas=10, n_cells=4,
@@ -465,14 +465,14 @@ def test_calibrate_refit_and_bad_input(openset_run):
 def test_predict_uses_the_forced_calibration_method(openset_run, method, predictor):
     """predict() gives the calibrated score of the map fitted on val, for each map and
     each predictor (the hidden-prototype map reads its own scores and margin layer)."""
-    from moaspace.tl.calibrate import confidence_features
-    from moaspace.tl.predict import (
+    from moaspace._core.neighbors import (
         encode_labels,
         knn_scores,
         knn_search,
         prototype_scores,
         prototypes,
     )
+    from moaspace.model.calibration import confidence_features
 
     _, model, adata, test = openset_run
     before = model.calibration
@@ -638,7 +638,7 @@ def test_calibrating_on_training_compounds_warns_and_names_them(openset_run, cap
 
 
 def test_compound_calls_leave_out_no_call_signatures():
-    from moaspace.tl.predict import compound_calls
+    from moaspace.model._predict import compound_calls
 
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]], dtype=np.float32)
     compounds = ["c1", "c1", "c1", "c2"]
@@ -745,8 +745,8 @@ def test_each_prediction_method_has_its_own_calibration_map(tmp_path):
 def test_auto_picks_the_prototype_map_on_prototype_scores():
     """'auto' validates the prototype map on the prototype scores themselves (out of fold),
     not by the kNN vote's choice."""
-    from moaspace.tl.calibrate import PROTOTYPE_TEMPERATURE, auto_candidates
-    from moaspace.tl.predict import encode_labels, prototype_scores, prototypes
+    from moaspace._core.neighbors import encode_labels, prototype_scores, prototypes
+    from moaspace.model.calibration import PROTOTYPE_TEMPERATURE, auto_candidates
 
     # data on which the two choices differ, so a prototype map copied from the kNN's
     # choice fails here
@@ -820,7 +820,7 @@ def test_encoder_hidden_layer_feeds_the_embedding():
 
 
 def test_hidden_prototype_scores_by_hand():
-    from moaspace.tl.calibrate import leave_moa_out_scores, openset_scores
+    from moaspace.model.calibration import leave_moa_out_scores, openset_scores
 
     centres_z = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     z = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)
@@ -871,7 +871,7 @@ def test_calibration_format_1_still_loads_and_2_is_written(tmp_path):
 
 
 def test_model_hidden_prototypes_and_the_hidden_unknown_score(openset_run, tmp_path):
-    from moaspace.tl.predict import prototypes
+    from moaspace._core.neighbors import prototypes
 
     root, model, adata, test = openset_run
     # by hand: the prototype layer stacks the hidden layer's unit MoA centres and the

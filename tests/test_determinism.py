@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from moaspace.data.prepare import read_h5ad
+from moaspace.pp._prepare import read_h5ad
 
 PIPELINE = textwrap.dedent("""
     import json, sys
@@ -34,9 +34,9 @@ PIPELINE = textwrap.dedent("""
     import numpy as np
     import torch
 
-    from moaspace.data.prepare import prepare, write_h5ad
-    from moaspace.data.simulate import SimulationConfig, simulate
-    from moaspace.data.split import split
+    from moaspace.pp._prepare import prepare, write_h5ad
+    from moaspace.datasets._simulate import SimulationConfig, simulate
+    from moaspace.pp._split import split
     from moaspace.model import MoaModel
     from moaspace.tl.predict import predict
 

@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from _synthetic import make_synthetic
+from moaspace.benchmark._run import results_markdown, run_benchmark, write_benchmark
 from moaspace.cli import app
-from moaspace.data.split import split
 from moaspace.model import MoaModel
-from moaspace.tl.benchmark import results_markdown, run_benchmark, write_benchmark
-from moaspace.tl.evaluate import evaluate, write_metrics
-from moaspace.tl.predict import predict
+from moaspace.model._predict import predict
+from moaspace.pp._split import split
+from moaspace.tl._evaluate import evaluate, write_metrics
 
 TINY = {"hidden_dims": (64, 32), "embedding_dim": 16}
 
@@ -80,7 +80,7 @@ def test_benchmark_records_and_outputs(tmp_path):
         assert len({r["n_test"] for r in records if r["seed"] == seed}) == 1
     # the compound level of the hierarchy, in the spaces that exist: moaspace's embedding and
     # raw_knn's z-scores; raw_knn's is the retrieval among the same split's test rows
-    from moaspace.tl.metrics import retrieval_map
+    from moaspace.tl._metrics import retrieval_map
 
     for r in records:
         has_space = r["method"] in ("moaspace", "raw_knn")
@@ -131,7 +131,7 @@ def test_cli_benchmark_contract(tmp_path):
 
 def test_paired_differences_by_hand():
     """moaspace minus each method seed by seed, within its scheme; mean > sd is the bar."""
-    from moaspace.tl.benchmark import paired_differences
+    from moaspace.benchmark._run import paired_differences
 
     f1 = {("compound", "moaspace"): [0.60, 0.50, 0.70], ("compound", "logreg"): [0.58, 0.49, 0.67],
           ("compound", "raw_knn"): [0.62, 0.40, 0.71], ("cell", "moaspace"): [0.5, 0.6, 0.7],
@@ -215,7 +215,7 @@ def test_cli_explain_and_crispr_contract(tmp_path):
     """`moaspace explain` and `moaspace crispr` write the files their contract names."""
     import pandas as pd
 
-    from moaspace.data.simulate import SimulationConfig, simulate
+    from moaspace.datasets._simulate import SimulationConfig, simulate
 
     paths = simulate(tmp_path / "sim", SimulationConfig(seed=2, n_compounds=120, n_moas=5,
                                                         n_cells=5, sigs_per_compound=(12, 24)))

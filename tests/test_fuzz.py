@@ -24,7 +24,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_lincs
-from moaspace.data.prepare import prepare
 from moaspace.errors import InputError
 from moaspace.io import (
     compound_targets,
@@ -36,6 +35,7 @@ from moaspace.io import (
     read_siginfo,
     write_gctx,
 )
+from moaspace.pp._prepare import prepare
 
 MATRIX = "/0/DATA/0/matrix"
 # derandomize: the same examples on every run, so CI cannot flake on a rare draw; run

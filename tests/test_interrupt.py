@@ -26,9 +26,9 @@ import pandas as pd
 import pytest
 
 from conftest import landmarks
-from moaspace.data.prepare import read_h5ad, write_h5ad
 from moaspace.errors import InputError
 from moaspace.io import read_gctx, write_gctx
+from moaspace.pp._prepare import read_h5ad, write_h5ad
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 N_SIGS = 40_000  # x 978 landmark genes: a 156 MB matrix, written in well under a second

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from moaspace.cli import app
-from moaspace.data.prepare import bundled_geneinfo, prepare, read_h5ad
 from moaspace.errors import InputError
 from moaspace.io.matrix import open_matrix
+from moaspace.pp._prepare import bundled_geneinfo, prepare, read_h5ad
 
 GENES = bundled_geneinfo().index[:978].tolist()
 

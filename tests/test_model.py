@@ -19,10 +19,10 @@ from sklearn.metrics import silhouette_score
 
 from _synthetic import make_synthetic
 from moaspace import __version__
-from moaspace.data.split import split
 from moaspace.errors import InputError, MoaspaceError
 from moaspace.model import MoaModel, macro_f1
-from moaspace.tl.predict import predict
+from moaspace.model._predict import predict
+from moaspace.pp._split import split
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared 2-core box
 
@@ -438,7 +438,7 @@ def test_gpu_mixed_precision(adata, tmp_path):
 # --------------------------------------------------------------------------- hierarchy
 def _planted_hierarchy():
     """A small simulation (planted MoAs, compounds, cell lines), labelled rows only."""
-    from moaspace.data.simulate import SimulationConfig, simulate_adata
+    from moaspace.datasets._simulate import SimulationConfig, simulate_adata
 
     # named MoAs (two strong, three medium, one weak) so the difficulty does not hinge on
     # which classes a seed happens to draw
@@ -505,8 +505,8 @@ def test_compound_loss_builds_the_compound_level():
     the README's benchmark data this is same-compound mAP 0.416 vs 0.352 and own-compound
     top-1 0.37 vs 0.19 (``benchmarks/bench_predictors.py``, cell split, 3 of 3 seeds).
     """
-    from moaspace.tl.metrics import retrieval_map
-    from moaspace.tl.predict import prototypes
+    from moaspace._core.neighbors import prototypes
+    from moaspace.tl._metrics import retrieval_map
 
     a = _planted_hierarchy()
     cells = a.obs["cell_iname"].astype(str).value_counts()

@@ -7,14 +7,7 @@ import pytest
 from sklearn.metrics import f1_score, top_k_accuracy_score
 from sklearn.neighbors import NearestNeighbors
 
-from moaspace.errors import InputError
-from moaspace.tl.metrics import (
-    classification_metrics,
-    neighbour_label_shares,
-    retrieval_map,
-    silhouette,
-)
-from moaspace.tl.predict import (
+from moaspace._core.neighbors import (
     aggregate_scores,
     knn_predict,
     knn_scores,
@@ -22,6 +15,13 @@ from moaspace.tl.predict import (
     prototype_scores,
     prototypes,
     top_k_table,
+)
+from moaspace.errors import InputError
+from moaspace.tl._metrics import (
+    classification_metrics,
+    neighbour_label_shares,
+    retrieval_map,
+    silhouette,
 )
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moaspace.data.prepare import prepare, read_h5ad, write_h5ad
 from moaspace.errors import InputError
 from moaspace.io import read_moa_table
+from moaspace.pp._prepare import prepare, read_h5ad, write_h5ad
 
 
 def _expected_steps(siginfo: pd.DataFrame, min_sigs: int, min_cpds: int) -> dict[str, int]:

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moaspace.data.plate import zscore_plate
-from moaspace.data.prepare import prepare
 from moaspace.errors import InputError
 from moaspace.io import read_gctx, write_gctx
+from moaspace.pp._plate import zscore_plate
+from moaspace.pp._prepare import prepare
 
 
 def _landmarks(shared):

@@ -21,9 +21,9 @@ import scipy.sparse as sp
 
 from _cli import ENV, assert_clean_failure, cli, snapshot
 from _synthetic import make_synthetic
-from moaspace.data.prepare import read_h5ad, write_h5ad
-from moaspace.data.split import split
 from moaspace.model import MoaModel
+from moaspace.pp._prepare import read_h5ad, write_h5ad
+from moaspace.pp._split import split
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = sorted(p for p in (HERE.parent / "benchmarks").glob("*.py")
@@ -33,7 +33,7 @@ BENCHMARKS = sorted(p for p in (HERE.parent / "benchmarks").glob("*.py")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny release on disk, prepared data with a split, and a trained model."""
-    from moaspace.data.simulate import SimulationConfig, simulate
+    from moaspace.datasets._simulate import SimulationConfig, simulate
 
     root = tmp_path_factory.mktemp("reliability")
     cfg = SimulationConfig(seed=2, n_compounds=60, n_moas=4, n_cells=3,
@@ -158,7 +158,7 @@ def test_sparse_float_x_is_accepted_by_the_cli(run, tmp_path):
 def test_report_errors_name_the_file(run, tmp_path):
     """7. report: mathtext in MoA names renders; a corrupt metrics.json or a truncated
     .h5ad gives one line naming it."""
-    from moaspace.tl.evaluate import evaluate, write_metrics
+    from moaspace.tl._evaluate import evaluate, write_metrics
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -261,7 +261,7 @@ def test_smaller_items(run, tmp_path, caplog):
     x = np.asarray(query.X).copy()
     x[0, 0] = 3e38
     query.X = x
-    from moaspace.tl.predict import predict
+    from moaspace.model._predict import predict
 
     with caplog.at_level(logging.WARNING, logger="moaspace"):
         predict(model, query, compound_key=None)
@@ -269,7 +269,7 @@ def test_smaller_items(run, tmp_path, caplog):
     padded = run["query"].copy()
     padded.var_names = [f" {g} " for g in padded.var_names]
     np.testing.assert_array_equal(model.embed(padded), model.embed(run["query"]))
-    from moaspace.tl.evaluate import metrics_markdown
+    from moaspace.tl._evaluate import metrics_markdown
 
     metrics = {"n": 1, "accuracy": 1.0, "macro_f1": 1.0, "weighted_f1": 1.0,
                "top3_accuracy": 1.0, "top5_accuracy": 1.0,
@@ -295,7 +295,7 @@ def test_knockdowns_keep_their_time_points_by_default(run, tmp_path):
 
 def test_benchmark_reference_makes_no_calibration_warning(run, caplog):
     """11. the reference baseline is calibrated for the 1-NN it predicts with."""
-    from moaspace.tl.benchmark import run_benchmark
+    from moaspace.benchmark._run import run_benchmark
 
     with caplog.at_level(logging.WARNING, logger="moaspace"):
         records = run_benchmark(run["adata"], seeds=[0], methods=["reference"], max_epochs=1)

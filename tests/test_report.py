@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from moaspace.data.simulate import SimulationConfig, simulate
+from moaspace.datasets._simulate import SimulationConfig, simulate
 from moaspace.report import write_report
 from moaspace.workflow import run_pipeline
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from moaspace.crispr import score_knockdowns
-from moaspace.data.prepare import prepare
-from moaspace.data.simulate import SimulationConfig, simulate
-from moaspace.data.split import split
-from moaspace.explain import explain
+from moaspace.datasets._simulate import SimulationConfig, simulate
 from moaspace.model import MoaModel
+from moaspace.pp._prepare import prepare
+from moaspace.pp._split import split
+from moaspace.tl._crispr import score_knockdowns
+from moaspace.tl._explain import explain
 
 # knockdown_scale 0.3 (default 0.7): weak knockdowns, so that top-5 calls of both the model
 # and raw-signature kNN do not saturate at 1.0 and the comparison can fail; it changes only

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moaspace.data.prepare import prepare
-from moaspace.data.simulate import (
+from moaspace.datasets._simulate import (
     FILE_NAMES,
     SYNTHETIC_GENE_ID_START,
     SimulationConfig,
@@ -30,6 +29,7 @@ from moaspace.io import (
     read_gmt,
     read_siginfo,
 )
+from moaspace.pp._prepare import prepare
 
 SIGINFO_COLUMNS = (
     "sig_id",
@@ -335,7 +335,7 @@ def test_config_validation():
 
 
 def _compound_directions(cfg):
-    from moaspace.data.simulate import _build_world
+    from moaspace.datasets._simulate import _build_world
 
     world = _build_world(cfg)
     directions = world.programs.T @ world.cpd_coef.T + world.cpd_idio.T

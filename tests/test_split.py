@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from _synthetic import make_synthetic
-from moaspace.data.prepare import read_h5ad, write_h5ad
-from moaspace.data.split import check_split, cv_folds, split
 from moaspace.errors import InputError, MoaspaceError
+from moaspace.pp._prepare import read_h5ad, write_h5ad
+from moaspace.pp._split import check_split, cv_folds, split
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_moa_split_holds_out_whole_moas(adata):
 
 
 def test_random_split_is_flagged_leaky(adata, caplog):
-    with caplog.at_level(logging.WARNING, logger="moaspace.data.split"):
+    with caplog.at_level(logging.WARNING, logger="moaspace.pp._split"):
         split(adata, "random", seed=0)
     assert adata.uns["moaspace"]["split"]["leaky"] is True
     assert "leaky" in caplog.text or "overestimate" in caplog.text

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, MoaspaceError
+from moaspace.errors import InputError, MoaspaceError
 
 
 def preview(ids: Iterable, n: int = 10) -> str:
@@ -143,7 +143,7 @@ def provenance() -> dict:
     import subprocess
     import sys
 
-    from . import __version__
+    from moaspace._version import __version__
 
     here = Path(__file__).resolve().parent
     commit = None
@@ -167,4 +167,18 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
         raise InputError(f"{what} not found: {path}")
     if path.is_dir():
         raise InputError(f"{what} is a directory, expected a file: {path}")
+    return path
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write a matplotlib Figure as PNG atomically, then close it (figures of a batch run
+    would otherwise pile up in pyplot's registry)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return path

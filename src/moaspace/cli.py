@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._utils import check_output
-from .errors import MoaspaceError
+from moaspace._utils import check_output
+from moaspace.errors import MoaspaceError
 
 app = typer.Typer(
     name="moaspace",
@@ -80,6 +80,11 @@ def _main(
 ) -> None:
     _state["verbose"], _state["quiet"] = verbose, quiet
     _setup_logging(verbose, quiet)
+    # the CLI only writes figures to files: a headless backend, chosen here and not on
+    # `import moaspace.pl` (a notebook keeps its own)
+    import matplotlib
+
+    matplotlib.use("Agg")
 
 
 def _summary(title: str, rows: list[tuple[str, object]]) -> None:
@@ -148,8 +153,8 @@ def prepare(
         moaspace prepare --matrix consensi.tsv.gz --moa-labels moa.tsv
         --min-sigs-per-compound 1 --min-compounds-per-moa 5 --out real.h5ad
     """
-    from .data.prepare import PrepareConfig, write_h5ad
-    from .data.prepare import prepare as run_prepare
+    from moaspace.pp._prepare import PrepareConfig, write_h5ad
+    from moaspace.pp._prepare import prepare as run_prepare
 
     check_output(out, [gctx, siginfo, geneinfo, compoundinfo, moa_labels])
     knockdown = pert_type != "trt_cp"
@@ -217,8 +222,8 @@ def simulate(
 
         moaspace simulate --out sim_corr --seed 0 --noise-modules 20 --saturation 3
     """
-    from .data.simulate import SimulationConfig
-    from .data.simulate import simulate as run_simulate
+    from moaspace.datasets._simulate import SimulationConfig
+    from moaspace.datasets._simulate import simulate as run_simulate
 
     check_output(out, [], directory=True)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -244,7 +249,7 @@ def side_file(out: Path, suffix: str) -> Path:
 
 
 def _load_h5ad(path: Path, backed: bool = False):
-    from .data.prepare import read_h5ad
+    from moaspace.pp._prepare import read_h5ad
 
     if not backed:
         return read_h5ad(path)
@@ -291,8 +296,8 @@ def split_cmd(
 
         moaspace split data.h5ad --scheme compound --seed 0 --out data_split.h5ad
     """
-    from .data.prepare import write_h5ad
-    from .data.split import split
+    from moaspace.pp._prepare import write_h5ad
+    from moaspace.pp._split import split
 
     check_output(out, [data])
     adata = split(_load_h5ad(data), scheme, holdout_cells=holdout_cells, test_size=test_size,
@@ -370,8 +375,8 @@ def train(
     With --backed the matrix is never loaded whole: batches, validation and the
     atlas read rows from DATA as needed (docs/reliability.md, out-of-core training).
     """
-    from .model import MoaModel
-    from .model.model import CONFIG_FILE
+    from moaspace.model import MoaModel
+    from moaspace.model.model import CONFIG_FILE
 
     check_output(out, [data], directory=True)
     if (out / CONFIG_FILE).exists() and not (overwrite or resume):
@@ -407,7 +412,7 @@ def train(
                 devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
                 progress_bar=not _state["quiet"])
     model.save(out, overwrite=overwrite or resume)
-    from .crispr import save_raw_reference
+    from moaspace.tl._crispr import save_raw_reference
 
     # raw-signature comparison for `moaspace crispr`
     save_raw_reference(adata, out)
@@ -470,9 +475,9 @@ def predict(
 
         moaspace predict model query.h5ad --out pred.h5ad --compound-level --min-tas 0.2
     """
-    from .data.prepare import write_h5ad
-    from .model import MoaModel
-    from .tl.predict import predict as run_predict
+    from moaspace.model import MoaModel
+    from moaspace.model._predict import predict as run_predict
+    from moaspace.pp._prepare import write_h5ad
 
     if top_k < 1:
         raise typer.BadParameter(f"--top-k must be >= 1, got {top_k}")
@@ -501,7 +506,7 @@ def predict(
     # under temporary names until the .h5ad is written: all files appear, or none.
     from contextlib import ExitStack
 
-    from ._utils import atomic_path
+    from moaspace._utils import atomic_path
 
     with ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(top_path))
@@ -567,7 +572,7 @@ def calibrate(
 
         moaspace calibrate model heldout.h5ad --split all --target-false-unknown 0.1
     """
-    from .model import MoaModel
+    from moaspace.model import MoaModel
 
     if not 0 < target_false_unknown < 1:
         raise typer.BadParameter("--target-false-unknown must be in (0, 1)")
@@ -608,9 +613,9 @@ def evaluate(
 
         moaspace evaluate model data_split.h5ad --out metrics.json
     """
-    from .model import MoaModel
-    from .tl.evaluate import evaluate as run_evaluate
-    from .tl.evaluate import write_metrics
+    from moaspace.model import MoaModel
+    from moaspace.tl._evaluate import evaluate as run_evaluate
+    from moaspace.tl._evaluate import write_metrics
 
     for path in (out, out.with_suffix(".md")):
         check_output(path, [model_dir, data])
@@ -664,7 +669,7 @@ def benchmark(
 
         moaspace benchmark real.h5ad --out bench --cv 5 --seeds 0,1,2
     """
-    from .tl.benchmark import METHODS, run_benchmark, write_benchmark
+    from moaspace.benchmark._run import METHODS, run_benchmark, write_benchmark
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -681,7 +686,7 @@ def benchmark(
                                  holdout_cells=holdout_cells, max_epochs=max_epochs,
                                  model_kwargs=model_kwargs, cv=cv,
                                  progress=not _state["quiet"])
-    from ._utils import provenance
+    from moaspace._utils import provenance
 
     meta = {"command": " ".join(sys.argv), "data": str(data), "seeds": seed_list,
             "max_epochs": max_epochs, **provenance()}
@@ -690,7 +695,7 @@ def benchmark(
     if model_kwargs:
         meta["moaspace_options"] = model_kwargs
     write_benchmark(records, out, meta)
-    from .tl.benchmark import summarize
+    from moaspace.benchmark._run import summarize
 
     summary = summarize(records)
     if not _state["quiet"]:
@@ -718,7 +723,7 @@ def demo(
 
         moaspace demo --out demo_out
     """
-    from .workflow import run_demo
+    from moaspace.workflow import run_demo
 
     check_output(out, [], directory=True)
     result = run_demo(out, seed=seed, max_epochs=max_epochs)
@@ -764,8 +769,8 @@ def explain(
 
         moaspace explain model data_split.h5ad --out explain
     """
-    from .explain import explain as run_explain
-    from .model import MoaModel
+    from moaspace.model import MoaModel
+    from moaspace.tl._explain import explain as run_explain
 
     check_output(out, [model_dir, data, gene_sets], directory=True)
     model = MoaModel.load(model_dir)
@@ -806,8 +811,8 @@ def crispr(
 
         moaspace crispr model kd.h5ad --compoundinfo compoundinfo_beta.txt --out crispr
     """
-    from .crispr import RAW_REFERENCE, knockdown_map, score_knockdowns, write_crispr
-    from .model import MoaModel
+    from moaspace.model import MoaModel
+    from moaspace.tl._crispr import RAW_REFERENCE, knockdown_map, score_knockdowns, write_crispr
 
     check_output(out, [model_dir, kd, compoundinfo], directory=True)
     model = MoaModel.load(model_dir)
@@ -837,7 +842,7 @@ def report(
 
         moaspace report demo_out
     """
-    from .report import write_report
+    from moaspace.report import write_report
 
     if out is not None:
         inputs = ([p for p in Path(run_dir).rglob("*") if p.is_file() and p.suffix != ".html"]

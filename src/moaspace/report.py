@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
-from ._utils import atomic_write_text
-from .errors import InputError, MoaspaceError
+from moaspace._utils import atomic_write_text
+from moaspace._version import __version__
+from moaspace.errors import InputError, MoaspaceError
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _data_section(run: Path, path: Path) -> list[str]:
 def _prediction_section(run: Path, path: Path) -> list[str]:
     import anndata as ad
 
-    from . import pl
+    from moaspace import pl
 
     pred = ad.read_h5ad(path)
     parts = ["<h2>Latent space</h2><p class='note'>Held-out (test) signatures of unseen "
@@ -171,7 +171,7 @@ def _prediction_section(run: Path, path: Path) -> list[str]:
 
 
 def _metrics_section(run: Path, path: Path) -> list[str]:
-    from . import pl
+    from moaspace import pl
 
     metrics = _read_json(path)
     md_rows = [("accuracy", f"{metrics['accuracy']:.3f}"),
@@ -189,7 +189,7 @@ def _metrics_section(run: Path, path: Path) -> list[str]:
 
 
 def _benchmark_section(run: Path, path: Path) -> list[str]:
-    from .tl.benchmark import plot_results, summarize
+    from moaspace.benchmark._run import plot_results, summarize
 
     bench = _read_json(path)
     s = summarize(bench)
@@ -253,7 +253,7 @@ def _provenance_section(run: Path) -> tuple[list[str], bool]:
 
 def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
     """Calibration and open-set curves from ``model/calibration.json`` (+ the predictions)."""
-    from . import pl
+    from moaspace import pl
 
     pred = None
     if pred_path.exists():

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._utils import atomic_write_text
+from moaspace._utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,12 @@ def run_pipeline(
 ) -> dict:
     """prepare -> split -> train -> evaluate -> predict (-> crispr -> explain ->
     benchmark -> report); returns the paths written and a summary."""
-    from .crispr import save_raw_reference
-    from .data.prepare import prepare, write_h5ad
-    from .data.split import split
-    from .model import MoaModel
-    from .tl.evaluate import evaluate, write_metrics
-    from .tl.predict import predict
+    from moaspace.model import MoaModel
+    from moaspace.model._predict import predict
+    from moaspace.pp._prepare import prepare, write_h5ad
+    from moaspace.pp._split import split
+    from moaspace.tl._crispr import save_raw_reference
+    from moaspace.tl._evaluate import evaluate, write_metrics
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def run_pipeline(
         timings["crispr"] = time.perf_counter() - t0
 
     if "explain" in stages:
-        from .explain import explain
+        from moaspace.tl._explain import explain
 
         t0 = time.perf_counter()
         train_rows = adata[adata.obs["split"].astype(str) == "train"].copy()
@@ -100,7 +100,7 @@ def run_pipeline(
         timings["explain"] = time.perf_counter() - t0
 
     if "benchmark" in stages:
-        from .tl.benchmark import METHODS, run_benchmark, write_benchmark
+        from moaspace.benchmark._run import METHODS, run_benchmark, write_benchmark
 
         t0 = time.perf_counter()
         data = adata.copy()
@@ -135,7 +135,7 @@ def run_pipeline(
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     written["summary"] = out_dir / "summary.json"
     if "report" in stages:
-        from .report import write_report
+        from moaspace.report import write_report
 
         written["report"] = write_report(out_dir)
     return {"paths": written, "summary": summary, "metrics": metrics}
@@ -143,8 +143,8 @@ def run_pipeline(
 
 def _crispr_stage(paths: dict, model, adata, out_dir: Path) -> dict:
     """Prepare the knockdowns, score them against the drug atlas, draw the map."""
-    from .crispr import RAW_REFERENCE, knockdown_map, score_knockdowns, write_crispr
-    from .data.prepare import prepare, read_h5ad, write_h5ad
+    from moaspace.pp._prepare import prepare, read_h5ad, write_h5ad
+    from moaspace.tl._crispr import RAW_REFERENCE, knockdown_map, score_knockdowns, write_crispr
 
     kd = prepare(paths["gctx_xpr"], paths["siginfo"], paths["geneinfo"],
                  pert_type="trt_xpr", times=None, progress=False)
@@ -158,6 +158,6 @@ def _crispr_stage(paths: dict, model, adata, out_dir: Path) -> dict:
 def run_demo(out_dir: str | os.PathLike = "demo_out", *, seed: int = 0,
              max_epochs: int = 40) -> dict:
     """The whole pipeline on the embedded demo data (no arguments, no network)."""
-    from .data.simulate import load_demo_paths
+    from moaspace.datasets._simulate import load_demo_paths
 
     return run_pipeline(load_demo_paths(), out_dir, seed=seed, max_epochs=max_epochs)

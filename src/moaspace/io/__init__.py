@@ -1,9 +1,9 @@
 """Readers and writers for LINCS files, MoA tables and gene sets."""
 
-from .gctx import read_gctx, read_gctx_meta, write_gctx
-from .genesets import bundled_gmt, read_gmt
-from .labels import read_moa_table
-from .lincs import (
+from moaspace.io.gctx import read_gctx, read_gctx_meta, write_gctx
+from moaspace.io.genesets import bundled_gmt, read_gmt
+from moaspace.io.labels import read_moa_table
+from moaspace.io.lincs import (
     compound_targets,
     landmark_gene_ids,
     read_compoundinfo,

@@ -30,8 +30,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .._utils import atomic_path, preview, require_file
-from ..errors import InputError
+from moaspace._utils import atomic_path, preview, require_file
+from moaspace.errors import InputError
 
 logger = logging.getLogger(__name__)
 

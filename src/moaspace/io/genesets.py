@@ -7,8 +7,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from .._utils import require_file
-from ..errors import InputError
+from moaspace._utils import require_file
+from moaspace.errors import InputError
 
 BUNDLED = {"reactome": "reactome.gmt.gz"}
 

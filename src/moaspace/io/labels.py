@@ -19,8 +19,8 @@ import os
 
 import pandas as pd
 
-from .._utils import preview, require_file
-from ..errors import InputError
+from moaspace._utils import preview, require_file
+from moaspace.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from .._utils import preview, require_file
-from ..errors import InputError
+from moaspace._utils import preview, require_file
+from moaspace.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._utils import preview, require_file
-from ..errors import InputError
-from .gctx import read_gctx, read_gctx_meta
+from moaspace._utils import preview, require_file
+from moaspace.errors import InputError
+from moaspace.io.gctx import read_gctx, read_gctx_meta
 
 logger = logging.getLogger(__name__)
 

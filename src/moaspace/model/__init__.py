@@ -1,9 +1,9 @@
 """The MoA embedding model: encoder, margin heads, Lightning module and ``MoaModel``."""
 
-from .arcface import ArcFace, count_margins
-from .encoder import Encoder
-from .model import MoaModel, ModelConfig, data_fingerprint
-from .module import MoaModule, MoaNet, macro_f1, supcon_loss
+from moaspace.model.arcface import ArcFace, count_margins
+from moaspace.model.encoder import Encoder
+from moaspace.model.model import MoaModel, ModelConfig, data_fingerprint
+from moaspace.model.module import MoaModule, MoaNet, macro_f1, supcon_loss
 
 __all__ = [
     "ArcFace",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .whitening import InputWhitening
+from moaspace.model.whitening import InputWhitening
 
 
 class Encoder(nn.Module):
@@ -99,7 +99,7 @@ class Encoder(nn.Module):
         its class centre, which also pulls a signature of an unseen MoA onto
         some known centre; the layer before keeps more of what sets it apart,
         so the open-set score ``hidden_prototype`` reads it
-        (:func:`moaspace.tl.calibrate.openset_scores`).
+        (:func:`moaspace.model.calibration.openset_scores`).
         """
         x = self._clip(x)
         if self.whiten_input:

@@ -12,7 +12,7 @@ signatures with their MoA / compound / cell labels, the kNN reference) and
 ``config.json`` (hyper-parameters, gene order, class lists, data fingerprint,
 training history, checksums of the other files) and, for a model with
 validation data, ``calibration.json`` (calibrated scores and the 'unknown'
-threshold; :mod:`moaspace.tl.calibrate`). ``config.json`` is written last and lists the other files' SHA-1, so a save interrupted half-way
+threshold; :mod:`moaspace.model.calibration`). ``config.json`` is written last and lists the other files' SHA-1, so a save interrupted half-way
 is detected at load instead of pairing new weights with an old atlas.
 """
 
@@ -34,12 +34,12 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .. import __version__
-from .._utils import atomic_path, atomic_write_text, preview
-from ..errors import InputError, MoaspaceError
-from ..tl.predict import PREDICTORS
-from .data import InMemoryRows, RowSource, backed_rows
-from .module import (
+from moaspace._core.neighbors import PREDICTORS
+from moaspace._utils import atomic_path, atomic_write_text, preview
+from moaspace._version import __version__
+from moaspace.errors import InputError, MoaspaceError
+from moaspace.model.data import InMemoryRows, RowSource, backed_rows
+from moaspace.model.module import (
     LOSSES,
     SAMPLING,
     MoaModule,
@@ -50,15 +50,20 @@ from .module import (
     macro_f1,
     save_torch,
 )
-from .prototypes import (
+from moaspace.model.prototypes import (
     ViewSums,
     fit_view_weights,
     stacked_prototypes,
     unit_rows,
     view_scores,
 )
-from .training import RunOptions, config_meta, fit_candidate, single_signature_compounds
-from .whitening import MAX_WHITENING_GENES, fit_whitening
+from moaspace.model.training import (
+    RunOptions,
+    config_meta,
+    fit_candidate,
+    single_signature_compounds,
+)
+from moaspace.model.whitening import MAX_WHITENING_GENES, fit_whitening
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ FORMAT_VERSION = 1
 MODEL_FILE, CONFIG_FILE, ATLAS_FILE = "model.pt", "config.json", "atlas.h5ad"
 CALIBRATION_FILE = "calibration.json"
 #: entry of config.json holding the SHA-1 of the rest of it
-CONFIG_DIGEST = "config_sha1"  # optional (moaspace.tl.calibrate); older dirs lack it
+CONFIG_DIGEST = "config_sha1"  # optional (moaspace.model.calibration); older dirs lack it
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 #: networks ``input_whitening="auto"`` trains and chooses between: raw, then whitened input
 INPUT_CANDIDATES = ("off", "on")
@@ -77,7 +82,7 @@ class ModelConfig:
     """Hyper-parameters of the network, loss and optimiser.
 
     Defaults were chosen by validation macro-F1 of a kNN on held-out
-    compounds of simulated data (``moaspace.data.simulate``, 11k-22k
+    compounds of simulated data (``moaspace.datasets._simulate``, 11k-22k
     signatures, 24-28 MoAs, two compound splits). The differences between
     settings were small (about 0.02 macro-F1): dropout 0.5 with input dropout
     0.3 was best or tied on every split, a lower learning rate (3e-4) was
@@ -89,7 +94,7 @@ class ModelConfig:
 
     ``predictor`` is how ``predict`` calls a MoA by default and what early
     stopping scores on validation (``knn``, ``prototype`` or
-    ``hidden_prototype``, see :data:`moaspace.tl.predict.PREDICTORS`). The
+    ``hidden_prototype``, see :data:`moaspace._core.neighbors.PREDICTORS`). The
     default, the nearest MoA prototype of the last hidden layer, beat the kNN
     vote in the embedding on test macro-F1 of the same trained models in all 6
     split x seed cases of the README benchmark (+0.004 to +0.040, with either
@@ -303,7 +308,7 @@ class MoaModel:
     adata
         Signatures x genes (z-scores) with obs columns ``moa_key``,
         ``compound_key`` and ``split_key`` (``train``/``val``/...; see
-        :func:`moaspace.data.split.split`). Without a split column a
+        :func:`moaspace.pp._split.split`). Without a split column a
         validation set is carved by compound (10%, seed 0) with a warning
         and everything else is training data. May be opened with
         ``anndata.read_h5ad(path, backed="r")`` (also a gene subset view of
@@ -331,7 +336,7 @@ class MoaModel:
         self.train_info: dict = {}
         self._reference: ad.AnnData | None = None
         self.max_missing_fraction = 0.1
-        self.calibration = None  # moaspace.tl.calibrate.Calibration, fitted on the val split
+        self.calibration = None  # moaspace.model.calibration.Calibration, fitted on the val split
         if adata is None:  # used by load()
             return
         self._check_adata(adata)
@@ -348,7 +353,7 @@ class MoaModel:
             raise InputError(
                 f"the training split has {len(self.moas)} MoA(s); a classifier needs at least two"
             )
-        from ..tl.calibrate import NO_CALL, UNKNOWN
+        from moaspace._core.labels import NO_CALL, UNKNOWN
 
         reserved = [m for m in self.moas if m.strip().lower() in (UNKNOWN, NO_CALL, "")]
         if reserved:
@@ -384,15 +389,15 @@ class MoaModel:
                     key,
                 )
             return labels
-        from ..data.split import _compound_moa, _stratified_pick
+        from moaspace._core.labels import majority_moa, stratified_pick
 
         logger.warning(
             "obs[%r] is missing: carving 10%% of the compounds (seed 0) as validation and "
-            "training on everything else; run moaspace.data.split.split for a test set", key,
+            "training on everything else; run moaspace.pp._split.split for a test set", key,
         )
         obs = pd.DataFrame({"pert_id": adata.obs[self.keys["compound"]].astype(str).values,
                             "moa": adata.obs[self.keys["moa"]].astype(str).values})
-        val = _stratified_pick(_compound_moa(obs), 0.1, np.random.default_rng(0), 1, 3)
+        val = stratified_pick(majority_moa(obs), 0.1, np.random.default_rng(0), 1, 3)
         return np.where(obs["pert_id"].isin(val), "val", "train").astype(object)
 
     def _training_data(self, seed: int) -> TrainData:
@@ -665,6 +670,13 @@ class MoaModel:
         )
 
     # -------------------------------------------------------------- inference
+    def predict(self, adata: ad.AnnData, **kwargs) -> ad.AnnData:
+        """MoA calls for ``adata``: :func:`moaspace.tl.predict` with this model (the keyword
+        arguments are its options); returns a new AnnData unless ``copy=False``."""
+        from moaspace.model._predict import predict
+
+        return predict(self, adata, **kwargs)
+
     def _require_net(self) -> MoaNet:
         if self.net is None:
             raise MoaspaceError("the model is not trained: call .train() or MoaModel.load()")
@@ -885,7 +897,7 @@ class MoaModel:
     def _fit_calibration(self, z: np.ndarray, labels: np.ndarray, tas: np.ndarray | None,
                          hidden: np.ndarray | None = None, **kwargs):
         """``hidden``: the rows' last-hidden-layer activations, or None (no hidden score)."""
-        from ..tl.calibrate import fit_calibration
+        from moaspace.model.calibration import fit_calibration
 
         ref = self.reference
         self.calibration = fit_calibration(
@@ -912,7 +924,7 @@ class MoaModel:
         prototypes) and its threshold for ``target_false_unknown``, and
         stores ``min_tas`` (no call below it; None: off; the TAS column is
         ``obs[tas_key]``, used for the accuracy-vs-TAS curve). ``save()`` writes it
-        to ``calibration.json``. See :mod:`moaspace.tl.calibrate`.
+        to ``calibration.json``. See :mod:`moaspace.model.calibration`.
         """
         self._require_net()
         moa_key, split_key = self.keys["moa"], self.keys["split"]
@@ -933,7 +945,7 @@ class MoaModel:
                              "by compound")
         sub = adata[rows]
         # a backed view is fine: embed() streams its rows in chunks
-        from ..tl.predict import atlas_signatures
+        from moaspace.model._predict import atlas_signatures
 
         ref_obs = self.reference.obs
         compounds = sub.obs[compound_key].astype(str)
@@ -993,7 +1005,7 @@ class MoaModel:
         ``overwrite=False`` refuses a directory that already holds a saved
         model; checkpoints in it are left alone.
         """
-        from ..data.prepare import write_h5ad
+        from moaspace.pp._prepare import write_h5ad
 
         self._require_net()
         model_dir = Path(model_dir)
@@ -1092,11 +1104,11 @@ class MoaModel:
         except Exception as exc:
             raise MoaspaceError(f"{model_dir / MODEL_FILE}: cannot load weights ({exc})") from exc
         model.net = net.eval()
-        from ..data.prepare import read_h5ad
+        from moaspace.pp._prepare import read_h5ad
 
         model._reference = read_h5ad(model_dir / ATLAS_FILE)
         if CALIBRATION_FILE in config.get("files", {}):
-            from ..tl.calibrate import Calibration
+            from moaspace.model.calibration import Calibration
 
             model.calibration = Calibration.load(model_dir / CALIBRATION_FILE)
         else:

@@ -34,12 +34,18 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from sklearn.metrics import f1_score
 from torch import nn
 
-from .._utils import atomic_path
-from ..errors import InputError, MoaspaceError
-from ..tl.predict import PREDICTORS, knn_scores, l2_normalize, prototypes, topk_similarity
-from .arcface import ArcFace, count_margins
-from .data import RowSource
-from .encoder import Encoder
+from moaspace._core.neighbors import (
+    PREDICTORS,
+    knn_scores,
+    l2_normalize,
+    prototypes,
+    topk_similarity,
+)
+from moaspace._utils import atomic_path
+from moaspace.errors import InputError, MoaspaceError
+from moaspace.model.arcface import ArcFace, count_margins
+from moaspace.model.data import RowSource
+from moaspace.model.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MoaspaceError
-from .module import AtomicCheckpointIO, LastCheckpoint, MoaModule, MoaNet, TrainData
+from moaspace.errors import MoaspaceError
+from moaspace.model.module import AtomicCheckpointIO, LastCheckpoint, MoaModule, MoaNet, TrainData
 
 logger = logging.getLogger(__name__)
 

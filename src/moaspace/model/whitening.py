@@ -28,7 +28,7 @@ import logging
 import numpy as np
 import torch
 
-from .data import RowSource
+from moaspace.model.data import RowSource
 
 logger = logging.getLogger(__name__)
 

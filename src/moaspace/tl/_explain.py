@@ -9,21 +9,12 @@ import os
 import time
 from pathlib import Path
 
-from .attribution import gene_importance, moa_directions, top_genes
-from .enrichment import enrich_moas, nes_heatmap, prerank, restrict_gene_sets
+from moaspace.tl._attribution import gene_importance, top_genes
+from moaspace.tl._enrichment import enrich_moas
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "enrich_moas",
-    "explain",
-    "gene_importance",
-    "moa_directions",
-    "nes_heatmap",
-    "prerank",
-    "restrict_gene_sets",
-    "top_genes",
-]
+__all__ = ["explain"]
 
 
 def explain(
@@ -52,7 +43,7 @@ def explain(
     (``moa, pathway, nes, pval, fdr, ...``), ``pathway_heatmap.png``,
     ``explain.json`` (timings and settings).
     """
-    from .._utils import atomic_path, atomic_write_text
+    from moaspace._utils import atomic_path, atomic_write_text, save_figure
 
     if ranking not in ("absolute", "signed"):
         raise ValueError(f"ranking must be 'absolute' or 'signed', got {ranking!r}")
@@ -76,12 +67,9 @@ def explain(
         with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=index, index_label="gene_id" if index else None)
         files[name] = str(out_dir / name)
-    fig = nes_heatmap(enrichment)
-    with atomic_path(out_dir / "pathway_heatmap.png", suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    import matplotlib.pyplot as plt
+    from moaspace.pl import nes_heatmap  # pl imports nothing from moaspace: no cycle
 
-    plt.close(fig)
+    save_figure(nes_heatmap(enrichment), out_dir / "pathway_heatmap.png", dpi=110)
     files["pathway_heatmap.png"] = str(out_dir / "pathway_heatmap.png")
     n_moas = len(info)
     summary = {

@@ -45,11 +45,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .. import __version__
-from .._utils import atomic_path, atomic_write_text
-from ..errors import InputError
-from ..io.gctx import write_gctx
-from ..io.genesets import bundled_gmt, read_gmt
+from moaspace._utils import atomic_path, atomic_write_text
+from moaspace._version import __version__
+from moaspace.errors import InputError
+from moaspace.io.gctx import write_gctx
+from moaspace.io.genesets import bundled_gmt, read_gmt
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 #: keys of the dict returned by :func:`simulate` / :func:`load_demo_paths` -> file names.
-#: The first five keys are the parameter names of :func:`moaspace.data.prepare.prepare`.
+#: The first five keys are the parameter names of :func:`moaspace.pp._prepare.prepare`.
 FILE_NAMES = {
     "gctx": "level5_beta_trt_cp.gctx",
     "siginfo": "siginfo_beta.txt",
@@ -538,7 +538,7 @@ class SimulationConfig:
     """Size and difficulty of a simulated release. One ``seed`` fixes everything.
 
     The defaults give ~8,500 compound signatures of ~490 compounds in 32 MoAs
-    and 14 cell lines, of which the default :func:`~moaspace.data.prepare.prepare`
+    and 14 cell lines, of which the default :func:`~moaspace.pp._prepare.prepare`
     filters keep ~5,500 signatures, ~20 MoAs. ``effect_scale`` and
     ``noise_scale`` set the signal-to-noise ratio (the difficulty).
 
@@ -1656,7 +1656,7 @@ def _truth(world: _World) -> dict:
             compounds[c["pert_id"]]["series"] = int(c["series"])
     kd = world.kd_genes
     return {
-        "simulator": "moaspace.data.simulate",
+        "simulator": "moaspace.datasets._simulate",
         "moaspace_version": __version__,
         "seed": cfg.seed,
         "config": cfg.to_dict(),
@@ -1711,7 +1711,7 @@ def simulate(
     Keys (see :data:`FILE_NAMES`): ``gctx`` (``level5_beta_trt_cp.gctx``),
     ``siginfo``, ``geneinfo``, ``compoundinfo``, ``moa_labels``, ``gctx_xpr``
     and ``truth``. The first five are the arguments of
-    :func:`moaspace.data.prepare.prepare`, e.g.
+    :func:`moaspace.pp._prepare.prepare`, e.g.
     ``prepare(**{k: paths[k] for k in ("gctx", "siginfo", "geneinfo", "compoundinfo",
     "moa_labels")})``. Signatures are generated and written block by block.
     Keyword ``overrides`` replace fields of ``config``.
@@ -1755,7 +1755,7 @@ def simulate_adata(
     ``adata`` holds all signatures of ``pert_type`` (``trt_cp``, default, or
     ``trt_xpr``), unfiltered, in the file order, with ``X`` float32 (identical
     to the gctx values), ``obs`` indexed by ``sig_id`` with the columns
-    :func:`~moaspace.data.prepare.prepare` writes (``sig_id, pert_id,
+    :func:`~moaspace.pp._prepare.prepare` writes (``sig_id, pert_id,
     cmap_name, moa, cell_iname, pert_dose, pert_dose_unit, pert_idose,
     pert_time, tas, pert_type, is_hiq``; ``target_gene`` for knockdowns) and
     ``var`` indexed by gene id with ``gene_symbol`` and ``feature_space``.

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import InputError, MoaspaceError
+from moaspace.errors import InputError, MoaspaceError
 
 logger = logging.getLogger(__name__)
 

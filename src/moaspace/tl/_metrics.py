@@ -13,7 +13,7 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
-from .predict import knn_search, l2_normalize
+from moaspace._core.neighbors import knn_search, l2_normalize
 
 
 def top_k_accuracy(y_true_codes: np.ndarray, scores: np.ndarray, k: int) -> float:

@@ -26,7 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import LinearSVC
 
-from .predict import knn_predict
+from moaspace._core.neighbors import knn_predict
 
 logger = logging.getLogger(__name__)
 

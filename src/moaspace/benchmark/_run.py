@@ -1,6 +1,6 @@
 """Our model and every baseline on the same splits and seeds, side by side.
 
-For each seed the data are split once (``moaspace.data.split.split``) and every
+For each seed the data are split once (``moaspace.pp._split.split``) and every
 method sees exactly that split: classical baselines are fitted on train + val
 (they need no early stopping, so this only helps them), neural models train on
 train and early-stop on val; all are scored on test with the same metrics.
@@ -12,7 +12,7 @@ Methods:
   early-stops on it and keeps the mean weights of its 5 best validation epochs,
   ``average_best=5``);
 * ``raw_knn``, ``pca_knn``, ``pca_lda``, ``logreg``, ``lda``, ``linear_svm``: see
-  :mod:`moaspace.tl.baselines`;
+  :mod:`moaspace.benchmark._baselines`;
 * ``mlp_softmax``: the same encoder trained as a softmax classifier;
 * ``arcface_moa_only``: our model without the compound loss (both ablations
   call MoAs and early-stop as ``moaspace`` does, with the same input candidates and
@@ -27,7 +27,7 @@ Methods:
   the embedding's kNN vote, ``predictor="knn"``; the single best epoch is kept,
   ``average_best=1``).
 
-Neural models are scored through :func:`moaspace.tl.predict.predict`, the code
+Neural models are scored through :func:`moaspace.tl.predict`, the code
 ``moaspace predict`` runs, with each model's own predictor.
 
 Besides the MoA call, each record of a method with a space of its own (the
@@ -52,11 +52,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._utils import atomic_path, atomic_write_text
-from ..errors import InputError
-from .baselines import CLASSICAL, make_baseline
-from .metrics import classification_metrics, neighbour_label_shares, retrieval_map
-from .predict import aggregate_scores, predict
+from moaspace._core.neighbors import aggregate_scores
+from moaspace._utils import atomic_write_text, save_figure
+from moaspace.benchmark._baselines import CLASSICAL, make_baseline
+from moaspace.errors import InputError
+from moaspace.model._predict import predict
+from moaspace.tl._metrics import classification_metrics, neighbour_label_shares, retrieval_map
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def _score(method, scheme, seed, y, scores, classes, compounds, seconds, extra=N
 def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
                  n_components: int, model_kwargs: dict | None) -> dict:
     """Fit one method on the train (+ val) rows of ``data`` and score its test rows."""
-    from ..model import MoaModel
+    from moaspace.model import MoaModel
 
     part = data.obs["split"].astype(str).to_numpy()
     fit_rows, test_rows = np.isin(part, ["train", "val"]), part == "test"
@@ -179,7 +180,7 @@ def run_benchmark(
     """Run every method on the same split per seed; return one record per (method, seed).
 
     ``cv=K``: instead of one split per seed, compound-grouped K-fold cross-validation
-    stratified by MoA (:func:`moaspace.data.split.cv_folds`): every compound is tested
+    stratified by MoA (:func:`moaspace.pp._split.cv_folds`): every compound is tested
     once, and each record holds the metrics of the predictions pooled over the K folds
     (scheme ``cvK``); the seed deals the folds. The hierarchy metrics are the mean
     over the folds that have them.
@@ -207,7 +208,7 @@ def run_benchmark(
 
 
 def _holdout_records(adata, scheme, seed, methods, holdout_cells, options, bar) -> list[dict]:
-    from ..data.split import split as make_split
+    from moaspace.pp._split import split as make_split
 
     data = make_split(adata, scheme, holdout_cells=holdout_cells, seed=seed, copy=True)
     test_rows = data.obs["split"].astype(str).to_numpy() == "test"
@@ -231,7 +232,7 @@ def _holdout_records(adata, scheme, seed, methods, holdout_cells, options, bar) 
 
 
 def _cv_records(adata, n_folds, seed, methods, options, bar) -> list[dict]:
-    from ..data.split import cv_folds
+    from moaspace.pp._split import cv_folds
 
     folds = cv_folds(adata, n_folds, seed=seed)
     y = adata.obs["moa"].astype(str).to_numpy()
@@ -309,7 +310,7 @@ def paired_differences(records: list[dict], metric: str = "macro_f1",
 
 
 def results_markdown(records: list[dict]) -> str:
-    from ..model.model import ModelConfig  # the default the note below describes
+    from moaspace.model.model import ModelConfig
 
     summary = summarize(records)
     paired = paired_differences(records)
@@ -374,28 +375,6 @@ def results_markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_results(records: list[dict]):
-    """Bar chart of macro-F1 (mean ± sd over seeds) per method and scheme."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarize(records)
-    schemes = list(dict.fromkeys(summary["scheme"]))
-    fig, axes = plt.subplots(1, len(schemes), figsize=(5 * len(schemes), 4), squeeze=False)
-    for ax, scheme in zip(axes[0], schemes, strict=True):
-        block = summary[summary["scheme"] == scheme]
-        colors = ["tab:red" if m == "moaspace" else "tab:gray" for m in block["method"]]
-        ax.barh(block["method"], block["macro_f1_mean"], xerr=block["macro_f1_std"].fillna(0),
-                color=colors)
-        ax.invert_yaxis()
-        ax.set_xlabel("macro-F1 (test)")
-        ax.set_title(f"held-out {scheme}")
-    fig.tight_layout()
-    return fig
-
-
 def write_benchmark(records: list[dict], out_dir: str | os.PathLike, meta: dict | None = None):
     """Write ``results.json`` (list of records), ``results.md`` and ``results.png``."""
     out_dir = Path(out_dir)
@@ -405,10 +384,7 @@ def write_benchmark(records: list[dict], out_dir: str | os.PathLike, meta: dict 
     if meta:
         md += "\n```\n" + json.dumps(meta, indent=2) + "\n```\n"
     atomic_write_text(out_dir / "results.md", md)
-    fig = plot_results(records)
-    with atomic_path(out_dir / "results.png", suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    import matplotlib.pyplot as plt
+    from moaspace.pl import benchmark_results  # pl imports nothing from moaspace: no cycle
 
-    plt.close(fig)
+    save_figure(benchmark_results(summarize(records)), out_dir / "results.png", dpi=120)
     return out_dir

@@ -71,10 +71,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from .._utils import atomic_write_text
-from ..errors import InputError, MoaspaceError
-from .predict import (
-    NO_CALL_LABEL,
+from moaspace._core.labels import UNKNOWN
+from moaspace._core.neighbors import (
     PREDICTORS,
     encode_labels,
     knn_scores,
@@ -82,6 +80,8 @@ from .predict import (
     l2_normalize,
     prototypes,
 )
+from moaspace._utils import atomic_write_text
+from moaspace.errors import InputError, MoaspaceError
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +103,9 @@ WIDE_K = 50
 LOGISTIC_C = 1.0
 #: probabilities are clipped to [NLL_EPS, 1 - NLL_EPS] in :func:`binary_nll`
 NLL_EPS = 1e-3
-UNKNOWN, NO_CALL = "unknown", NO_CALL_LABEL
 #: added to kNN vote shares before the log, so a class with no vote keeps a finite logit
 KNN_EPS = 1e-3
-#: temperature of :func:`moaspace.tl.predict.prototype_scores` (scores = softmax(cos / 0.1))
+#: temperature of :func:`moaspace._core.neighbors.prototype_scores` (scores = softmax(cos / 0.1))
 PROTOTYPE_TEMPERATURE = 0.1
 DEFAULT_N_BINS = 15
 
@@ -321,7 +320,7 @@ def openset_scores(
 ) -> dict[str, np.ndarray]:
     """Unknown scores of queries ``z`` (higher = farther from every known MoA).
 
-    ``centres``: unit MoA prototypes (:func:`moaspace.tl.predict.prototypes`).
+    ``centres``: unit MoA prototypes (:func:`moaspace._core.neighbors.prototypes`).
     ``knn_sims``: cosine similarities of each query's nearest atlas
     neighbours, sorted descending (or pass ``reference`` to compute them).
     ``class_scores``: per-class kNN vote shares, for ``msp``.
@@ -390,7 +389,7 @@ def leave_moa_out_scores(
 
 # -------------------------------------------------------------- probability scaling
 def score_logits(scores: np.ndarray, predict_method: str = "knn") -> np.ndarray:
-    """Logits behind the per-class scores of :func:`moaspace.tl.predict.predict`.
+    """Logits behind the per-class scores of :func:`moaspace.tl.predict`.
 
     ``knn``: ``log(vote share + KNN_EPS)``; ``prototype`` and ``hidden_prototype``:
     ``log(softmax)`` (= cos / 0.1 up to a per-row constant).
@@ -463,7 +462,7 @@ def confidence_features(scores: np.ndarray, z: np.ndarray, centres: np.ndarray,
     ``sims``, ``idx``: the query's nearest atlas neighbours, most similar first,
     at least ``wide_k`` of them (fewer when the atlas is smaller);
     ``ref_codes``: class code of every atlas signature; ``centres``: unit
-    prototypes (:func:`moaspace.tl.predict.prototypes`).
+    prototypes (:func:`moaspace._core.neighbors.prototypes`).
     """
     scores = np.asarray(scores, dtype=np.float64)
     idx = np.asarray(idx)
@@ -878,7 +877,7 @@ def fit_calibration(
     sims, idx = knn_search(z, reference, max(k, wide_k), backend=backend)
     votes = knn_scores(sims[:, :k], idx[:, :k], ref_codes, len(classes), weighting=weighting)
     centres, _ = prototypes(reference, ref_labels, classes)
-    from .predict import prototype_scores
+    from moaspace._core.neighbors import prototype_scores
 
     # each predictor's scores, and the layer and prototypes its margin feature reads
     predictors = {"knn": (votes, z, centres),

@@ -36,9 +36,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .. import __version__
-from .._utils import preview
-from ..errors import InputError
+from moaspace._core.labels import majority_moa, stratified_pick
+from moaspace._utils import preview
+from moaspace._version import __version__
+from moaspace.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -55,44 +56,6 @@ def _require_columns(adata: ad.AnnData, columns: Sequence[str], scheme: str) -> 
             f"split scheme {scheme!r} needs obs columns {list(columns)}; missing: {missing} "
             f"(obs has {preview(adata.obs.columns)})"
         )
-
-
-def _compound_moa(obs: pd.DataFrame) -> pd.Series:
-    """One MoA per compound (the most frequent one if a compound carries several)."""
-    frame = obs[["pert_id", "moa"]].astype(str)
-    counts = frame.value_counts().reset_index(name="n")
-    counts = counts.sort_values(["pert_id", "n", "moa"], ascending=[True, False, True])
-    first = counts.drop_duplicates("pert_id").set_index("pert_id")["moa"]
-    n_multi = int((counts.groupby("pert_id").size() > 1).sum())
-    if n_multi:
-        logger.warning("%d compounds carry several MoAs; stratifying by the most frequent", n_multi)
-    return first.sort_index()
-
-
-def _stratified_pick(
-    groups: pd.Series, fraction: float, rng: np.random.Generator, min_keep: int, min_pick: int
-) -> set[str]:
-    """Pick about ``fraction`` of the ids in each stratum.
-
-    ``groups`` maps id -> stratum. A stratum with ``n`` ids gives
-    ``round(fraction * n)`` ids, at least ``1`` when ``n >= min_pick`` and
-    never so many that fewer than ``min_keep`` remain. Ids and strata are
-    sorted first so the pick depends only on the seed.
-    """
-    picked: set[str] = set()
-    if fraction <= 0:
-        return picked
-    for _, members in sorted(groups.groupby(groups, observed=True).groups.items()):
-        ids = np.array(sorted(map(str, members)))
-        n = len(ids)
-        k = round(fraction * n)
-        if n >= min_pick:
-            k = max(k, 1)
-        k = min(k, n - min_keep)
-        if k <= 0:
-            continue
-        picked.update(rng.permutation(ids)[:k].tolist())
-    return picked
 
 
 def _default_holdout_cells(cells: pd.Series, test_size: float, rng: np.random.Generator) -> list:
@@ -232,7 +195,7 @@ def split(
 
     rng = np.random.default_rng(seed)
     pert = obs["pert_id"].astype(str).to_numpy()
-    moa_of = _compound_moa(obs)
+    moa_of = majority_moa(obs)
     labels = np.full(adata.n_obs, "train", dtype=object)
     record: dict = {
         "scheme": scheme, "seed": int(seed), "test_size": float(test_size),
@@ -241,7 +204,7 @@ def split(
     }
 
     if scheme == "compound":
-        test_cpds = _stratified_pick(moa_of, test_size, rng, min_keep=1, min_pick=2)
+        test_cpds = stratified_pick(moa_of, test_size, rng, min_keep=1, min_pick=2)
         labels[np.isin(pert, list(test_cpds))] = "test"
     elif scheme == "moa":
         moas = np.array(sorted(moa_of.unique()))
@@ -252,7 +215,7 @@ def split(
         moa_arr = obs["moa"].astype(str).to_numpy()
         labels[np.isin(moa_arr, test_moas)] = "test"
         known = moa_of[~moa_of.isin(test_moas)]
-        test_cpds = _stratified_pick(known, test_size, rng, min_keep=1, min_pick=2)
+        test_cpds = stratified_pick(known, test_size, rng, min_keep=1, min_pick=2)
         labels[np.isin(pert, list(test_cpds))] = "test"
         record["moa_fraction"] = float(moa_fraction)
         record["test_only_moas"] = test_moas
@@ -274,7 +237,7 @@ def split(
         if scheme == "cell":
             labels[in_cells] = "test"
         else:
-            test_cpds = _stratified_pick(moa_of, test_size, rng, min_keep=1, min_pick=2)
+            test_cpds = stratified_pick(moa_of, test_size, rng, min_keep=1, min_pick=2)
             held = np.isin(pert, list(test_cpds))
             labels[held & in_cells] = "test"
             labels[held ^ in_cells] = "unused"
@@ -303,7 +266,7 @@ def split(
         # test_size of the compounds ask for a larger share of what is left
         by_compound = scheme in ("compound", "compound+cell", "moa")
         val_fraction = val_size / (1 - test_size) if by_compound else val_size
-        val_cpds = _stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
+        val_cpds = stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
         labels[train_mask & np.isin(pert, list(val_cpds))] = "val"
         record["val_by"] = "compound"
 
@@ -359,7 +322,7 @@ def cv_folds(
     if not 0 <= val_size < 1 - 1 / n_folds:
         raise InputError(f"val_size must be in [0, {1 - 1 / n_folds:.2f}), got {val_size}")
     _require_columns(adata, ["pert_id", "moa"], f"cv{n_folds}")
-    moa_of = _compound_moa(adata.obs)
+    moa_of = majority_moa(adata.obs)
     if len(moa_of) < n_folds:
         raise InputError(f"{len(moa_of)} compounds cannot fill {n_folds} folds")
     rng = np.random.default_rng(seed)
@@ -379,7 +342,7 @@ def cv_folds(
     for k in range(n_folds):
         labels = np.where(fold == k, "test", "train").astype(object)
         train_cpds = moa_of[[fold_of[c] != k for c in moa_of.index]]
-        val_cpds = _stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
+        val_cpds = stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
         labels[(labels == "train") & np.isin(pert, list(val_cpds))] = "val"
         out.append(labels)
     return out
@@ -393,7 +356,7 @@ def check_split(adata: ad.AnnData, key: str = "split") -> dict:
     (and, validation being by cell line there, ``train_val_shared_cells`` too).
     """
     if key not in adata.obs.columns:
-        raise InputError(f"obs[{key!r}] is missing: run moaspace.data.split.split first")
+        raise InputError(f"obs[{key!r}] is missing: run moaspace.pp._split.split first")
     s = adata.obs[key].astype(str).to_numpy()
     out = {}
     for column, name in (("pert_id", "shared_compounds"), ("cell_iname", "shared_cells")):

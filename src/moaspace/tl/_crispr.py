@@ -21,10 +21,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ._utils import atomic_path, atomic_write_text
-from .errors import InputError
-from .io.lincs import compound_targets, read_compoundinfo
-from .tl.predict import aggregate_scores, encode_labels, knn_scores, knn_search
+from moaspace._core.neighbors import aggregate_scores, encode_labels, knn_scores, knn_search
+from moaspace._utils import atomic_path, atomic_write_text, save_figure
+from moaspace.errors import InputError
+from moaspace.io.lincs import compound_targets, read_compoundinfo
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def save_raw_reference(adata: ad.AnnData, model_dir: str | os.PathLike,
     subset view of one, which cannot be indexed by rows) is read at the kept
     rows only.
     """
-    from .data.prepare import write_h5ad
-    from .model.data import backed_rows
+    from moaspace.model.data import backed_rows
+    from moaspace.pp._prepare import write_h5ad
 
     rows = np.ones(adata.n_obs, bool)
     if split_key in adata.obs.columns:
@@ -231,21 +231,9 @@ def score_knockdowns(
             "per_signature": per_signature, "embedding": z, "expected": expected}
 
 
-def knockdown_map(model, kd: ad.AnnData, result: dict, target_key: str = "target_gene"):
-    """Knockdowns on the drug latent map, coloured by their (first) expected MoA."""
-    from .pl import crispr_map
-
-    first = {g: (m[0] if m else "no expected MoA") for g, m in result["expected"].items()}
-    genes = kd.obs[target_key].astype(str)
-    ref = model.reference
-    return crispr_map(np.asarray(ref.X), ref.obs["moa"], result["embedding"],
-                      genes.map(lambda g: first.get(g, "no expected MoA")).to_numpy(),
-                      kd_labels=genes.to_numpy())
-
-
 def write_crispr(result: dict, out_dir: str | os.PathLike, figure=None) -> Path:
     """``crispr_scores.csv`` (one row per gene), ``summary.json`` and, given a
-    figure (see :func:`knockdown_map`), ``crispr_map.png``."""
+    figure (see :func:`moaspace.pl.knockdown_map`), ``crispr_map.png``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "crispr_scores.csv") as tmp:
@@ -253,9 +241,5 @@ def write_crispr(result: dict, out_dir: str | os.PathLike, figure=None) -> Path:
     atomic_write_text(out_dir / "summary.json", json.dumps(result["summary"], indent=2,
                                                            default=float))
     if figure is not None:
-        import matplotlib.pyplot as plt
-
-        with atomic_path(out_dir / "crispr_map.png", suffix=".png") as tmp:
-            figure.savefig(tmp, dpi=100, format="png")
-        plt.close(figure)
+        save_figure(figure, out_dir / "crispr_map.png", dpi=100)
     return out_dir

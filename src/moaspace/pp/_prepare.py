@@ -20,12 +20,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .. import __version__
-from .._utils import atomic_path, deferred_interrupt, preview
-from ..errors import InputError
-from ..io.labels import read_moa_table
-from ..io.lincs import landmark_gene_ids, read_compoundinfo, read_geneinfo, read_siginfo
-from ..io.matrix import open_matrix
+from moaspace._utils import atomic_path, deferred_interrupt, preview
+from moaspace._version import __version__
+from moaspace.errors import InputError
+from moaspace.io.labels import read_moa_table
+from moaspace.io.lincs import landmark_gene_ids, read_compoundinfo, read_geneinfo, read_siginfo
+from moaspace.io.matrix import open_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class FilterLog:
             )
 
 
-def _compound_moa(compoundinfo: pd.DataFrame) -> pd.DataFrame:
+def _single_moa_compounds(compoundinfo: pd.DataFrame) -> pd.DataFrame:
     """One MoA per compound from compoundinfo; compounds with several MoAs are dropped."""
     frame = compoundinfo.dropna(subset=["moa"])
     frame = frame[frame["moa"].astype(str).str.strip() != ""]
@@ -354,7 +354,7 @@ def _label_signatures(frame, sig, cinfo, labels, config, log, compoundinfo, moa_
         moa_map = labels["moa"]
         source = str(moa_labels)
     elif cinfo is not None:
-        moa_map = _compound_moa(cinfo)["moa"]
+        moa_map = _single_moa_compounds(cinfo)["moa"]
         source = f"{compoundinfo} (moa column)"
     else:
         raise InputError("compounds need MoA labels: pass moa_labels or compoundinfo")

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..io.genesets import bundled_gmt, read_gmt
+from moaspace.errors import InputError
+from moaspace.io.genesets import bundled_gmt, read_gmt
 
 logger = logging.getLogger(__name__)
 
@@ -119,33 +119,3 @@ def enrich_moas(
     out = pd.concat(frames, ignore_index=True)
     out.attrs["seconds_per_moa"] = float(np.mean(seconds))
     return out
-
-
-def nes_heatmap(enrichment: pd.DataFrame, fdr: float = 0.05, max_pathways: int = 40):
-    """Heatmap (matplotlib Figure) of NES for pathways significant in at least one MoA."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sig = enrichment[(enrichment["fdr"] < fdr) & (enrichment["nes"] > 0)]
-    if sig.empty:
-        fig, ax = plt.subplots(figsize=(6, 2))
-        ax.text(0.5, 0.5, f"no pathway with FDR < {fdr}", ha="center", va="center")
-        ax.axis("off")
-        return fig
-    best = sig.sort_values("nes", ascending=False).groupby("moa").head(
-        max(1, max_pathways // max(1, sig["moa"].nunique())))
-    pathways = list(dict.fromkeys(best["pathway"]))[:max_pathways]
-    table = enrichment[enrichment["pathway"].isin(pathways)].pivot_table(
-        index="pathway", columns="moa", values="nes")
-    table = table.reindex(pathways)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * table.shape[1], 1.5 + 0.28 * table.shape[0]))
-    vmax = float(np.nanmax(np.abs(table.to_numpy()))) if table.size else 1.0
-    im = ax.imshow(table.to_numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(table.shape[0]), [p[:60] for p in table.index], fontsize=7)
-    fig.colorbar(im, ax=ax, label="NES", shrink=0.6)
-    ax.set_title(f"Pathways enriched (FDR < {fdr}) per MoA")
-    fig.tight_layout()
-    return fig

@@ -15,8 +15,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._utils import preview
-from ..errors import InputError
+from moaspace._utils import preview
+from moaspace.errors import InputError
 
 logger = logging.getLogger(__name__)
 

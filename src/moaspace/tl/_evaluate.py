@@ -11,10 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .._utils import atomic_write_text
-from ..errors import InputError
-from .metrics import classification_metrics, neighbour_label_shares, retrieval_map, silhouette
-from .predict import aggregate_scores, predict
+from moaspace._core.neighbors import aggregate_scores
+from moaspace._utils import atomic_write_text
+from moaspace.errors import InputError
+from moaspace.model._predict import predict
+from moaspace.tl._metrics import (
+    classification_metrics,
+    neighbour_label_shares,
+    retrieval_map,
+    silhouette,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +57,7 @@ def evaluate(
         out["moas_not_in_training"] = unseen
     cal = getattr(model, "calibration", None)
     if cal is not None and "moa_unknown_score" in held.obs.columns:
-        from .calibrate import open_set_metrics
+        from moaspace.model.calibration import open_set_metrics
 
         best = np.asarray(classes, dtype=object)[scores.argmax(axis=1)]
         m = open_set_metrics(y, best, held.obs["moa_unknown_score"].to_numpy(), classes,
