@@ -3,7 +3,7 @@
     .venv/bin/python scripts/make_demo_data.py [--out DIR] [--check]
 
 Deterministic: the same moaspace version writes byte-identical files (the
-configuration is ``moaspace.data.simulate.DEMO_CONFIG``). ``--check`` runs the
+configuration is ``moaspace.datasets._simulate.DEMO_CONFIG``). ``--check`` runs the
 default ``prepare`` filters on the result and prints the counts, the file sizes
 and the raw-cosine kNN accuracy on unseen compounds.
 """
@@ -14,8 +14,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from moaspace.data.prepare import prepare
-from moaspace.data.simulate import DEMO_CONFIG, knn_calibration, simulate
+from moaspace.datasets._simulate import DEMO_CONFIG, raw_knn_difficulty, simulate
+from moaspace.pp import prepare
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "src" / "moaspace" / "resources" / "demo"
 MAX_BYTES = 6 * 2**20
@@ -47,7 +47,7 @@ def main() -> None:
             adata.obs["moa"].nunique(),
             adata.obs["cell_iname"].nunique(),
         )
-        result = knn_calibration(adata)
+        result = raw_knn_difficulty(adata)
         log.info(
             "raw cosine kNN (k=10) on unseen compounds: accuracy %.3f, macro-F1 %.3f",
             result["accuracy"],

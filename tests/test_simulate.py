@@ -14,10 +14,11 @@ from moaspace.datasets._simulate import (
     FILE_NAMES,
     SYNTHETIC_GENE_ID_START,
     SimulationConfig,
-    knn_calibration,
     load_demo_paths,
+    raw_knn_difficulty,
     simulate,
     simulate_adata,
+    simulate_world,
 )
 from moaspace.errors import InputError
 from moaspace.io import (
@@ -334,10 +335,26 @@ def test_config_validation():
         SimulationConfig(series_weight=1.5)
 
 
-def _compound_directions(cfg):
-    from moaspace.datasets._simulate import _build_world
+def test_simulate_world_is_the_world_behind_the_data():
+    import moaspace.datasets
+    from moaspace.datasets._simulate import MOA_CATALOGUE, MoaSpec
 
-    world = _build_world(cfg)
+    assert moaspace.datasets.simulate_world is simulate_world
+    world = simulate_world(SMALL)
+    adata, truth = simulate_adata(SMALL)
+    assert world.cpd["pert_id"].tolist() == list(truth["compounds"])
+    assert world.design_cp["sig_id"].tolist() == adata.obs_names.tolist()
+    assert [s.name for s in world.moas] == list(truth["moa_pathways"])
+    assert simulate_world(SMALL, seed=2).cpd["pert_id"].tolist() != world.cpd["pert_id"].tolist()
+    assert world.generic_weight(24.0) == 1.0
+    # the MoA catalogue is a data resource read into MoaSpec objects
+    assert len(MOA_CATALOGUE) == 39 and all(isinstance(m, MoaSpec) for m in MOA_CATALOGUE)
+    assert len({m.name for m in MOA_CATALOGUE}) == len(MOA_CATALOGUE)
+    assert all(m.strength in ("strong", "medium", "weak") for m in MOA_CATALOGUE)
+
+
+def _compound_directions(cfg):
+    world = simulate_world(cfg)
     directions = world.programs.T @ world.cpd_coef.T + world.cpd_idio.T
     return world, directions.T / np.linalg.norm(directions, axis=0)[:, None]
 
@@ -494,19 +511,19 @@ def test_default_difficulty_band(tmp_path):
     assert 200 <= adata.obs["pert_id"].nunique() <= 600
     assert 15 <= adata.obs["moa"].nunique() <= 25
     assert 10 <= adata.obs["cell_iname"].nunique() <= 15
-    result = knn_calibration(adata, k=10, n_splits=5, seed=0)
+    result = raw_knn_difficulty(adata, k=10, n_splits=5, seed=0)
     assert 0.33 <= result["accuracy"] <= 0.47, result
     assert 0.3 <= result["macro_f1"] <= 0.5, result
     assert result["accuracy"] > 2.5 * result["majority_rate"]
 
 
-def test_knn_calibration_separates_easy_from_hard():
+def test_raw_knn_difficulty_separates_easy_from_hard():
     easy, _ = simulate_adata(SMALL, effect_scale=3.0, noise_scale=0.5)
     hard, _ = simulate_adata(SMALL, effect_scale=0.05)
     scores = []
     for adata in (easy, hard):
         keep = (adata.obs["moa"] != "").to_numpy()
-        scores.append(knn_calibration(adata[keep], k=5, n_splits=3)["accuracy"])
+        scores.append(raw_knn_difficulty(adata[keep], k=5, n_splits=3)["accuracy"])
     assert scores[0] > 0.55 and scores[1] < 0.3 and scores[0] - scores[1] > 0.3, scores
 
 

@@ -4,10 +4,18 @@ release (pertpy's and decoupler's small toy datasets play the same role)."""
 
 from moaspace.datasets._simulate import (
     SimulationConfig,
-    knn_calibration,
     load_demo_paths,
+    raw_knn_difficulty,
     simulate,
     simulate_adata,
+    simulate_world,
 )
 
-__all__ = ["SimulationConfig", "knn_calibration", "load_demo_paths", "simulate", "simulate_adata"]
+__all__ = [
+    "SimulationConfig",
+    "load_demo_paths",
+    "raw_knn_difficulty",
+    "simulate",
+    "simulate_adata",
+    "simulate_world",
+]
