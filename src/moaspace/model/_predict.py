@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
-from moaspace._core.labels import NO_CALL, UNKNOWN
+from moaspace._core.labels import NO_CALL
 from moaspace._core.neighbors import (
     PREDICTORS,
     aggregate_scores,
@@ -21,7 +22,7 @@ from moaspace._core.neighbors import (
     top_k_table,
 )
 from moaspace.errors import InputError, MoaspaceError
-from moaspace.model.calibration import confidence_features, openset_scores
+from moaspace.model.calibration import Atlas, OpenSetCalls, Query
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,46 @@ def predict(
     """
     adata = adata.copy() if copy else adata
     reference = model.reference
+    compounds_q = _query_compounds(adata, reference, compound_key)
+    ref_z = np.asarray(reference.X, dtype=np.float32)
+    ref_moa = reference.obs["moa"].astype(str).to_numpy()
+    classes = sorted(set(ref_moa))
+    cal = getattr(model, "calibration", None)
+    method = _resolve_method(model, method)
+    z, hidden, hidden_centres = _embed(model, adata, method, cal)
+    k, weighting = _resolve_knn(model, cal, k, weighting)
+    if cal is None and open_set:
+        raise MoaspaceError(
+            "open-set calls need a calibrated model (calibration.json in the model directory): "
+            "retrain, or run model.calibrate(adata_with_val_split) and save; or turn open_set off")
+    n_search = max(k, 25, *((cal.k, cal.wide_k) if cal is not None else ()))
+    sims, idx = knn_search(z, ref_z, n_search, backend=backend)
+    codes, _ = encode_labels(ref_moa, classes)
+    atlas = Atlas(ref_z=ref_z, ref_moa=ref_moa, codes=codes, classes=classes,
+                  hidden_centres=hidden_centres)
+    scores, atlas = _class_scores(method, z, hidden, sims, idx, atlas, k, weighting)
+    query = Query(z=z, scores=scores, sims=sims, idx=idx, hidden=hidden)
+    info = {"method": method, "k": k, "weighting": weighting, "calibrated": cal is not None}
+    if cal is None:
+        logger.warning("the model has no calibration (calibration.json missing, e.g. a model "
+                       "saved by an older moaspace): moa_pred_score is the uncalibrated %s "
+                       "score and no 'unknown' calls are made", method)
+        calls = _closed_set_calls(scores, classes)
+    else:
+        calls = cal.open_set_calls(
+            query, atlas, method, k, weighting, open_set=open_set is not False, min_tas=min_tas,
+            tas=adata.obs[tas_key] if tas_key in adata.obs.columns else None, tas_key=tas_key)
+        info.update(calls.info)
+    _write_calls(adata, reference, query, classes, calls, info, top_k=top_k)
+    if compounds_q is not None:
+        adata.uns["moa_compound_calls"] = _compound_level(
+            adata, scores, classes, compounds_q, calls.labels, calibrated=cal is not None)
+    return adata
+
+
+def _query_compounds(adata, reference, compound_key: str | None) -> np.ndarray | None:
+    """The query's compounds (None without a ``compound_key`` column); warns when query
+    signatures are themselves in the atlas."""
     compounds_q = (adata.obs[compound_key].astype(str).to_numpy()
                    if compound_key and compound_key in adata.obs.columns else None)
     key = compound_key if compounds_q is not None else "pert_id"  # compound_key=None: no
@@ -85,151 +126,114 @@ def predict(
             "%d of %d query signatures are in the training atlas (e.g. %s): each finds itself "
             "as nearest neighbour, so their calls and scores say nothing about new signatures",
             int(in_atlas.sum()), adata.n_obs, list(adata.obs_names[in_atlas][:3]))
-    ref_z = np.asarray(reference.X, dtype=np.float32)
-    ref_moa = reference.obs["moa"].astype(str).to_numpy()
-    classes = sorted(set(ref_moa))
-    cal = getattr(model, "calibration", None)
+    return compounds_q
+
+
+def _resolve_method(model, method: str | None) -> str:
+    """``method``, else the model's ``config.predictor`` (``knn`` for a model without one)."""
     if method is None:
         method = str(getattr(getattr(model, "config", None), "predictor", "knn"))
     if method not in PREDICTORS:
         raise InputError(f"unknown method {method!r}; use one of {list(PREDICTORS)}")
-    hidden = hidden_centres = None
-    if method == "hidden_prototype" or (cal is not None and cal.score == "hidden_prototype"):
-        # the call and/or the open-set score read the last hidden layer: both layers from
-        # one pass
-        hidden_centres = getattr(model, "hidden_prototypes", None)
-        if hidden_centres is None:
-            what = ("method 'hidden_prototype'" if method == "hidden_prototype" else
-                    "the calibration's open-set score 'hidden_prototype'")
-            raise MoaspaceError(f"{what} needs the model's hidden prototypes, which this model "
-                                "(saved by an older moaspace) lacks; use method 'knn' or "
-                                "'prototype' and recalibrate with another score, or retrain")
-        # the prototype layer: the last hidden layer (stacked with the whitened signature
-        # for models that have it; moaspace.model.prototypes)
-        z, hidden = model.embed_layers(adata, ("embedding", "prototype"))
-    else:
-        z = model.embed(adata)
+    return method
+
+
+def _embed(model, adata, method: str, cal):
+    """``(embedding, hidden activations, hidden prototypes)`` of the queries; the last two
+    are None unless the call or the calibration's open-set score reads the hidden layer."""
+    if not (method == "hidden_prototype"
+            or (cal is not None and cal.score == "hidden_prototype")):
+        return model.embed(adata), None, None
+    # the call and/or the open-set score read the last hidden layer: both layers from one pass
+    hidden_centres = getattr(model, "hidden_prototypes", None)
+    if hidden_centres is None:
+        what = ("method 'hidden_prototype'" if method == "hidden_prototype" else
+                "the calibration's open-set score 'hidden_prototype'")
+        raise MoaspaceError(f"{what} needs the model's hidden prototypes, which this model "
+                            "(saved by an older moaspace) lacks; use method 'knn' or "
+                            "'prototype' and recalibrate with another score, or retrain")
+    # the prototype layer: the last hidden layer (stacked with the whitened signature for
+    # models that have it; moaspace.model.prototypes)
+    z, hidden = model.embed_layers(adata, ("embedding", "prototype"))
+    return z, hidden, hidden_centres
+
+
+def _resolve_knn(model, cal, k: int | None, weighting: str | None) -> tuple[int, str]:
+    """``k`` and ``weighting``, by default the calibration's (else the model's ``knn_k``,
+    10, and ``distance``)."""
     if k is None:
         k = cal.k if cal is not None else int(getattr(getattr(model, "config", None), "knn_k", 10))
     if weighting is None:
         weighting = cal.weighting if cal is not None else "distance"
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
-    if cal is None and open_set:
-        raise MoaspaceError(
-            "open-set calls need a calibrated model (calibration.json in the model directory): "
-            "retrain, or run model.calibrate(adata_with_val_split) and save; or turn open_set off")
-    n_search = max(k, 25, *((cal.k, cal.wide_k) if cal is not None else ()))
-    sims, idx = knn_search(z, ref_z, n_search, backend=backend)
-    codes, _ = encode_labels(ref_moa, classes)
-    centres = None
+    return k, weighting
+
+
+def _class_scores(method: str, z: np.ndarray, hidden: np.ndarray | None, sims: np.ndarray,
+                  idx: np.ndarray, atlas: Atlas, k: int,
+                  weighting: str) -> tuple[np.ndarray, Atlas]:
+    """The per-class scores of the ``method`` call, and the atlas (with its embedding's
+    prototypes where the call computed them)."""
     if method == "knn":
-        scores = knn_scores(sims[:, :k], idx[:, :k], codes, len(classes), weighting=weighting)
+        scores = knn_scores(sims[:, :k], idx[:, :k], atlas.codes, len(atlas.classes),
+                            weighting=weighting)
     elif method == "prototype":
-        centres, _ = prototypes(ref_z, ref_moa, classes)
+        centres, _ = prototypes(atlas.ref_z, atlas.ref_moa, atlas.classes)
+        atlas = replace(atlas, centres=centres)
         scores = prototype_scores(z, centres)
     else:  # the hidden prototypes are in sorted-MoA order, as `classes`
-        scores = prototype_scores(hidden, hidden_centres)
+        scores = prototype_scores(hidden, atlas.hidden_centres)
+    return scores, atlas
+
+
+def _closed_set_calls(scores: np.ndarray, classes: Sequence) -> OpenSetCalls:
+    """An uncalibrated model's calls: the top MoA and its raw score, no unknown score."""
     best = scores.argmax(axis=1)
-    class_arr = np.asarray(classes, dtype=object)
-    labels = class_arr[best]
-    pred_score = scores[np.arange(len(best)), best].astype(np.float32)
-    info = {"method": method, "k": k, "weighting": weighting, "calibrated": cal is not None}
-    extra = []
-    if cal is None:
-        logger.warning("the model has no calibration (calibration.json missing, e.g. a model "
-                       "saved by an older moaspace): moa_pred_score is the uncalibrated %s "
-                       "score and no 'unknown' calls are made", method)
-    else:
-        labels, pred_score, extra = _open_set_calls(
-            cal, adata, z, hidden, hidden_centres, scores, sims, idx,
-            ref_z, ref_moa, codes, classes, centres, labels, method, k, weighting,
-            open_set=open_set is not False, min_tas=min_tas, tas_key=tas_key, info=info)
-    adata.obsm["X_moa"] = z
+    return OpenSetCalls(labels=np.asarray(classes, dtype=object)[best],
+                        pred_score=scores[np.arange(len(best)), best].astype(np.float32),
+                        unknown_score=None, extra=[], info={})
+
+
+def _write_calls(adata, reference, query: Query, classes: list[str], calls: OpenSetCalls,
+                 info: dict, *, top_k: int) -> None:
+    """Write the embedding, the scores, the calls and the prediction's settings to ``adata``."""
+    scores = query.scores
+    if calls.unknown_score is not None:
+        adata.obs["moa_unknown_score"] = calls.unknown_score
+    adata.obsm["X_moa"] = query.z
     adata.obsm["moa_scores"] = scores
     adata.uns["moa_classes"] = list(classes)
-    adata.obs["moa_pred"] = pd.Categorical(labels, categories=list(classes) + extra)
-    adata.obs["moa_pred_score"] = pred_score
-    if cal is not None:
-        adata.obs["moa_pred_known"] = pd.Categorical(class_arr[best], categories=classes)
+    adata.obs["moa_pred"] = pd.Categorical(calls.labels, categories=list(classes) + calls.extra)
+    adata.obs["moa_pred_score"] = calls.pred_score
+    if info["calibrated"]:
+        adata.obs["moa_pred_known"] = pd.Categorical(
+            np.asarray(classes, dtype=object)[scores.argmax(axis=1)], categories=classes)
     if "pert_id" in reference.obs.columns:
         adata.obs["nearest_compounds"] = nearest_compounds(
-            idx, sims, reference.obs["pert_id"].astype(str).to_numpy())
+            query.idx, query.sims, reference.obs["pert_id"].astype(str).to_numpy())
     adata.uns["moa_top_k"] = top_k_table(scores, classes, top_k, index=adata.obs_names)
     adata.uns["moa_predict"] = info
-    if compounds_q is not None:
-        voting = np.asarray(labels, dtype=object) != NO_CALL
-        calls = compound_calls(scores, classes, compounds_q, voting=voting)
-        if cal is not None:  # mean unknown score, share of 'unknown' calls (voting rows)
-            by = pd.DataFrame({"score": adata.obs["moa_unknown_score"].to_numpy(np.float64),
-                               "unknown": np.asarray(labels == "unknown", dtype=np.float64)},
-                              index=compounds_q)[voting].groupby(level=0).mean().reindex(
-                                  calls.index)
-            calls["unknown_score"] = by["score"].to_numpy()
-            calls["share_unknown"] = by["unknown"].to_numpy()
-            # a compound is 'unknown' when most of its signatures are: averaging over
-            # doses/cells makes the call steadier than any single signature's
-            calls["moa_pred_known"] = calls["moa_pred"]
-            calls.loc[calls["share_unknown"] > 0.5, "moa_pred"] = "unknown"
-        adata.uns["moa_compound_calls"] = calls
-    return adata
 
 
-def _open_set_calls(cal, adata, z, hidden, hidden_centres, scores, sims, idx, ref_z, ref_moa,
-                    codes, classes, centres, labels, method, k, weighting, *, open_set, min_tas,
-                    tas_key, info):
-    """Calibrated score, unknown score and the abstentions of :func:`predict`
-    (``codes``: class code of every atlas signature)."""
-    if list(cal.classes) != list(classes):
-        raise MoaspaceError("the calibration was fitted for other MoAs than the atlas holds; "
-                            "refit it with model.calibrate")
-    if k != cal.k or weighting != cal.weighting:
-        logger.warning("calibration was fitted for k=%d, weighting=%r; scores with k=%d, %r "
-                       "may be miscalibrated", cal.k, cal.weighting, k, weighting)
-    if centres is None:
-        centres, _ = prototypes(ref_z, ref_moa, classes)
-    features = None
-    if cal.method_for(method) == "logistic":
-        # the prototype margin is read in the layer the call was made in
-        layer, layer_centres = ((hidden, hidden_centres) if method == "hidden_prototype"
-                                else (z, centres))
-        features = confidence_features(scores, layer, layer_centres, sims, idx, codes,
-                                       wide_k=cal.wide_k)
-    _, pred_score = cal.calibrate_scores(scores, method, features)
-    # the msp threshold was fitted on the calibration's kNN vote, whatever this call predicts with
-    votes = None
-    if cal.score == "msp":
-        votes = knn_scores(sims[:, :cal.k], idx[:, :cal.k], codes, len(classes),
-                           weighting=cal.weighting)
-    unknown = openset_scores(z, centres=centres, knn_sims=sims, k=cal.k, class_scores=votes,
-                             energy_scale=cal.energy_scale, hidden=hidden,
-                             hidden_centres=hidden_centres)[cal.score]
-    adata.obs["moa_unknown_score"] = unknown.astype(np.float32)
-    labels = np.asarray(labels, dtype=object).copy()
-    extra = []
-    info.update({"open_set": bool(open_set), "unknown_score": cal.score,
-                 "unknown_threshold": cal.threshold,
-                 "target_false_unknown": cal.target_false_unknown,
-                 "calibration_method": cal.method_for(method)})
-    if open_set:
-        labels[cal.is_unknown(unknown)] = UNKNOWN
-        extra.append(UNKNOWN)
-    min_tas = cal.min_tas if min_tas is None else min_tas
-    if min_tas is not None and min_tas > 0:
-        if tas_key in adata.obs.columns:
-            tas = pd.to_numeric(adata.obs[tas_key], errors="coerce").to_numpy(np.float64)
-            labels[tas < min_tas] = NO_CALL  # NaN TAS: not compared, the call stays
-            extra.append(NO_CALL)
-            info["min_tas"] = float(min_tas)
-        else:
-            logger.warning("min_tas=%s but the query has no obs[%r]; no 'no call' flags",
-                           min_tas, tas_key)
-    n_unknown = int((labels == UNKNOWN).sum())
-    n_nocall = int((labels == NO_CALL).sum())
-    if n_unknown or n_nocall:
-        logger.info("%d of %d signatures called 'unknown', %d 'no call' (low TAS)",
-                    n_unknown, len(labels), n_nocall)
-    return labels, np.asarray(pred_score, np.float32), extra
+def _compound_level(adata, scores: np.ndarray, classes: list[str], compounds_q: np.ndarray,
+                    labels: np.ndarray, *, calibrated: bool) -> pd.DataFrame:
+    """Compound calls (:func:`compound_calls` of the signatures not flagged 'no call'); for
+    a calibrated model with the mean unknown score and the share of 'unknown' calls."""
+    voting = np.asarray(labels, dtype=object) != NO_CALL
+    calls = compound_calls(scores, classes, compounds_q, voting=voting)
+    if calibrated:  # mean unknown score, share of 'unknown' calls (voting rows)
+        by = pd.DataFrame({"score": adata.obs["moa_unknown_score"].to_numpy(np.float64),
+                           "unknown": np.asarray(labels == "unknown", dtype=np.float64)},
+                          index=compounds_q)[voting].groupby(level=0).mean().reindex(
+                              calls.index)
+        calls["unknown_score"] = by["score"].to_numpy()
+        calls["share_unknown"] = by["unknown"].to_numpy()
+        # a compound is 'unknown' when most of its signatures are: averaging over
+        # doses/cells makes the call steadier than any single signature's
+        calls["moa_pred_known"] = calls["moa_pred"]
+        calls.loc[calls["share_unknown"] > 0.5, "moa_pred"] = "unknown"
+    return calls
 
 
 def atlas_signatures(names: Sequence, compounds: Sequence | None, reference_obs: pd.DataFrame,
@@ -250,8 +254,6 @@ def atlas_signatures(names: Sequence, compounds: Sequence | None, reference_obs:
         same[same] = (ref_compound.reindex(names[same]).to_numpy()
                       == np.asarray(compounds).astype(str)[same])
     return same
-
-
 
 
 def compound_calls(scores: np.ndarray, classes: Sequence, compounds: Sequence,

@@ -1,0 +1,346 @@
+"""Fitting a :class:`~moaspace.model.calibration.Calibration` on validation queries.
+
+:func:`fit_calibration` runs, in order: check the options, keep the validation rows of
+a known MoA (:func:`_validation_rows`), score them with every predictor
+(:func:`_predictors`), fit every calibration map per predictor (:func:`_fit_maps`),
+choose each predictor's map out of fold (:func:`_choose_maps`), record the kNN
+vote's before/after metrics (:func:`_knn_summary`), and fit the open-set thresholds
+against leave-own-MoA-out pseudo-unknowns (:func:`_fit_open_set`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from moaspace._core.neighbors import (
+    encode_labels,
+    knn_scores,
+    knn_search,
+    prototype_scores,
+    prototypes,
+)
+from moaspace.errors import InputError
+from moaspace.model.calibration._calibration import Calibration, _records
+from moaspace.model.calibration._maps import (
+    CALIBRATION_METHODS,
+    PROTOTYPE_TEMPERATURE,
+    WIDE_K,
+    _lowest_brier,
+    _out_of_fold_confidence,
+    auto_candidates,
+    confidence_features,
+    fit_isotonic,
+    fit_logistic,
+    fit_temperature,
+    score_logits,
+    softmax,
+)
+from moaspace.model.calibration._metrics import (
+    DEFAULT_N_BINS,
+    binary_nll,
+    brier_score,
+    choose_threshold,
+    expected_calibration_error,
+    negative_log_likelihood,
+    reliability_curve,
+    roc_points,
+    tas_coverage_curve,
+    unknown_auroc,
+)
+from moaspace.model.calibration._openset import (
+    OPENSET_SCORES,
+    choose_openset_score,
+    leave_moa_out_scores,
+    openset_scores,
+)
+
+logger = logging.getLogger("moaspace.model.calibration")
+
+
+def fit_calibration(
+    z: np.ndarray,
+    labels,
+    reference: np.ndarray,
+    ref_labels,
+    *,
+    classes=None,
+    k: int = 10,
+    weighting: str = "distance",
+    method: str = "auto",
+    target_false_unknown: float = 0.05,
+    score: str = "auto",
+    energy_scale: float = 30.0,
+    tas=None,
+    min_tas: float | None = None,
+    groups=None,
+    n_bins: int = DEFAULT_N_BINS,
+    wide_k: int = WIDE_K,
+    backend: str = "torch",
+    hidden: np.ndarray | None = None,
+    hidden_centres: np.ndarray | None = None,
+) -> Calibration:
+    """Fit probability calibration and the open-set threshold on validation queries.
+
+    Parameters
+    ----------
+    z, labels
+        Embeddings (any space) and true MoAs of validation signatures of
+        compounds absent from ``reference`` (held-out compounds of known MoAs).
+        Rows whose MoA is not in ``classes`` are ignored with a warning.
+    reference, ref_labels
+        The atlas (training embeddings) and its MoAs.
+    k, weighting
+        The kNN settings of the predictions to calibrate.
+    method
+        ``isotonic`` (a monotone map of the top score to P(correct)),
+        ``temperature`` (one parameter on log vote shares; gives a full
+        probability matrix but calibrates kNN vote shares poorly, which are
+        discrete and often exactly 1: see docs/confidence.md), ``logistic``
+        (logistic regression of P(correct) on :func:`confidence_features`: the
+        top score, a ``wide_k``-neighbour vote and the prototype margin),
+        ``none`` (the raw top score), or ``auto`` (default): the one with the
+        lowest out-of-fold Brier score on the validation rows, chosen for the
+        kNN vote and each prototype predictor separately (``Calibration.methods``).
+    target_false_unknown
+        Share of known validation queries allowed above the unknown threshold.
+    score
+        Open-set score for ``unknown`` calls, or ``auto``: the best AUROC
+        against leave-own-MoA-out pseudo-unknowns on the validation rows.
+    tas, min_tas
+        TAS of the validation rows (for the accuracy-vs-coverage curve) and
+        the no-call cut-off to store (None: off).
+    groups
+        Compound of each validation row: the "after" ECE and reliability
+        curve stored in ``validation`` are out-of-fold (5 folds grouped by
+        compound), not in-sample.
+    wide_k
+        Neighbours of the wider vote in :func:`confidence_features`.
+    hidden, hidden_centres
+        Last-hidden-layer activations of the ``z`` rows and that layer's MoA
+        prototypes (a model's; see :func:`openset_scores`): adds the
+        ``hidden_prototype`` open-set score to those compared, and calibrates
+        the ``hidden_prototype`` predictor (nearest hidden-layer prototype).
+    """
+    _check_options(method, score, z, hidden)
+    rows = _validation_rows(z, labels, reference, ref_labels, classes, hidden=hidden,
+                            hidden_centres=hidden_centres, tas=tas, groups=groups)
+    sims, idx = knn_search(rows.z, rows.reference, max(k, wide_k), backend=backend)
+    votes = knn_scores(sims[:, :k], idx[:, :k], rows.ref_codes, len(rows.classes),
+                       weighting=weighting)
+    centres, _ = prototypes(rows.reference, rows.ref_labels, rows.classes)
+    predictors = _predictors(rows, votes, centres, hidden_centres)
+    maps = _fit_maps(predictors, rows, sims, idx, wide_k)
+    val: dict = {"n": len(rows.codes), "n_classes_present": len(np.unique(rows.codes))}
+    cal = Calibration(classes=list(rows.classes), k=int(k), weighting=weighting,
+                      temperature=maps.temperature, isotonic=maps.isotonic,
+                      logistic=maps.logistic, wide_k=int(wide_k),
+                      energy_scale=float(energy_scale), n_bins=int(n_bins),
+                      target_false_unknown=float(target_false_unknown),
+                      min_tas=None if min_tas is None else float(min_tas))
+    _choose_maps(cal, val, predictors, rows, maps, method, n_bins)
+    _knn_summary(cal, val, votes, rows.codes, maps, n_bins)
+    cal.thresholds = _fit_open_set(val, rows, sims, centres, votes, k=k, weighting=weighting,
+                                   energy_scale=energy_scale, backend=backend,
+                                   hidden_centres=hidden_centres,
+                                   target_false_unknown=target_false_unknown)
+    cal.score = choose_openset_score(val["auroc_pseudo_unknown"]) if score == "auto" else score
+    if rows.tas is not None and np.isfinite(rows.tas).any():
+        val["tas_coverage"] = _records(tas_coverage_curve(rows.tas, maps.right["knn"]))
+    cal.validation = val
+    logger.info(
+        "calibration on %d validation signatures: ECE %.3f -> %.3f (%s, out-of-fold); "
+        "open-set score %r "
+        "(pseudo-unknown AUROC %.3f), threshold %.4f for %.0f%% false unknowns",
+        val["n"], val["ece_before"], val["ece_after"], cal.method, cal.score,
+        val["auroc_pseudo_unknown"][cal.score], cal.thresholds[cal.score],
+        100 * target_false_unknown)
+    return cal
+
+
+def _check_options(method: str, score: str, z, hidden) -> None:
+    """Refuse a calibration method or open-set score that does not exist or cannot be had."""
+    if method != "auto" and method not in CALIBRATION_METHODS:
+        raise InputError(f"method must be 'auto' or one of {list(CALIBRATION_METHODS)}, "
+                         f"got {method!r}")
+    if score != "auto" and score not in OPENSET_SCORES:
+        raise InputError(f"score must be 'auto' or one of {list(OPENSET_SCORES)}, got {score!r}")
+    if score == "hidden_prototype" and hidden is None:
+        raise InputError("score 'hidden_prototype' needs the hidden-layer activations and "
+                         "prototypes of a model (this one has none: retrain it)")
+    if hidden is not None and len(hidden) != len(z):
+        raise InputError(f"hidden has {len(hidden)} rows for {len(z)} calibration rows")
+
+
+@dataclass(frozen=True)
+class _ValidationRows:
+    """The validation rows of a known MoA (``codes >= 0``) and the atlas they are scored
+    against: ``hidden``, ``tas`` and ``groups`` are those rows' (or None)."""
+
+    z: np.ndarray
+    codes: np.ndarray
+    classes: list[str]
+    reference: np.ndarray
+    ref_labels: np.ndarray
+    ref_codes: np.ndarray
+    hidden: np.ndarray | None
+    tas: np.ndarray | None
+    groups: np.ndarray | None
+
+
+def _validation_rows(z, labels, reference, ref_labels, classes, *, hidden, hidden_centres,
+                     tas, groups) -> _ValidationRows:
+    """Encode the labels, check the shapes, and drop (with a warning) rows of MoAs absent
+    from the reference; an error when none are left."""
+    z = np.asarray(z, dtype=np.float32)
+    reference = np.asarray(reference, dtype=np.float32)
+    labels = np.asarray(labels).astype(str)
+    ref_labels = np.asarray(ref_labels).astype(str)
+    if z.ndim != 2 or len(z) != len(labels):
+        raise InputError(f"z {z.shape} and labels ({len(labels)}) do not match")
+    ref_codes, classes = encode_labels(ref_labels, classes)
+    if len(classes) < 2:
+        raise InputError("calibration needs a reference with at least two MoAs")
+    if hidden is not None and (hidden_centres is None or len(hidden_centres) != len(classes)):
+        raise InputError(f"hidden_centres must have one row per class ({len(classes)}), got "
+                         f"{None if hidden_centres is None else len(hidden_centres)}")
+    codes, _ = encode_labels(labels, classes)
+    known = codes >= 0
+    if (~known).any():
+        logger.warning("%d calibration signatures have a MoA absent from the reference; ignored",
+                       int((~known).sum()))
+    if not known.any():
+        raise InputError(
+            "no calibration signatures of a known MoA: calibration needs validation "
+            "signatures (held-out compounds of MoAs in the training split, obs['split'] == "
+            "'val')")
+    if known.sum() < 50:
+        logger.warning("only %d calibration signatures: the calibration will be noisy",
+                       int(known.sum()))
+    return _ValidationRows(
+        z=z[known], codes=codes[known], classes=classes, reference=reference,
+        ref_labels=ref_labels, ref_codes=ref_codes,
+        hidden=None if hidden is None else np.asarray(hidden, dtype=np.float32)[known],
+        tas=None if tas is None else np.asarray(tas, dtype=np.float64)[known],
+        groups=None if groups is None else np.asarray(groups).astype(str)[known])
+
+
+def _predictors(rows: _ValidationRows, votes: np.ndarray, centres: np.ndarray,
+                hidden_centres) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each predictor's scores, and the layer and prototypes its margin feature reads."""
+    predictors = {"knn": (votes, rows.z, centres),
+                  "prototype": (prototype_scores(rows.z, centres, PROTOTYPE_TEMPERATURE), rows.z,
+                                centres)}
+    if rows.hidden is not None:
+        predictors["hidden_prototype"] = (
+            prototype_scores(rows.hidden, hidden_centres, PROTOTYPE_TEMPERATURE), rows.hidden,
+            np.asarray(hidden_centres, np.float32))
+    return predictors
+
+
+@dataclass(frozen=True)
+class _FittedMaps:
+    """Per predictor: each map fitted on all validation rows, the rows' confidence
+    features and whether the top call was right."""
+
+    temperature: dict
+    isotonic: dict
+    logistic: dict
+    features: dict
+    right: dict
+
+
+def _fit_maps(predictors: dict, rows: _ValidationRows, sims: np.ndarray, idx: np.ndarray,
+              wide_k: int) -> _FittedMaps:
+    """Fit the temperature, isotonic and logistic maps of every predictor."""
+    maps = _FittedMaps({}, {}, {}, {}, {})
+    for name, (sc, layer, layer_centres) in predictors.items():
+        logits = score_logits(sc, name)
+        maps.temperature[name] = fit_temperature(logits, rows.codes)
+        maps.right[name] = sc.argmax(axis=1) == rows.codes
+        maps.isotonic[name] = fit_isotonic(sc.max(axis=1), maps.right[name])
+        maps.features[name] = confidence_features(sc, layer, layer_centres, sims, idx,
+                                                  rows.ref_codes, wide_k=wide_k)
+        maps.logistic[name] = fit_logistic(maps.features[name], maps.right[name])
+    return maps
+
+
+def _choose_maps(cal: Calibration, val: dict, predictors: dict, rows: _ValidationRows,
+                 maps: _FittedMaps, method: str, n_bins: int) -> None:
+    """Set each predictor's map (``method``, or ``auto``: the lowest out-of-fold Brier score)
+    on ``cal`` and record its summary in ``val``.
+
+    Out-of-fold (grouped by compound) scores of every map, for each prediction method: the
+    map is chosen per method, as kNN vote shares and prototype softmaxes differ in shape.
+    The kNN map's summary is the top level of ``validation``, the others' ``validation[name]``.
+    """
+    for name, (sc, _, _) in predictors.items():
+        oofs = {m: _out_of_fold_confidence(m, sc.max(axis=1), score_logits(sc, name), rows.codes,
+                                           maps.right[name], rows.groups, maps.features[name])
+                for m in CALIBRATION_METHODS}
+        chosen = (method if method != "auto"
+                  else _lowest_brier(oofs, maps.right[name], auto_candidates(name)))
+        summary = _map_summary(sc.max(axis=1), maps.right[name], oofs, chosen, n_bins)
+        if name == "knn":
+            cal.method = chosen
+            val.update(summary)
+        else:
+            cal.methods[name] = chosen
+            val[name] = {"method": chosen, **summary}
+
+
+def _knn_summary(cal: Calibration, val: dict, votes: np.ndarray, codes: np.ndarray,
+                 maps: _FittedMaps, n_bins: int) -> None:
+    """Record the kNN vote's ECE (in sample), Brier score and NLLs before and after its map."""
+    correct, before = maps.right["knn"], votes.max(axis=1)
+    proba, conf = cal.calibrate_scores(votes, "knn", maps.features["knn"])
+    val["ece_after_in_sample"] = expected_calibration_error(conf, correct, n_bins)
+    val["brier_before"] = brier_score(before, correct)
+    val["brier_after"] = val["brier_out_of_fold"][cal.method]
+    val["nll_correct_before"] = binary_nll(before, correct)
+    val["nll_correct_after"] = val["nll_correct_out_of_fold"][cal.method]
+    val["nll_before"] = negative_log_likelihood(softmax(score_logits(votes, "knn")), codes)
+    if proba is not None:  # temperature only; in sample, unlike the out-of-fold scores above
+        val["nll_after_in_sample"] = negative_log_likelihood(proba, codes)
+
+
+def _fit_open_set(val: dict, rows: _ValidationRows, sims: np.ndarray, centres: np.ndarray,
+                  votes: np.ndarray, *, k: int, weighting: str, energy_scale: float,
+                  backend: str, hidden_centres, target_false_unknown: float) -> dict:
+    """Every open-set score's threshold (returned) and, in ``val``, its AUROC, ROC and rates
+    against the leave-own-MoA-out pseudo-unknowns of the validation rows."""
+    known_s = openset_scores(rows.z, centres=centres, knn_sims=sims, k=k, class_scores=votes,
+                             energy_scale=energy_scale, hidden=rows.hidden,
+                             hidden_centres=hidden_centres)
+    pseudo = leave_moa_out_scores(rows.z, rows.codes, rows.reference, rows.ref_codes, centres,
+                                  k=k, weighting=weighting, energy_scale=energy_scale,
+                                  backend=backend, hidden=rows.hidden,
+                                  hidden_centres=hidden_centres)
+    names = [n for n in OPENSET_SCORES if n in known_s]  # hidden_prototype: with a model only
+    val["auroc_pseudo_unknown"] = {n: unknown_auroc(known_s[n], pseudo[n]) for n in names}
+    thresholds = {n: choose_threshold(known_s[n], target_false_unknown) for n in names}
+    val["false_unknown_rate"] = {n: float((known_s[n] > thresholds[n]).mean()) for n in names}
+    val["pseudo_unknown_detected"] = {n: float((pseudo[n] > thresholds[n]).mean())
+                                      for n in names}
+    val["roc_pseudo_unknown"] = {n: roc_points(known_s[n], pseudo[n]) for n in names}
+    return thresholds
+
+
+def _map_summary(top: np.ndarray, correct: np.ndarray, oofs: dict[str, np.ndarray],
+                 chosen: str, n_bins: int) -> dict:
+    """What ``validation`` records of one predictor's calibration: accuracy, ECE of the raw
+    top score and of the chosen map, and every map's out-of-fold Brier, NLL and ECE."""
+    return {
+        "accuracy": float(correct.mean()),
+        "brier_out_of_fold": {m: brier_score(o, correct) for m, o in oofs.items()},
+        "nll_correct_out_of_fold": {m: binary_nll(o, correct) for m, o in oofs.items()},
+        "ece_out_of_fold": {m: expected_calibration_error(o, correct, n_bins)
+                            for m, o in oofs.items()},
+        "ece_before": expected_calibration_error(top, correct, n_bins),
+        "ece_after": expected_calibration_error(oofs[chosen], correct, n_bins),  # out-of-fold
+        "reliability_before": _records(reliability_curve(top, correct, n_bins)),
+        "reliability_after": _records(reliability_curve(oofs[chosen], correct, n_bins)),
+    }
+
