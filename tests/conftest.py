@@ -124,3 +124,28 @@ def shared_data() -> Path:
     if not SHARED.exists():
         pytest.skip(f"shared data not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory) -> dict:
+    """*A* trained model, for the tests that need one but not a particular one: trained once
+    per session on the tiny synthetic set (compound split, seed 0) and saved.
+
+    ``root`` holds ``model/``, ``data.h5ad`` (all signatures, with the split) and
+    ``query.h5ad`` (the test signatures). Tests must not change these files: copy first
+    (``shutil.copytree``) to damage or edit a model.
+    """
+    from _synthetic import make_synthetic
+    from moaspace.model import MoaModel
+    from moaspace.pp import split, write_h5ad
+
+    root = tmp_path_factory.mktemp("saved_model")
+    adata = split(make_synthetic(seed=0), "compound", seed=0)
+    model = MoaModel(adata, hidden_dims=(64, 32), embedding_dim=16)
+    model.train(max_epochs=2, progress_bar=False, accelerator="cpu")
+    model.save(root / "model")
+    query = adata[adata.obs["split"] == "test"].copy()
+    write_h5ad(adata, root / "data.h5ad")
+    write_h5ad(query, root / "query.h5ad")
+    return {"root": root, "model_dir": root / "model", "model": model, "adata": adata,
+            "query": query}

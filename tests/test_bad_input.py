@@ -419,18 +419,9 @@ def test_usage_errors_exit_2(tiny_lincs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny model for the module: (model dir, data with split, scratch dir)."""
-    from moaspace.pp._split import split
-
-    root = tmp_path_factory.mktemp("bad_input_model")
-    adata = split(make_synthetic(seed=0), "compound", seed=0)
-    model = MoaModel(adata, hidden_dims=(64, 32), embedding_dim=16)
-    model.train(max_epochs=2, progress_bar=False, accelerator="cpu")
-    model.save(root / "model")
-    query = adata[adata.obs["split"] == "test"].copy()
-    write_h5ad(query, root / "query.h5ad")
-    return root / "model", query, root
+def trained(saved_model):
+    """The session's tiny model: (model dir, test signatures, its directory)."""
+    return saved_model["model_dir"], saved_model["query"], saved_model["root"]
 
 
 def _query(root: Path, name: str, adata: ad.AnnData) -> Path:

@@ -38,7 +38,7 @@ PIPELINE = textwrap.dedent("""
     from moaspace.datasets._simulate import SimulationConfig, simulate
     from moaspace.pp._split import split
     from moaspace.model import MoaModel
-    from moaspace.tl.predict import predict
+    from moaspace.tl import predict
 
     def run(out, prepared, seed, threads):
         torch.set_num_threads(threads)

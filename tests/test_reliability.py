@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +21,8 @@ import pytest
 import scipy.sparse as sp
 
 from _cli import ENV, assert_clean_failure, cli, snapshot
-from _synthetic import make_synthetic
 from moaspace.model import MoaModel
 from moaspace.pp._prepare import read_h5ad, write_h5ad
-from moaspace.pp._split import split
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = sorted(p for p in (HERE.parent / "benchmarks").glob("*.py")
@@ -31,7 +30,7 @@ BENCHMARKS = sorted(p for p in (HERE.parent / "benchmarks").glob("*.py")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, saved_model):
     """A tiny release on disk, prepared data with a split, and a trained model."""
     from moaspace.datasets._simulate import SimulationConfig, simulate
 
@@ -39,14 +38,12 @@ def run(tmp_path_factory):
     cfg = SimulationConfig(seed=2, n_compounds=60, n_moas=4, n_cells=3,
                            sigs_per_compound=(8, 12), n_null_knockdowns=1)
     paths = simulate(root / "rel", cfg)
-    adata = split(make_synthetic(seed=1), "compound", seed=0)
-    write_h5ad(adata, root / "data.h5ad")
-    model = MoaModel(adata, hidden_dims=(32, 16), embedding_dim=8)
-    model.train(max_epochs=2, progress_bar=False, accelerator="cpu")
-    model.save(root / "model")
-    query = adata[adata.obs["split"] == "test"].copy()
-    write_h5ad(query, root / "query.h5ad")
-    return {"root": root, "paths": paths, "adata": adata, "query": query}
+    # the session's model, data and query, copied: some tests here write beside them
+    for name in ("model", "data.h5ad", "query.h5ad"):
+        src = saved_model["root"] / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
+    return {"root": root, "paths": paths, "adata": saved_model["adata"],
+            "query": saved_model["query"]}
 
 
 def _prepare(paths: dict, out, *extra) -> list:

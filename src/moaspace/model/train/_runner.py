@@ -2,7 +2,7 @@
 
 ``MoaModel.train`` may train more than one candidate network (raw and whitened
 input, ``ModelConfig.input_whitening="auto"``) and keep the one that validates
-best. Each candidate is a Lightning run of :class:`~moaspace.model.module.MoaModule`.
+best. Each candidate is a Lightning run of :class:`~moaspace.model.train.MoaModule`.
 
 Checkpoints: the candidate in progress writes ``checkpoints/last.ckpt`` every epoch
 (the file ``--resume`` continues from). When there are several candidates, a
@@ -13,9 +13,11 @@ which candidate it belongs to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,10 @@ import numpy as np
 import torch
 
 from moaspace.errors import MoaspaceError
-from moaspace.model.module import AtomicCheckpointIO, LastCheckpoint, MoaModule, MoaNet, TrainData
+from moaspace.model.module import MoaNet
+from moaspace.model.train._callbacks import AtomicCheckpointIO, LastCheckpoint
+from moaspace.model.train._data import TrainData
+from moaspace.model.train._plan import MoaModule
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,31 @@ class RunOptions:
     model_dir: Path | None
     resume: bool
     meta: dict
+
+
+def run_options(*, max_epochs: int, batch_size: int, accelerator: str, devices: int | str,
+                strategy: str, seed: int, patience: int, progress_bar: bool,
+                callbacks: list | None, precision: str | None,
+                model_dir: str | os.PathLike | None, resume: bool) -> RunOptions:
+    """Check ``MoaModel.train``'s arguments; the trainer settings of every candidate (its
+    ``meta`` is set once the data are prepared: :func:`config_meta`). Mixed precision
+    (``16-mixed``) by default on CUDA only; deterministic algorithms on CPU."""
+    if max_epochs < 1 or batch_size < 2:
+        raise MoaspaceError("max_epochs must be >= 1 and batch_size >= 2")
+    if resume and model_dir is None:
+        raise MoaspaceError("resume=True needs model_dir (where the checkpoints are)")
+    use_cuda = accelerator in ("gpu", "cuda") or (
+        accelerator == "auto" and torch.cuda.is_available()
+    )
+    if precision is None:
+        precision = "16-mixed" if use_cuda else "32-true"
+    return RunOptions(
+        max_epochs=max_epochs, batch_size=batch_size, accelerator=accelerator,
+        devices=devices, strategy=strategy, seed=seed, patience=patience,
+        progress_bar=progress_bar, callbacks=list(callbacks or []),
+        precision=precision, deterministic=not use_cuda,
+        model_dir=Path(model_dir) if model_dir is not None else None,
+        resume=resume, meta={})
 
 
 def _checkpoint_state(path: Path, meta: dict) -> dict:
@@ -142,6 +172,25 @@ def _trainer(opts: RunOptions, last: Path | None):
         default_root_dir=str(opts.model_dir) if opts.model_dir is not None else None,
         plugins=[AtomicCheckpointIO()], log_every_n_steps=1,
     )
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Silence Lightning's banner lines and the 'few workers' hint for in-memory data."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+             "lightning.fabric.utilities.seed", "lightning.pytorch.utilities.distributed")
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
+        try:
+            yield
+        finally:
+            for n, level in saved.items():
+                logging.getLogger(n).setLevel(level)
 
 
 def config_meta(fingerprint: str, config_dict: dict) -> dict:

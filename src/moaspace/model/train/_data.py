@@ -1,0 +1,219 @@
+"""Training data: the rows a run reads, the batch sampler and how both are built.
+
+The sampler draws index batches from a row source (an in-memory tensor, or an ``.h5ad``
+on disk read batch by batch: see :mod:`moaspace.model.data`; per-item ``Dataset``
+indexing and collation cost more than the MLP itself), is seeded by ``(seed, epoch)`` so
+a resumed run sees the same batches as an uninterrupted one, and shards batches across
+ranks itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from moaspace._utils import preview
+from moaspace.errors import InputError
+from moaspace.model._config import SAMPLING, ModelConfig
+from moaspace.model.data import InMemoryRows, RowSource, backed_rows
+
+logger = logging.getLogger(__name__)
+
+#: |value| above which a "z-score" is almost surely not one (raw counts, a unit error)
+IMPLAUSIBLE_Z = 1000.0
+
+
+def data_fingerprint(adata: ad.AnnData, split_key: str = "split") -> str:
+    """SHA-1 of shape, signature ids, gene ids and split labels.
+
+    Identifies the training data cheaply (no pass over ``X``) so a resumed
+    run refuses a different data set or split.
+    """
+    h = hashlib.sha1()
+    h.update(repr(tuple(adata.shape)).encode())
+    h.update("\n".join(map(str, adata.obs_names)).encode())
+    h.update(b"\0")
+    h.update("\n".join(map(str, adata.var_names)).encode())
+    if split_key in adata.obs.columns:
+        h.update(b"\0")
+        h.update("\n".join(adata.obs[split_key].astype(str)).encode())
+    return h.hexdigest()
+
+
+def warn_if_not_zscores(largest: float, what: str) -> None:
+    """Log a warning when ``largest`` (the largest |value| seen) cannot be a z-score."""
+    if largest > IMPLAUSIBLE_Z:
+        logger.warning("%s holds values up to %.3g in magnitude: L1000 z-scores lie within a "
+                       "few tens; such values are clipped at +-%s by the encoder and their "
+                       "calls are unreliable (are these raw expression values?)", what,
+                       largest, "10")
+
+
+def dense_rows(x, rows: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``rows`` (all when None) of a dense or sparse matrix as C-ordered float32."""
+    x = x if rows is None else x[rows]
+    if sp.issparse(x):
+        x = x.toarray()
+    return np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+
+
+@dataclass
+class TrainData:
+    """Training data; indices select rows of ``x``.
+
+    ``x`` is a :class:`~moaspace.model.data.RowSource` over all signatures
+    (train and val) in the model's gene order, so nothing is copied per split:
+    an in-memory tensor, or rows read from disk per batch (backed AnnData).
+    ``moa``/``compound`` are class codes (-1 for signatures whose label is not
+    a training class).
+    """
+
+    x: RowSource
+    moa: torch.Tensor
+    compound: torch.Tensor
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    val_ref_idx: np.ndarray
+
+
+class IndexBatchSampler:
+    """Yields lists of row indices: one epoch of batches for this rank.
+
+    ``sampling``: ``none`` (a permutation), ``compound`` (each compound equally
+    likely, with replacement; stops compounds with many signatures from
+    dominating) or ``moa`` (each MoA equally likely). The order depends only on
+    ``(seed, epoch)``; batches are dealt round-robin to ``world_size`` ranks,
+    which all get the same number of batches.
+    """
+
+    def __init__(self, indices: np.ndarray, batch_size: int, seed: int, sampling: str = "none",
+                 groups: np.ndarray | None = None, rank: int = 0, world_size: int = 1):
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+        self.indices = np.asarray(indices)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.sampling = sampling
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch = 0
+        self.p = None
+        if sampling != "none":
+            assert groups is not None
+            _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+            w = 1.0 / counts[inverse]
+            self.p = w / w.sum()
+        n = len(self.indices)
+        bs = self.batch_size
+        n_batches = n // bs + (1 if n % bs >= max(2, bs // 2) or n < bs else 0)
+        self.n_batches = max(1, n_batches // self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.indices)
+        if self.p is None:
+            order = self.indices[rng.permutation(n)]
+        else:
+            order = self.indices[rng.choice(n, size=n, replace=True, p=self.p)]
+        bs = self.batch_size
+        batches = [order[i:i + bs] for i in range(0, n, bs)]
+        if len(batches) > 1 and len(batches[-1]) < max(2, bs // 2):
+            batches = batches[:-1]
+        for b in batches[self.rank::self.world_size][: self.n_batches]:
+            yield b.tolist()
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    """``dataset[list_of_indices]`` returns the whole batch at once."""
+
+    def __init__(self, data: TrainData):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data.x)
+
+    def __getitem__(self, idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return self.data.x.rows(idx), self.data.moa[idx], self.data.compound[idx]
+
+
+def training_data(adata: ad.AnnData, split: np.ndarray, keys: dict, moas: list[str],
+                  compounds: list[str], config: ModelConfig, seed: int) -> TrainData:
+    """The :class:`TrainData` of a model's AnnData: class codes of ``moas``/``compounds``
+    (-1 for other labels), train and scored val rows (``split``), every used row checked
+    for NaN/inf, and the validation reference/queries subsampled to
+    ``config.val_max_reference``/``config.val_max_queries`` (seeded by ``seed``)."""
+    moa_code = {m: i for i, m in enumerate(moas)}
+    cpd_code = {c: i for i, c in enumerate(compounds)}
+    moa = adata.obs[keys["moa"]].astype(str).map(moa_code).fillna(-1).astype(int)
+    cpd = adata.obs[keys["compound"]].astype(str).map(cpd_code).fillna(-1).astype(int)
+    moa, cpd = moa.to_numpy(), cpd.to_numpy()
+    train_idx = np.flatnonzero(split == "train")
+    val_idx = np.flatnonzero((split == "val") & (moa >= 0))
+    n_unknown = int(((split == "val") & (moa < 0)).sum())
+    if n_unknown:
+        logger.info("%d validation signatures have a MoA absent from training; not scored",
+                    n_unknown)
+    used = np.union1d(train_idx, val_idx)
+    source = _row_source(adata, used)
+    _check_rows(source, used, adata.obs_names)
+    rng = np.random.default_rng(seed)
+    ref_idx = train_idx
+    if len(ref_idx) > config.val_max_reference:
+        ref_idx = np.sort(rng.choice(ref_idx, config.val_max_reference, replace=False))
+    if len(val_idx) > config.val_max_queries:
+        val_idx = np.sort(rng.choice(val_idx, config.val_max_queries, replace=False))
+    return TrainData(
+        x=source, moa=torch.from_numpy(moa.astype(np.int64)),
+        compound=torch.from_numpy(cpd.astype(np.int64)), train_idx=train_idx,
+        val_idx=val_idx, val_ref_idx=ref_idx,
+    )
+
+
+def _row_source(adata: ad.AnnData, used: np.ndarray) -> RowSource:
+    """All of ``adata``'s rows as a row source; only rows ``used`` need to be filled."""
+    if adata.isbacked:
+        # out of core (read_h5ad(..., backed="r")): rows are read from the file per batch
+        return backed_rows(adata)
+    x = adata.X
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32
+            and x.flags.c_contiguous):
+        # sparse or float64: one dense float32 copy (test rows stay zero)
+        x = np.zeros((adata.n_obs, adata.n_vars), dtype=np.float32)
+        for start in range(0, len(used), 50_000):
+            rows = used[start:start + 50_000]
+            x[rows] = dense_rows(adata.X, rows)
+    # else: share adata.X (no copy: 12,328 genes x 100k signatures is ~5 GB)
+    return InMemoryRows(x)
+
+
+def _check_rows(source: RowSource, used: np.ndarray, obs_names) -> None:
+    """InputError naming signatures with NaN/inf values; warn about implausible z-scores."""
+    bad = np.zeros(len(used), dtype=bool)
+    largest = 0.0
+    # streamed, one chunk in memory at a time (the NaN flags do not depend on its size)
+    step = source.chunk_rows or max(1, 64 * 2**20 // (4 * source.n_vars))
+    for start in range(0, len(used), step):
+        rows = used[start:start + step]
+        block = source.rows(rows).numpy()
+        # numpy's isfinite makes no float temporaries (torch's does: a backed run's RSS)
+        bad[start:start + step] = ~np.isfinite(block).all(axis=1)
+        finite = block[~bad[start:start + step]]
+        largest = max(largest, float(np.abs(finite).max(initial=0.0)))
+    warn_if_not_zscores(largest, "the training data")
+    if bad.any():
+        raise InputError(
+            f"{int(bad.sum())} signatures have NaN/inf values, e.g. "
+            f"{preview(obs_names[used[bad]], 5)}; drop or impute them first"
+        )
