@@ -189,14 +189,15 @@ def _metrics_section(run: Path, path: Path) -> list[str]:
 
 
 def _benchmark_section(run: Path, path: Path) -> list[str]:
-    from moaspace.benchmark._run import plot_results, summarize
+    from moaspace import pl
+    from moaspace.benchmark import summarize
 
     bench = _read_json(path)
     s = summarize(bench)
     cols = [c for c in ("scheme", "method", "macro_f1_mean", "macro_f1_std", "accuracy_mean",
                         "compound_macro_f1_mean", "n_seeds") if c in s.columns]
     return ["<h2>Baselines, same splits and seeds</h2>", _table(s[cols]),
-            _img(plot_results(bench))]
+            _img(pl.benchmark_results(s))]
 
 
 def _explain_section(run: Path, path: Path) -> list[str]:
