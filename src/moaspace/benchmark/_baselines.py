@@ -88,7 +88,33 @@ def _clip(x, bound: float = 10.0):
 
 
 def make_baseline(name: str, *, seed: int = 0, k: int = 10, n_components: int = 100):
-    """Build a baseline by name (see the module docstring)."""
+    """Build a classical baseline by name (see the module docstring).
+
+    Parameters
+    ----------
+    name : str
+        One of ``CLASSICAL``: ``"raw_knn"``, ``"pca_knn"``, ``"pca_lda"``, ``"logreg"``,
+        ``"lda"`` or ``"linear_svm"``.
+    seed : int, default 0
+        Random state of the PCA, logistic regression and linear SVM.
+    k : int, default 10
+        Neighbours of the kNN baselines (distance-weighted cosine vote).
+    n_components : int, default 100
+        PCA components of ``pca_knn``, ``pca_lda`` and ``logreg`` (``pca_knn`` caps it at
+        n_samples - 1 and n_genes).
+
+    Returns
+    -------
+    KnnBaseline or SklearnBaseline or DecisionBaseline
+        An unfitted baseline with ``fit(X, y)`` (returns itself) and
+        ``predict_scores(X) -> (scores, classes)``: scores of shape (n, n_classes) and
+        the class names of their columns.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known baseline.
+    """
     if name == "raw_knn":
         return KnnBaseline(k=k, seed=seed)
     if name == "pca_knn":

@@ -179,11 +179,59 @@ def run_benchmark(
 ) -> list[dict]:
     """Run every method on the same split per seed; return one record per (method, seed).
 
+    Per seed the data are split once (:func:`moaspace.pp.split` with ``scheme``) and every
+    method is fitted on that split and scored on its test rows (see the module docstring).
+
     ``cv=K``: instead of one split per seed, compound-grouped K-fold cross-validation
     stratified by MoA (:func:`moaspace.pp._split.cv_folds`): every compound is tested
     once, and each record holds the metrics of the predictions pooled over the K folds
     (scheme ``cvK``); the seed deals the folds. The hierarchy metrics are the mean
     over the folds that have them.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Prepared signatures with ``obs["moa"]`` and ``obs["pert_id"]``.
+    scheme : str, default "compound"
+        Split scheme of :func:`moaspace.pp.split` (``moaspace.pp.SCHEMES``); not used
+        with ``cv``.
+    seeds : sequence of int, default (0, 1, 2)
+        One split (or fold assignment) and one fit of every method per seed.
+    methods : sequence of str, default ``METHODS``
+        Methods to run, names from ``METHODS``.
+    holdout_cells : sequence of str, optional
+        Cell lines to hold out, passed to the split.
+    max_epochs : int, default 40
+        Epoch budget of every neural model.
+    k : int, default 10
+        Neighbours of the kNN baselines and of the neural models' calls (``reference``
+        uses 1).
+    n_components : int, default 100
+        PCA components of the PCA baselines.
+    model_kwargs : dict, optional
+        Extra :class:`moaspace.model.MoaModel` options, for the ``moaspace`` method only.
+    cv : int, optional
+        Number of cross-validation folds (>= 2); default None: one held-out split per seed.
+    progress : bool, default False
+        Show a tqdm progress bar over fits.
+
+    Returns
+    -------
+    list of dict
+        One record per (method, seed): ``method``, ``scheme``, ``seed``, ``macro_f1``,
+        ``accuracy``, ``weighted_f1``, ``top3_accuracy``, ``top5_accuracy``, ``n_test``,
+        ``seconds`` (fitting and prediction), ``compound_macro_f1`` and
+        ``compound_accuracy``; methods with a space of their own add ``compound_map`` and
+        ``same_compound_share``. Without ``cv`` neural models add their training info
+        (``best_epoch``, ``best_val_f1``, ``averaged_epochs``, ``final_val_f1``,
+        ``epochs_run``, ``max_epochs``, ``predictor``, ...); with ``cv`` every record has
+        ``n_folds`` and ``folds`` (that info per fold) instead.
+
+    Raises
+    ------
+    InputError
+        If ``methods`` names an unknown method, ``cv < 2``, a split has no test
+        signatures, or the split itself rejects the data.
     """
     from tqdm.auto import tqdm
 
@@ -268,7 +316,22 @@ def _cv_records(adata, n_folds, seed, methods, options, bar) -> list[dict]:
 
 
 def summarize(records: list[dict]) -> pd.DataFrame:
-    """Mean and sd over seeds per (scheme, method), sorted by mean macro-F1."""
+    """Mean and sd over seeds per (scheme, method), sorted by mean macro-F1.
+
+    Parameters
+    ----------
+    records : list of dict
+        Records of :func:`run_benchmark`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (scheme, method): ``scheme``, ``method``, ``<metric>_mean`` and
+        ``<metric>_std`` (sample sd, NaN for one seed) for each of ``macro_f1``,
+        ``accuracy``, ``top5_accuracy``, ``compound_macro_f1``, ``compound_map`` and
+        ``seconds`` present in the records, and ``n_seeds``; sorted by scheme, then by
+        ``macro_f1_mean`` (largest first).
+    """
     frame = pd.DataFrame(records)
     metrics = [c for c in ("macro_f1", "accuracy", "top5_accuracy", "compound_macro_f1",
                            "compound_map", "seconds") if c in frame]
@@ -280,13 +343,32 @@ def summarize(records: list[dict]) -> pd.DataFrame:
 
 def paired_differences(records: list[dict], metric: str = "macro_f1",
                        ours: str = "moaspace") -> pd.DataFrame:
-    """``ours`` minus every other method, seed by seed on the same split: mean, sd (ddof 1)
-    and the number of seeds where ``ours`` is higher, per scheme.
+    """Per-seed differences of ``ours`` minus every other method, per scheme.
+
+    Seed by seed on the same split: mean, sd (ddof 1) and the number of seeds where
+    ``ours`` is higher.
 
     Splits differ much more between seeds than methods differ within one (the seed
     sets which compounds are unseen), so the per-seed difference, not the spread of
     each method's mean, says whether ``ours`` is ahead; ``beyond_spread`` is
     ``mean > sd``, the acceptance bar of the benchmark issue.
+
+    Parameters
+    ----------
+    records : list of dict
+        Records of :func:`run_benchmark`.
+    metric : str, default "macro_f1"
+        Record key compared.
+    ours : str, default "moaspace"
+        Method subtracted from.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (scheme, other method) with ``scheme``, ``method``, ``n_seeds``
+        (seeds where both have ``metric``), ``mean``, ``sd`` (NaN for one seed),
+        ``higher`` and ``beyond_spread`` (False for one seed); empty when ``ours`` has
+        no record.
     """
     frame = pd.DataFrame(records)
     rows = []
@@ -310,6 +392,22 @@ def paired_differences(records: list[dict], metric: str = "macro_f1",
 
 
 def results_markdown(records: list[dict]) -> str:
+    """Markdown report of benchmark records.
+
+    Parameters
+    ----------
+    records : list of dict
+        Records of :func:`run_benchmark`.
+
+    Returns
+    -------
+    str
+        Per scheme: mean ± sd of macro-F1, accuracy, top-5 accuracy, compound macro-F1,
+        same-compound mAP (when a record has it) and seconds per method; with more than
+        one seed, the paired per-seed differences of ``moaspace`` minus each method
+        (:func:`paired_differences`, macro-F1 and same-compound mAP). Then notes on
+        how the methods were fitted and scored.
+    """
     from moaspace.model.model import ModelConfig
 
     summary = summarize(records)
@@ -376,7 +474,29 @@ def results_markdown(records: list[dict]) -> str:
 
 
 def write_benchmark(records: list[dict], out_dir: str | os.PathLike, meta: dict | None = None):
-    """Write ``results.json`` (list of records), ``results.md`` and ``results.png``."""
+    """Write ``results.json`` (list of records), ``results.md`` and ``results.png``.
+
+    Parameters
+    ----------
+    records : list of dict
+        Records of :func:`run_benchmark`.
+    out_dir : str or os.PathLike
+        Output directory, created if needed.
+    meta : dict, optional
+        Appended to ``results.md`` as a JSON code block (e.g. the settings of the run).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+
+    Raises
+    ------
+    InputError
+        If an output path exists and is not a regular file.
+    MoaspaceError
+        If the output directory is not writable.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.json", json.dumps(records, indent=2))

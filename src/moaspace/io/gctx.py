@@ -84,7 +84,29 @@ def _read_meta(handle: h5py.File, group: str, path: Path) -> pd.DataFrame:
 
 
 def read_gctx_meta(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (row metadata, column metadata) without touching the matrix."""
+    """Read the row and column metadata of a GCTX file without touching the matrix.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.gctx`` file.
+
+    Returns
+    -------
+    row_meta : pandas.DataFrame
+        One row per GCTX row (gene), indexed by the decoded ``/0/META/ROW/id`` as ``str``
+        (index name ``"id"``), with one column per other dataset of ``/0/META/ROW`` whose
+        length matches the ids (datasets of another length are skipped with a warning).
+    col_meta : pandas.DataFrame
+        The same for the GCTX columns (signatures, ``/0/META/COL``).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or a directory, cannot be opened as HDF5, lacks
+        ``/0/META/ROW/id`` or ``/0/META/COL/id``, holds ids that are not a 1-D dataset of
+        UTF-8 text, or is otherwise damaged.
+    """
     path = require_file(path, "GCTX file")
     try:
         with _open(path) as handle:
@@ -151,27 +173,49 @@ def read_gctx(
 ) -> ad.AnnData:
     """Read a subset of a GCTX file into an AnnData (signatures x genes).
 
-    Parameters
-    ----------
-    path
-        The ``.gctx`` file.
-    rids
-        Row ids to read (genes, e.g. Entrez ids as strings), in the order wanted
-        in ``var``. ``None`` reads all rows in file order.
-    cids
-        Column ids to read (signatures, ``sig_id``), in the order wanted in
-        ``obs``. ``None`` reads all columns in file order.
-    block_bytes
-        Upper bound on the temporary slab read at once along the signature axis.
-    check_finite
-        Raise :class:`~moaspace.errors.InputError` naming the signatures that
-        contain NaN or inf.
-    progress
-        Show a progress bar over blocks.
-
     Only the selected signatures are read, in increasing file order and in
     blocks, then placed at their requested position: peak memory is the output
-    plus one block.
+    plus one block. All genes of each selected signature are read and the requested
+    genes picked from them. The orientation of the stored matrix is told from the id lengths (a
+    square matrix is taken as published, signatures first).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.gctx`` file.
+    rids : sequence of str, optional
+        Row ids to read (genes, e.g. Entrez ids as strings; converted with ``str``), in
+        the order wanted in ``var``. ``None`` (default) reads all rows in file order.
+    cids : sequence of str, optional
+        Column ids to read (signatures, ``sig_id``), in the order wanted in
+        ``obs``. ``None`` (default) reads all columns in file order.
+    block_bytes : int, default ``DEFAULT_BLOCK_BYTES`` (64 MiB)
+        Upper bound, in bytes, on the temporary slab read at once along the signature
+        axis (at least one signature is read per block).
+    check_finite : bool, default True
+        Raise :class:`~moaspace.errors.InputError` naming the signatures that
+        contain NaN or inf.
+    progress : bool, default False
+        Show a tqdm progress bar over blocks.
+    dtype : numpy dtype or type, default numpy.float32
+        dtype of the returned ``X``.
+
+    Returns
+    -------
+    anndata.AnnData
+        ``X`` of shape (n_signatures, n_genes) and dtype ``dtype``; ``obs`` holds the
+        column metadata of the selected signatures and ``var`` the row metadata of the
+        selected genes (as in :func:`read_gctx_meta`, index unnamed), in the requested
+        order.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, damaged or not GCTX (no ``/0/DATA/0/matrix``, a matrix
+        that is not numeric and 2-D, or whose shape matches neither the ids nor their
+        transpose), the file holds duplicated ids, requested ids are duplicated or not in
+        the file, ``rids`` is empty, or (with ``check_finite``) a selected signature
+        holds NaN or inf.
     """
     path = require_file(path, "GCTX file")
     try:
@@ -277,6 +321,44 @@ def write_gctx(
     check). ``X`` may be a numpy array or an h5py/numpy-memmap-like object that
     supports row slicing; it is written in chunks. The file is written to a
     temporary name and renamed, so a crash never leaves a partial ``.gctx``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.gctx`` file; an existing file is replaced.
+    X : array-like, shape (n_signatures, n_genes)
+        The values, stored as float32.
+    sig_ids : sequence of str
+        Signature ids, one per row of ``X`` (converted with ``str``; must be unique),
+        written to ``/0/META/COL/id``.
+    gene_ids : sequence of str
+        Gene ids, one per column of ``X`` (converted with ``str``; must be unique),
+        written to ``/0/META/ROW/id``.
+    row_meta : pandas.DataFrame, optional
+        Gene metadata, one dataset of ``/0/META/ROW`` per column, its rows in the order
+        of ``gene_ids`` (written by position; the index is ignored). Text columns are
+        stored as UTF-8 byte strings. Default None: ids only.
+    col_meta : pandas.DataFrame, optional
+        Signature metadata (``/0/META/COL``), its rows in the order of ``sig_ids``.
+    transposed : bool, default False
+        Store the matrix as (genes, signatures) instead of (signatures, genes).
+    chunk_rows : int, default 256
+        Signatures per HDF5 chunk; ``16 * chunk_rows`` signatures are written at a time.
+    compression : str, optional
+        h5py compression filter of the matrix (e.g. ``"gzip"``); default None: none.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        If the shape of ``X`` does not match the numbers of ids, ids are duplicated, a
+        metadata column is named ``id``, or ``path`` exists and is not a regular file.
+    MoaspaceError
+        If the output directory cannot be created or is not writable.
     """
     path = Path(path)
     sig_ids = [str(s) for s in sig_ids]

@@ -14,14 +14,53 @@ BUNDLED = {"reactome": "reactome.gmt.gz"}
 
 
 def bundled_gmt(name: str = "reactome") -> Path:
-    """Path of a gene-set library shipped inside the package."""
+    """Return the path of a gene-set library shipped inside the package.
+
+    Parameters
+    ----------
+    name : str, default "reactome"
+        Library name, a key of ``BUNDLED`` (at present only ``"reactome"``).
+
+    Returns
+    -------
+    pathlib.Path
+        The gzipped GMT file in ``moaspace.resources`` (read it with :func:`read_gmt`).
+
+    Raises
+    ------
+    InputError
+        If ``name`` is not a bundled library.
+    """
     if name not in BUNDLED:
         raise InputError(f"unknown bundled gene-set library {name!r}; have {sorted(BUNDLED)}")
     return Path(str(resources.files("moaspace.resources") / BUNDLED[name]))
 
 
 def read_gmt(path: str | os.PathLike, min_size: int = 1) -> dict[str, list[str]]:
-    """Read a ``.gmt`` or ``.gmt.gz``: name<TAB>description<TAB>gene<TAB>gene..."""
+    """Read a ``.gmt`` or ``.gmt.gz`` gene-set file.
+
+    Each line is name<TAB>description<TAB>gene<TAB>gene...; blank lines are skipped,
+    gene names are stripped and de-duplicated (first occurrence kept), and a set named
+    twice keeps its last line. Paths ending in ``.gz`` are read with gzip.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The GMT file (UTF-8 text, optionally gzipped).
+    min_size : int, default 1
+        Sets with fewer distinct genes are left out.
+
+    Returns
+    -------
+    dict of str to list of str
+        Set name -> its genes, in file order.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or unreadable (not UTF-8, damaged gzip), a non-blank line
+        has fewer than three tab-separated fields, or no gene set is left.
+    """
     path = require_file(path, "gene-set file")
     opener = gzip.open if str(path).endswith(".gz") else open
     sets: dict[str, list[str]] = {}

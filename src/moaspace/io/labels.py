@@ -58,10 +58,32 @@ def _load(path) -> pd.DataFrame:
 
 
 def read_moa_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Return a table indexed by ``pert_id`` with columns ``moa`` and ``cmap_name``.
+    """Read a compound -> MoA table (CSV, TSV or ``.xlsx``).
 
+    Column names are matched case-insensitively among common spellings (see the module
+    docstring); cells are stripped, and rows without a compound id or a MoA are dropped,
+    as are (with a log line) compounds whose MoA cell holds several ``|``-separated MoAs.
     A compound listed twice with the same MoA is kept once; with different
     MoAs it is an error (the label would be ambiguous).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.tsv``/``.txt`` (tab-separated, optionally ``.gz``), ``.xlsx``/``.xls`` (header
+        on the first or, after a title row, the second row) or any other name, read as
+        comma-separated.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per compound, indexed by ``pert_id`` (unnamed index), with string columns
+        ``pert_id``, ``moa`` and ``cmap_name`` (NA when the table has no name column).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or cannot be parsed, lacks a compound-id or MoA column, has
+        no row with both a compound id and a single MoA, or gives a compound several MoAs.
     """
     path = require_file(path, "MoA table")
     frame = _load(path)

@@ -46,7 +46,28 @@ def _check_unique(frame: pd.DataFrame, column: str, path, what: str) -> None:
 
 
 def read_siginfo(path: str | os.PathLike) -> pd.DataFrame:
-    """Read ``siginfo_beta.txt``; indexed by ``sig_id`` (unique)."""
+    """Read ``siginfo_beta.txt`` (one row per signature), indexed by ``sig_id``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Tab-separated file with a header row and at least the columns ``sig_id``,
+        ``pert_id``, ``pert_type`` and ``cell_iname``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Every column of the file (``sig_id``, ``pert_id``, ``cell_iname`` and
+        ``cmap_name`` read as text), indexed by the unique ``sig_id`` (unnamed index; the
+        column is kept).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not a parsable tab-separated table, lacks a required
+        column, or has rows with an empty ``sig_id`` (their line numbers are named) or a
+        duplicated ``sig_id``.
+    """
     frame = _read_table(
         path, "siginfo", SIGINFO_REQUIRED,
         dtype={"sig_id": str, "pert_id": str, "cell_iname": str, "cmap_name": str},
@@ -64,10 +85,29 @@ def read_siginfo(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_geneinfo(path: str | os.PathLike) -> pd.DataFrame:
-    """Read ``geneinfo_beta.txt``; indexed by the Entrez ``gene_id`` as string.
+    """Read ``geneinfo_beta.txt``, indexed by the Entrez ``gene_id`` as string.
 
     Genes are keyed by id because symbols change between releases (the
     landmark list of 2016 and LINCS 2020 differ for dozens of symbols).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Tab-separated file with a header row and at least the columns ``gene_id``,
+        ``gene_symbol`` and ``feature_space`` (``landmark``, ``best inferred`` or
+        ``inferred``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Every column of the file, one row per gene, indexed by the unique, stripped
+        ``gene_id`` text (unnamed index; the column is kept).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not a parsable tab-separated table, lacks a required
+        column, or has a duplicated ``gene_id``.
     """
     frame = _read_table(path, "geneinfo", GENEINFO_REQUIRED, dtype={"gene_id": str})
     frame["gene_id"] = frame["gene_id"].str.strip()
@@ -78,7 +118,27 @@ def read_geneinfo(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_compoundinfo(path: str | os.PathLike) -> pd.DataFrame:
-    """Read ``compoundinfo_beta.txt`` as published (one row per compound-target pair)."""
+    """Read ``compoundinfo_beta.txt`` as published (one row per compound-target pair).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Tab-separated file with a header row and at least the columns ``pert_id`` and
+        ``cmap_name``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Every column of the file as text, with a default integer index; the columns
+        ``target``, ``moa``, ``canonical_smiles`` and ``inchi_key`` are added (all NA)
+        when absent.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not a parsable tab-separated table, or lacks
+        ``pert_id`` or ``cmap_name``.
+    """
     frame = _read_table(path, "compoundinfo", COMPOUNDINFO_REQUIRED, dtype=str)
     for column in ("target", "moa", "canonical_smiles", "inchi_key"):
         if column not in frame.columns:
@@ -87,9 +147,21 @@ def read_compoundinfo(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def compound_targets(compoundinfo: pd.DataFrame) -> dict[str, set[str]]:
-    """Map ``pert_id`` -> set of target gene symbols (from the ``target`` column).
+    """Map each ``pert_id`` to the set of its target gene symbols (``target`` column).
 
-    Targets may be one per row (as in the beta release) or ``|``-separated.
+    Targets may be one per row (as in the beta release) or ``|``- or ``,``-separated
+    within a cell; blank and missing targets are skipped.
+
+    Parameters
+    ----------
+    compoundinfo : pandas.DataFrame
+        Table with ``pert_id`` and ``target`` columns, e.g. from
+        :func:`read_compoundinfo`.
+
+    Returns
+    -------
+    dict of str to set of str
+        ``pert_id`` -> target gene symbols; compounds without a target are absent.
     """
     out: dict[str, set[str]] = {}
     for pert_id, target in zip(compoundinfo["pert_id"], compoundinfo["target"], strict=True):
@@ -101,5 +173,18 @@ def compound_targets(compoundinfo: pd.DataFrame) -> dict[str, set[str]]:
 
 
 def landmark_gene_ids(geneinfo: pd.DataFrame) -> list[str]:
-    """Gene ids with ``feature_space == 'landmark'``, in file order."""
+    """Return the ids of the genes with ``feature_space == 'landmark'``, in file order.
+
+    Parameters
+    ----------
+    geneinfo : pandas.DataFrame
+        Gene table indexed by gene id with a ``feature_space`` column, e.g. from
+        :func:`read_geneinfo`.
+
+    Returns
+    -------
+    list
+        Index values (gene ids) of the rows whose ``feature_space`` is ``landmark``
+        (case-insensitive), in table order.
+    """
     return geneinfo.index[geneinfo["feature_space"].astype(str).str.lower() == "landmark"].tolist()

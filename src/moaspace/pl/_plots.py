@@ -27,7 +27,24 @@ def embedding_2d(z: np.ndarray, method: str = "pca", seed: int = 0,
                  fit_on: np.ndarray | None = None):
     """2-D coordinates of an embedding by PCA (default) or UMAP (if installed).
 
-    Returns ``(coords, transform)`` where ``transform`` maps new points (PCA only).
+    Parameters
+    ----------
+    z : numpy.ndarray, shape (n, d)
+        The embedding.
+    method : {"pca", "umap"}, default "pca"
+        UMAP (cosine metric) needs umap-learn; without it PCA is used, with a warning.
+        Any other value means PCA.
+    seed : int, default 0
+        Random state of PCA or UMAP.
+    fit_on : numpy.ndarray, shape (m, d), optional
+        Points the PCA is fitted on; default None: ``z``. Not used by UMAP.
+
+    Returns
+    -------
+    coords : numpy.ndarray, shape (n, 2)
+        The 2-D coordinates of ``z``.
+    transform : callable or None
+        Maps new points (shape (m, d)) to 2-D (PCA only); None for UMAP.
     """
     from sklearn.decomposition import PCA
 
@@ -48,7 +65,33 @@ def latent_map(
     z: np.ndarray, moa, compound=None, *, method: str = "pca", max_points: int = 6000,
     label_compounds: int = 12, seed: int = 0, title: str = "Latent space (held-out signatures)",
 ):
-    """Signatures coloured by MoA; compound centres drawn as labelled dots (sub-clusters)."""
+    """Signatures coloured by MoA; compound centres drawn as labelled dots (sub-clusters).
+
+    Parameters
+    ----------
+    z : numpy.ndarray, shape (n, d)
+        Embedding of the signatures (e.g. ``obsm["X_moa"]``), projected with
+        :func:`embedding_2d`.
+    moa : array-like, length n
+        MoA of each signature (colour).
+    compound : array-like, length n, optional
+        Compound of each signature: adds each compound's centre (open black dot) and the
+        names of the ``label_compounds`` compounds with the most signatures.
+    method : {"pca", "umap"}, default "pca"
+        2-D projection.
+    max_points : int, default 6000
+        Above this many signatures a seeded random subsample is drawn.
+    label_compounds : int, default 12
+        Number of compound centres labelled.
+    seed : int, default 0
+        Seed of the subsample and the projection.
+    title : str, default "Latent space (held-out signatures)"
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     moa = np.asarray(moa).astype(str)
     rng = np.random.default_rng(seed)
     keep = np.arange(len(moa))
@@ -81,7 +124,24 @@ def latent_map(
 
 
 def confusion(y_true, y_pred, classes=None, *, normalize: bool = True):
-    """Row-normalised confusion matrix (true MoA in rows)."""
+    """Row-normalised confusion matrix (true MoA in rows).
+
+    Parameters
+    ----------
+    y_true : array-like, length n
+        True MoAs.
+    y_pred : array-like, length n
+        Called MoAs.
+    classes : sequence, optional
+        Row and column order; default None: the sorted union of both.
+    normalize : bool, default True
+        Divide each row by its count (share of the true MoA, colour scale 0 to 1);
+        False: counts.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     from sklearn.metrics import confusion_matrix
 
     y_true = np.asarray(y_true).astype(str)
@@ -104,7 +164,18 @@ def confusion(y_true, y_pred, classes=None, *, normalize: bool = True):
 
 
 def per_moa_f1(metrics: dict):
-    """Horizontal bars of per-MoA F1 (from :func:`moaspace.tl._evaluate.evaluate`)."""
+    """Horizontal bars of per-MoA F1 (from :func:`moaspace.tl._evaluate.evaluate`).
+
+    Parameters
+    ----------
+    metrics : dict
+        Output of :func:`moaspace.tl.evaluate`; ``per_moa`` gives the bars and
+        ``macro_f1`` a dashed line.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     per = pd.DataFrame(metrics["per_moa"]).T.sort_values("f1")
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.25 * len(per)))
     ax.barh(per.index, per["f1"], color="tab:blue")
@@ -119,7 +190,33 @@ def per_moa_f1(metrics: dict):
 
 def crispr_map(drug_z: np.ndarray, drug_moa, kd_z: np.ndarray, kd_expected, *,
                kd_labels=None, seed: int = 0, max_points: int = 5000):
-    """Knockdowns placed on the drug embedding map, coloured by their expected MoA."""
+    """Knockdowns placed on the drug embedding map, coloured by their expected MoA.
+
+    The drugs are projected by a PCA fitted on them (:func:`embedding_2d`) and drawn as
+    dots coloured by MoA; the knockdowns, mapped by the same PCA, are stars in the
+    colour of their expected MoA (grey for one no drug has).
+
+    Parameters
+    ----------
+    drug_z : numpy.ndarray, shape (n_drugs, d)
+        Drug embeddings.
+    drug_moa : array-like, length n_drugs
+        MoA of each drug signature.
+    kd_z : numpy.ndarray, shape (n_kd, d)
+        Knockdown embeddings.
+    kd_expected : array-like, length n_kd
+        Expected MoA of each knockdown (legend ``KD → MoA``).
+    kd_labels : array-like, length n_kd, optional
+        Gene of each knockdown, written at the centre of that gene's knockdowns.
+    seed : int, default 0
+        Seed of the drug subsample and the PCA.
+    max_points : int, default 5000
+        Above this many drugs a seeded random subsample is drawn.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     drug_moa = np.asarray(drug_moa).astype(str)
     rng = np.random.default_rng(seed)
     keep = np.arange(len(drug_moa))
@@ -162,6 +259,21 @@ def reliability_diagram(curves: dict, *, ece: dict | None = None,
     (or its records, as stored in ``calibration.json``: ``validation
     ["reliability_before"]`` / ``["reliability_after"]``); ``ece``: label ->
     ECE for the legend. Marker area follows the number of rows in the bin.
+
+    Parameters
+    ----------
+    curves : dict
+        Label -> table with columns ``confidence``, ``accuracy``, ``n``, ``bin_lo`` and
+        ``bin_hi`` (DataFrame or list of records); empty bins are not drawn.
+    ece : dict, optional
+        Label -> expected calibration error, shown in the legend.
+    title : str, default "Reliability (validation compounds)"
+        Title of the upper panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Upper panel: accuracy vs confidence; lower panel: signatures per bin.
     """
     fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True,
                                    gridspec_kw={"height_ratios": [3, 1]})
@@ -197,6 +309,27 @@ def openset_curve(rocs: dict, *, known_scores=None, unknown_scores=None,
     ``validation["roc_pseudo_unknown"]``). ``known_scores`` / ``unknown_scores``
     (unknown scores of known and unknown queries) and ``threshold`` add a
     histogram panel with the decision line; ``chosen`` is drawn bold.
+
+    Parameters
+    ----------
+    rocs : dict
+        Score name -> ``{"fpr", "tpr", "auroc"}``.
+    known_scores : array-like, optional
+        Unknown scores of known-MoA queries; given, a second (histogram) panel is drawn.
+    unknown_scores : array-like, optional
+        Unknown scores of unknown-MoA queries, in the histogram.
+    threshold : float, optional
+        Decision threshold, a dashed line in the histogram.
+    chosen : str, optional
+        Name of the score in use, drawn bold and marked in the legend.
+    title : str, default "Known vs unknown MoA"
+        Title of the ROC panel.
+    hist_title : str, default "Unknown scores"
+        Title of the histogram panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     with_hist = known_scores is not None
     fig, axes = plt.subplots(1, 2 if with_hist else 1, figsize=(10.5 if with_hist else 5.2, 4.6))
@@ -238,6 +371,19 @@ def tas_coverage(curves: dict, *, title: str = "Accuracy vs coverage over TAS"):
 
     ``curves``: label -> table from :func:`moaspace.model.calibration.tas_coverage_curve`
     (``min_tas, coverage, n, accuracy``; or its records). A few cut-offs are labelled.
+
+    Parameters
+    ----------
+    curves : dict
+        Label -> table (DataFrame or list of records) with ``min_tas``, ``coverage`` and
+        ``accuracy``.
+    title : str, default "Accuracy vs coverage over TAS"
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Coverage (x, decreasing to the right) against accuracy, one line per curve.
     """
     fig, ax = plt.subplots(figsize=(5.8, 4.4))
     for (label, table), color in zip(curves.items(), _palette(max(len(curves), 2)),
@@ -258,7 +404,28 @@ def tas_coverage(curves: dict, *, title: str = "Accuracy vs coverage over TAS"):
 
 
 def nes_heatmap(enrichment: pd.DataFrame, fdr: float = 0.05, max_pathways: int = 40):
-    """Heatmap (matplotlib Figure) of NES for pathways significant in at least one MoA."""
+    """Heatmap (matplotlib Figure) of NES for pathways significant in at least one MoA.
+
+    A pathway is significant with ``fdr`` below the cut-off and a positive NES; the
+    best of each MoA by NES (about ``max_pathways / n_moas`` each) are shown, at most
+    ``max_pathways``, with their NES in every MoA (blue-red scale centred at 0).
+    Without any significant pathway the figure says so.
+
+    Parameters
+    ----------
+    enrichment : pandas.DataFrame
+        Output of :func:`moaspace.tl.enrich_moas` (``moa``, ``pathway``, ``nes``,
+        ``fdr``).
+    fdr : float, default 0.05
+        FDR cut-off (strictly below).
+    max_pathways : int, default 40
+        Maximum number of pathways (rows).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Pathways (names cut to 60 characters) in rows, MoAs in columns.
+    """
     sig = enrichment[(enrichment["fdr"] < fdr) & (enrichment["nes"] > 0)]
     if sig.empty:
         fig, ax = plt.subplots(figsize=(6, 2))
@@ -287,6 +454,16 @@ def benchmark_results(summary: pd.DataFrame):
 
     ``summary``: the table of :func:`moaspace.benchmark.summarize` (one row per scheme and
     method, with ``macro_f1_mean`` and ``macro_f1_std``).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        Columns ``scheme``, ``method``, ``macro_f1_mean`` and ``macro_f1_std``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per scheme; ``moaspace`` in red, other methods in grey.
     """
     schemes = list(dict.fromkeys(summary["scheme"]))
     fig, axes = plt.subplots(1, len(schemes), figsize=(5 * len(schemes), 4), squeeze=False)
@@ -303,7 +480,26 @@ def benchmark_results(summary: pd.DataFrame):
 
 
 def knockdown_map(model, kd, result: dict, target_key: str = "target_gene"):
-    """Knockdowns on the drug latent map, coloured by their (first) expected MoA."""
+    """Knockdowns on the drug latent map, coloured by their (first) expected MoA.
+
+    Draws :func:`crispr_map` of the model's atlas (``model.reference``) and the
+    knockdowns' embedding; genes without an expected MoA get ``"no expected MoA"``.
+
+    Parameters
+    ----------
+    model : moaspace.model.MoaModel
+        The trained model whose atlas is drawn.
+    kd : anndata.AnnData
+        The knockdowns scored in ``result``.
+    result : dict
+        Output of :func:`moaspace.tl.score_knockdowns` (``embedding`` and ``expected``).
+    target_key : str, default "target_gene"
+        ``obs`` column of the knocked-down gene.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     first = {g: (m[0] if m else "no expected MoA") for g, m in result["expected"].items()}
     genes = kd.obs[target_key].astype(str)
     ref = model.reference

@@ -49,6 +49,15 @@ def zscore_plate(
         Floor on the scaled MAD (in the units of ``X``).
     clip
         Clip z-scores to +-clip as the level-5 files are; ``None`` keeps them.
+    copy
+        Return a new AnnData and leave the input untouched (``True``), or edit the
+        input in place (``False``). Default: ``True``.
+
+    Returns
+    -------
+    The AnnData with the z-scores in ``X`` and ``uns["moaspace"]["zscore_plate"]`` set:
+    with ``copy=True`` a new AnnData (the input is untouched); with ``copy=False``
+    ``adata`` itself, edited in place.
     """
     if reference not in ("vehicle", "plate"):
         raise InputError(f"reference must be 'vehicle' or 'plate', got {reference!r}")

@@ -41,7 +41,37 @@ OBS_COLUMNS = (
 
 @dataclass
 class PrepareConfig:
-    """Filters applied by :func:`prepare` (defaults follow the reference study)."""
+    """Filters applied by :func:`prepare` (defaults follow the reference study).
+
+    In the order applied: perturbation type, quality, time, TAS; then, for compounds,
+    MoA label, signatures per compound and compounds per MoA.
+
+    Parameters
+    ----------
+    pert_type : sequence of str or str, default ("trt_cp",)
+        siginfo ``pert_type`` values kept; a comma-separated string is split. Only
+        ``trt_cp`` counts as compounds (MoA labels); other types (e.g. ``trt_xpr``,
+        ``trt_sh``) are treated as knockdowns.
+    times : sequence of float, optional, default (6.0, 24.0)
+        ``pert_time`` values kept, in hours; None: all.
+    hiq_only : bool, default True
+        Keep only signatures with ``is_hiq == 1``.
+    min_tas : float, optional
+        Minimum transcriptional activity score (``tas``); default None: no TAS filter.
+    min_sigs_per_compound : int, default 10
+        Compounds with fewer remaining signatures are dropped.
+    min_compounds_per_moa : int, default 10
+        MoAs with fewer remaining compounds are dropped.
+    genes : {"landmark", "all"}, default "landmark"
+        The landmark genes, or every geneinfo gene present in the matrix.
+    max_missing_sig_report : int, default 10
+        Not read by the filters; recorded with the rest of the configuration.
+
+    Raises
+    ------
+    InputError
+        If ``genes`` is neither ``"landmark"`` nor ``"all"``.
+    """
 
     pert_type: Sequence[str] = ("trt_cp",)
     times: Sequence[float] | None = (6.0, 24.0)
@@ -139,8 +169,16 @@ def _select_genes(
 
 
 def bundled_geneinfo() -> pd.DataFrame:
-    """The 978 landmark genes as a geneinfo table (``gene_id``, ``gene_symbol``,
-    ``feature_space``), for matrices that come without a ``geneinfo_beta.txt``."""
+    """The 978 landmark genes as a geneinfo table, from the package's resources.
+
+    For matrices that come without a ``geneinfo_beta.txt``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per landmark gene, indexed by Entrez gene id (text, unnamed index), with
+        columns ``gene_id``, ``gene_symbol`` and ``feature_space`` (``"landmark"``).
+    """
     from importlib import resources
 
     path = resources.files("moaspace.resources") / "landmark_genes.csv"
@@ -197,31 +235,69 @@ def prepare(
 ) -> ad.AnnData:
     """Filter LINCS signatures and return an AnnData with ``X`` float32 z-scores.
 
+    Filters are applied in a fixed order (see :class:`PrepareConfig`), each logged and
+    recorded; a filter that leaves no signature is an error naming it.
+
+    For knockdowns (``pert_type`` ``trt_xpr``/``trt_sh``) the knocked-down gene
+    (``cmap_name``, else ``pert_id``) is written to ``obs["target_gene"]`` and no MoA,
+    per-compound or per-MoA filter is applied.
+
     Parameters
     ----------
-    gctx
+    gctx : str or os.PathLike
         The signature matrix: a level-5 ``.gctx`` (streamed, never loaded whole),
         or a GCT 1.2/1.3, TSV or CSV text matrix (optionally ``.gz``) with genes in
         rows or in columns (:func:`moaspace.io.matrix.open_matrix`). Gene ids are
         Entrez ids.
-    siginfo
+    siginfo : str or os.PathLike, optional
         ``siginfo_beta.txt``; every signature id of the matrix must be in it.
         None: the matrix holds one signature per compound (e.g. per-compound
         consensus signatures), its signature ids are the compound ids of the MoA
         table, ``obs["cell_iname"]`` is ``"consensus"``, and the quality, time and
         TAS filters do not apply.
-    geneinfo
+    geneinfo : str or os.PathLike, optional
         ``geneinfo_beta.txt``; None: the bundled table of the 978 landmark genes
         (with ``genes="all"`` the matrix's other genes are kept without symbols).
-    compoundinfo, moa_labels
-        ``compoundinfo_beta.txt`` and a compound -> MoA table
-        (:func:`moaspace.io.read_moa_table`). For compounds the MoA comes from
-        ``moa_labels`` when given, else from compoundinfo's ``moa`` column.
-    config, overrides
-        Filters, see :class:`PrepareConfig`; keyword overrides replace fields.
+    compoundinfo : str or os.PathLike, optional
+        ``compoundinfo_beta.txt``; for compounds the MoA comes from its ``moa`` column
+        (compounds with several MoAs left out) unless ``moa_labels`` is given. Also a
+        source of ``cmap_name``.
+    moa_labels : str or os.PathLike, optional
+        A compound -> MoA table (:func:`moaspace.io.read_moa_table`); takes precedence
+        over compoundinfo.
+    config : PrepareConfig, optional
+        Filters; default None: ``PrepareConfig()``.
+    progress : bool, default True
+        Show a progress bar while reading the matrix.
+    **overrides
+        :class:`PrepareConfig` fields replacing those of ``config``.
 
-    For knockdowns (``pert_type`` ``trt_xpr``/``trt_sh``) the knocked-down gene
-    is written to ``obs["target_gene"]`` and no MoA filter is applied.
+    Returns
+    -------
+    anndata.AnnData
+        ``X``: float32 z-scores, signatures x genes (genes in geneinfo order). ``obs``,
+        indexed by ``sig_id``: those of ``sig_id``, ``pert_id``, ``cmap_name``, ``moa``,
+        ``cell_iname``, ``pert_dose``, ``pert_dose_unit``, ``pert_idose``, ``pert_time``,
+        ``tas``, ``pert_type``, ``is_hiq`` and ``target_gene`` that exist
+        (``pert_dose``, ``pert_time``, ``tas`` and ``is_hiq`` numeric; text missing as
+        ``""``). ``var``, indexed by gene id: ``gene_symbol`` and ``feature_space``.
+        ``uns["moaspace"]["prepare"]``: ``version``, ``config``, ``files`` (the input
+        paths) and ``filters`` (one row per filter: ``step``, ``removed_signatures``,
+        ``signatures``, ``compounds`` and, from the MoA filter on, ``moas``).
+
+    Raises
+    ------
+    InputError
+        If an input file is missing or malformed; the matrix has no or duplicated
+        signature ids, or ids not in siginfo; none of the selected genes are matrix ids
+        (e.g. a matrix keyed by symbols) or landmark genes are missing; siginfo lists
+        signatures of the selected types that the matrix lacks; a column a filter needs is
+        missing; a filter leaves no signature; compounds have no MoA source, or none of
+        the MoA table's compounds are in siginfo; fewer than two MoAs remain; without
+        siginfo, the run needs one (knockdowns, ``min_tas``, no MoA source); or
+        ``genes`` is invalid.
+    TypeError
+        If an override is not a :class:`PrepareConfig` field.
     """
     config = config or PrepareConfig()
     if overrides:
@@ -407,7 +483,32 @@ def _obs_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_h5ad(adata: ad.AnnData, path: str | os.PathLike, compression: str | None = None) -> Path:
-    """Write an AnnData atomically (temp file + rename): never a partial ``.h5ad``."""
+    """Write an AnnData atomically (temp file + rename): never a partial ``.h5ad``.
+
+    Ctrl-C is held until the write ends; nullable string columns (pandas >= 3) are
+    allowed where anndata has that setting.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        The data to write.
+    path : str or os.PathLike
+        Output ``.h5ad`` file; an existing file is replaced.
+    compression : str, optional
+        Compression of anndata's datasets (``"gzip"`` or ``"lzf"``); default None: none.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        If ``path`` exists and is not a regular file.
+    MoaspaceError
+        If the output directory cannot be created or is not writable.
+    """
     path = Path(path)
     # pandas >= 3 stores strings as StringArray, which anndata writes only when allowed
     allow = (ad.settings.override(allow_write_nullable_strings=True)
@@ -419,7 +520,24 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike, compression: str | No
 
 
 def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
-    """Read an ``.h5ad`` with a clear error when it is missing or not an AnnData file."""
+    """Read an ``.h5ad`` with a clear error when it is missing or not an AnnData file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.h5ad`` file; read fully into memory.
+
+    Returns
+    -------
+    anndata.AnnData
+        The stored AnnData.
+
+    Raises
+    ------
+    InputError
+        If the file does not exist or cannot be read as ``.h5ad``, or its ``X`` (dense or
+        sparse) is not floating-point (an AnnData without ``X`` is accepted).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"AnnData file not found: {path}")

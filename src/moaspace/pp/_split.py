@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
@@ -103,6 +104,19 @@ def _parse_cells(holdout_cells) -> list[str] | None:
     return cells or None
 
 
+@dataclass
+class _Assignment:
+    """What the steps of :func:`split` share: the signatures' compounds, each compound's
+    MoA, the labels being written, the random generator and the record for ``uns``."""
+
+    obs: pd.DataFrame
+    pert: np.ndarray
+    moa_of: pd.Series
+    labels: np.ndarray
+    rng: np.random.Generator
+    record: dict
+
+
 def split(
     adata: ad.AnnData,
     scheme: str = "compound",
@@ -158,12 +172,61 @@ def split(
     key
         obs column to write.
     copy
-        Work on (and return) a copy instead of modifying ``adata`` in place.
+        Return a new AnnData and leave the input untouched (``True``), or edit the
+        input in place (``False``). Default: ``False``.
 
     Returns
     -------
-    The AnnData with ``obs[key]`` set (``adata`` itself unless ``copy``).
+    The AnnData with ``obs[key]`` and ``uns["moaspace"]["split"]`` set: with
+    ``copy=True`` a new AnnData (the input is untouched); with ``copy=False``
+    ``adata`` itself, edited in place.
     """
+    cells = _check_split_args(adata, scheme, holdout_cells=holdout_cells, test_size=test_size,
+                              val_size=val_size, moa_fraction=moa_fraction, val_by=val_by)
+    if copy:
+        adata = adata.copy()
+    obs = adata.obs
+    if obs["moa"].isna().any() or (obs["moa"].astype(str).str.strip() == "").any():
+        n = int(obs["moa"].isna().sum() + (obs["moa"].astype(str).str.strip() == "").sum())
+        raise InputError(f"{n} signatures have no MoA label (obs['moa']); drop them first")
+
+    # the draws from rng follow one fixed order: test part, then validation
+    state = _Assignment(
+        obs=obs,
+        pert=obs["pert_id"].astype(str).to_numpy(),
+        moa_of=majority_moa(obs),
+        labels=np.full(adata.n_obs, "train", dtype=object),
+        rng=np.random.default_rng(seed),
+        record={
+            "scheme": scheme, "seed": int(seed), "test_size": float(test_size),
+            "val_size": float(val_size), "key": key, "leaky": scheme == "random",
+            "version": __version__,
+        },
+    )
+    if scheme == "compound":
+        _hold_out_compounds(state, state.moa_of, test_size)
+    elif scheme == "moa":
+        _hold_out_moas(state, moa_fraction, test_size)
+    elif scheme in ("cell", "compound+cell"):
+        _hold_out_cells(state, scheme, cells, test_size)
+    else:
+        _hold_out_random_signatures(state, test_size)
+    _carve_validation(state, scheme, val_by=val_by, val_size=val_size, test_size=test_size)
+    counts, n_cpds = _record_counts(state, scheme)
+    obs[key] = pd.Categorical(state.labels, categories=list(SPLIT_VALUES))
+    adata.uns.setdefault("moaspace", {})
+    adata.uns["moaspace"]["split"] = state.record
+    logger.info(
+        "split %r (seed %d): %s signatures; %s compounds",
+        scheme, seed, counts, n_cpds,
+    )
+    return adata
+
+
+def _check_split_args(adata: ad.AnnData, scheme: str, *, holdout_cells, test_size: float,
+                      val_size: float, moa_fraction: float, val_by: str) -> list[str] | None:
+    """Validate :func:`split`'s arguments against each other and ``adata``; returns the
+    parsed hold-out cell lines (None: not given)."""
     if scheme not in SCHEMES:
         raise InputError(f"unknown split scheme {scheme!r}; choose one of {list(SCHEMES)}")
     if not 0 < test_size < 1:
@@ -186,90 +249,101 @@ def split(
         raise InputError(f"holdout_cells is only used by the cell schemes, not {scheme!r}")
     needed = ["pert_id", "moa"] + (["cell_iname"] if scheme in ("cell", "compound+cell") else [])
     _require_columns(adata, needed, scheme)
-    if copy:
-        adata = adata.copy()
-    obs = adata.obs
-    if obs["moa"].isna().any() or (obs["moa"].astype(str).str.strip() == "").any():
-        n = int(obs["moa"].isna().sum() + (obs["moa"].astype(str).str.strip() == "").sum())
-        raise InputError(f"{n} signatures have no MoA label (obs['moa']); drop them first")
+    return cells
 
-    rng = np.random.default_rng(seed)
-    pert = obs["pert_id"].astype(str).to_numpy()
-    moa_of = majority_moa(obs)
-    labels = np.full(adata.n_obs, "train", dtype=object)
-    record: dict = {
-        "scheme": scheme, "seed": int(seed), "test_size": float(test_size),
-        "val_size": float(val_size), "key": key, "leaky": scheme == "random",
-        "version": __version__,
-    }
 
-    if scheme == "compound":
-        test_cpds = stratified_pick(moa_of, test_size, rng, min_keep=1, min_pick=2)
-        labels[np.isin(pert, list(test_cpds))] = "test"
-    elif scheme == "moa":
-        moas = np.array(sorted(moa_of.unique()))
-        if len(moas) < 2:
-            raise InputError("the 'moa' scheme needs at least two MoAs")
-        k = min(max(1, round(moa_fraction * len(moas))), len(moas) - 1)
-        test_moas = sorted(rng.permutation(moas)[:k].tolist())
-        moa_arr = obs["moa"].astype(str).to_numpy()
-        labels[np.isin(moa_arr, test_moas)] = "test"
-        known = moa_of[~moa_of.isin(test_moas)]
-        test_cpds = stratified_pick(known, test_size, rng, min_keep=1, min_pick=2)
-        labels[np.isin(pert, list(test_cpds))] = "test"
-        record["moa_fraction"] = float(moa_fraction)
-        record["test_only_moas"] = test_moas
-    elif scheme in ("cell", "compound+cell"):
-        cell_arr = obs["cell_iname"].astype(str).to_numpy()
-        present = sorted(set(cell_arr))
-        if cells is None:
-            cells = _default_holdout_cells(obs["cell_iname"], test_size, rng)
-        unknown = [c for c in cells if c not in set(present)]
-        if unknown:
-            raise InputError(
-                f"holdout cell lines not in obs['cell_iname']: {unknown}; "
-                f"present: {preview(present, 20)}"
-            )
-        if len(set(cells)) == len(present):
-            raise InputError("holding out every cell line leaves nothing to train on")
-        in_cells = np.isin(cell_arr, cells)
-        record["holdout_cells"] = list(cells)
-        if scheme == "cell":
-            labels[in_cells] = "test"
-        else:
-            test_cpds = stratified_pick(moa_of, test_size, rng, min_keep=1, min_pick=2)
-            held = np.isin(pert, list(test_cpds))
-            labels[held & in_cells] = "test"
-            labels[held ^ in_cells] = "unused"
-    else:  # random
-        n_test = round(test_size * adata.n_obs)
-        labels[rng.permutation(adata.n_obs)[:n_test]] = "test"
-        logger.warning(
-            "split scheme 'random' puts signatures of the same compound in train and test: "
-            "its scores overestimate performance on new compounds (recorded as leaky)"
+def _hold_out_compounds(state: _Assignment, moa_of: pd.Series, test_size: float) -> set:
+    """``test_size`` of the compounds of ``moa_of``, picked within each MoA, become test;
+    returns them."""
+    test_cpds = stratified_pick(moa_of, test_size, state.rng, min_keep=1, min_pick=2)
+    state.labels[np.isin(state.pert, list(test_cpds))] = "test"
+    return test_cpds
+
+
+def _hold_out_moas(state: _Assignment, moa_fraction: float, test_size: float) -> None:
+    """Scheme ``moa``: whole MoAs are test only; the other MoAs are split by compound."""
+    moas = np.array(sorted(state.moa_of.unique()))
+    if len(moas) < 2:
+        raise InputError("the 'moa' scheme needs at least two MoAs")
+    k = min(max(1, round(moa_fraction * len(moas))), len(moas) - 1)
+    test_moas = sorted(state.rng.permutation(moas)[:k].tolist())
+    moa_arr = state.obs["moa"].astype(str).to_numpy()
+    state.labels[np.isin(moa_arr, test_moas)] = "test"
+    known = state.moa_of[~state.moa_of.isin(test_moas)]
+    _hold_out_compounds(state, known, test_size)
+    state.record["moa_fraction"] = float(moa_fraction)
+    state.record["test_only_moas"] = test_moas
+
+
+def _hold_out_cells(state: _Assignment, scheme: str, cells: list[str] | None,
+                    test_size: float) -> None:
+    """Schemes ``cell`` (the held-out cell lines are test) and ``compound+cell`` (held-out
+    compounds in held-out cell lines are test; the cross terms are unused)."""
+    obs, labels = state.obs, state.labels
+    cell_arr = obs["cell_iname"].astype(str).to_numpy()
+    present = sorted(set(cell_arr))
+    if cells is None:
+        cells = _default_holdout_cells(obs["cell_iname"], test_size, state.rng)
+    unknown = [c for c in cells if c not in set(present)]
+    if unknown:
+        raise InputError(
+            f"holdout cell lines not in obs['cell_iname']: {unknown}; "
+            f"present: {preview(present, 20)}"
         )
-
-    train_mask = labels == "train"
-    val_cells = None
-    if scheme == "cell" and val_by in ("auto", "cell") and val_size > 0:
-        val_cells = _validation_cells(cell_arr[train_mask], val_size * adata.n_obs, rng)
-        if val_cells is None:
-            logger.warning("only one training cell line: validation holds out compounds instead")
-    if val_cells is not None:
-        # validation: whole training cell lines, as the test part holds out a cell line
-        labels[train_mask & np.isin(cell_arr, val_cells)] = "val"
-        record["val_by"], record["val_cells"] = "cell", val_cells
+    if len(set(cells)) == len(present):
+        raise InputError("holding out every cell line leaves nothing to train on")
+    in_cells = np.isin(cell_arr, cells)
+    state.record["holdout_cells"] = list(cells)
+    if scheme == "cell":
+        labels[in_cells] = "test"
     else:
-        # validation: compounds carved from the training side, stratified by MoA
-        train_cpds = moa_of[moa_of.index.isin(np.unique(pert[train_mask]))]
-        # val_size is a fraction of all compounds; schemes that already removed
-        # test_size of the compounds ask for a larger share of what is left
-        by_compound = scheme in ("compound", "compound+cell", "moa")
-        val_fraction = val_size / (1 - test_size) if by_compound else val_size
-        val_cpds = stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
-        labels[train_mask & np.isin(pert, list(val_cpds))] = "val"
-        record["val_by"] = "compound"
+        test_cpds = stratified_pick(state.moa_of, test_size, state.rng, min_keep=1, min_pick=2)
+        held = np.isin(state.pert, list(test_cpds))
+        labels[held & in_cells] = "test"
+        labels[held ^ in_cells] = "unused"
 
+
+def _hold_out_random_signatures(state: _Assignment, test_size: float) -> None:
+    """Scheme ``random``: ``test_size`` of the signatures, whatever their compound (leaky)."""
+    n_obs = len(state.labels)
+    n_test = round(test_size * n_obs)
+    state.labels[state.rng.permutation(n_obs)[:n_test]] = "test"
+    logger.warning(
+        "split scheme 'random' puts signatures of the same compound in train and test: "
+        "its scores overestimate performance on new compounds (recorded as leaky)"
+    )
+
+
+def _carve_validation(state: _Assignment, scheme: str, *, val_by: str, val_size: float,
+                      test_size: float) -> None:
+    """Label part of the training side ``val``: whole training cell lines (scheme ``cell``
+    with validation by cell line) or compounds stratified by MoA."""
+    labels, pert = state.labels, state.pert
+    train_mask = labels == "train"
+    if scheme == "cell" and val_by in ("auto", "cell") and val_size > 0:
+        cell_arr = state.obs["cell_iname"].astype(str).to_numpy()
+        val_cells = _validation_cells(cell_arr[train_mask], val_size * len(labels), state.rng)
+        if val_cells is not None:
+            # validation: whole training cell lines, as the test part holds out a cell line
+            labels[train_mask & np.isin(cell_arr, val_cells)] = "val"
+            state.record["val_by"], state.record["val_cells"] = "cell", val_cells
+            return
+        logger.warning("only one training cell line: validation holds out compounds instead")
+    # validation: compounds carved from the training side, stratified by MoA
+    train_cpds = state.moa_of[state.moa_of.index.isin(np.unique(pert[train_mask]))]
+    # val_size is a fraction of all compounds; schemes that already removed
+    # test_size of the compounds ask for a larger share of what is left
+    by_compound = scheme in ("compound", "compound+cell", "moa")
+    val_fraction = val_size / (1 - test_size) if by_compound else val_size
+    val_cpds = stratified_pick(train_cpds, val_fraction, state.rng, min_keep=1, min_pick=3)
+    labels[train_mask & np.isin(pert, list(val_cpds))] = "val"
+    state.record["val_by"] = "compound"
+
+
+def _record_counts(state: _Assignment, scheme: str) -> tuple[dict, dict]:
+    """Check that train and test are not empty and record the signatures and compounds
+    per part; returns both counts."""
+    labels, pert, record = state.labels, state.pert, state.record
     counts = {v: int((labels == v).sum()) for v in SPLIT_VALUES}
     if counts["train"] == 0 or counts["test"] == 0:
         raise InputError(
@@ -281,21 +355,14 @@ def split(
     }
     record["n_signatures"] = counts
     record["n_compounds"] = n_cpds
-    single = moa_of.groupby(moa_of).size()
+    single = state.moa_of.groupby(state.moa_of).size()
     record["moas_train_only"] = int((single < 2).sum())
     if record["moas_train_only"]:
         logger.info(
             "%d MoAs have a single compound and stay on the training side only",
             record["moas_train_only"],
         )
-    obs[key] = pd.Categorical(labels, categories=list(SPLIT_VALUES))
-    adata.uns.setdefault("moaspace", {})
-    adata.uns["moaspace"]["split"] = record
-    logger.info(
-        "split %r (seed %d): %s signatures; %s compounds",
-        scheme, seed, counts, n_cpds,
-    )
-    return adata
+    return counts, n_cpds
 
 
 def cv_folds(

@@ -41,7 +41,33 @@ class MoaScore(nn.Module):
 
 
 def moa_directions(model) -> tuple[torch.Tensor, list[str], str]:
-    """MoA directions in the latent space and where they come from."""
+    """Return the MoA directions in a trained model's latent space and their source.
+
+    With an ArcFace MoA head (``moa_head`` with ``weight`` and ``cosine``) the directions
+    are its class centres (with several sub-centres per class, the mean of the class's
+    normalised sub-centres); otherwise the MoA prototypes, the mean atlas embedding
+    (``model.reference``) of each MoA. They are not normalised here (:class:`MoaScore`
+    normalises them).
+
+    Parameters
+    ----------
+    model : moaspace.model.MoaModel
+        A trained or loaded model.
+
+    Returns
+    -------
+    directions : torch.Tensor, shape (n_moas, latent_dim)
+        One float32 row per MoA, in the order of ``model.moas``.
+    moas : list of str
+        ``list(model.moas)``.
+    source : str
+        ``"arcface_head"`` or ``"prototype"``.
+
+    Raises
+    ------
+    MoaspaceError
+        If the model is not trained.
+    """
     net = model._require_net()
     head = getattr(net, "moa_head", None)
     if head is not None and hasattr(head, "weight") and hasattr(head, "cosine"):
@@ -70,12 +96,59 @@ def gene_importance(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Integrated gradients of each MoA's score w.r.t. the input genes.
+    """Integrated gradients of each MoA's score with respect to the input genes.
 
-    Returns ``(signed, absolute, info)``: genes x MoAs tables of the mean
-    signed and mean absolute attribution over the MoA's (correctly predicted)
-    signatures, indexed by gene id with a ``gene_symbol`` column first, and a
-    per-MoA table with the number of signatures used and the mean |delta|.
+    The score of MoA ``c`` is the cosine between a signature's embedding and ``c``'s
+    direction (:func:`moa_directions`); the baseline is the all-zero signature. For each
+    MoA at most ``max_per_moa`` of its signatures (a seeded subsample) are attributed and
+    their attributions averaged; a MoA without signatures to explain is skipped with a
+    warning.
+
+    Parameters
+    ----------
+    model : moaspace.model.MoaModel
+        A trained model.
+    adata : anndata.AnnData
+        Signatures (z-scores), aligned to the model's genes with ``model.align_genes``.
+    moas : list of str, optional
+        MoAs to explain; default None: all of the model's MoAs.
+    moa_key : str, default "moa"
+        ``obs`` column holding the true MoA of each signature.
+    only_correct : bool, default True
+        Explain only the signatures whose highest-scoring direction is their true MoA;
+        False: all signatures of the MoA.
+    max_per_moa : int, default 200
+        Maximum number of signatures attributed per MoA.
+    n_steps : int, default 32
+        Integration steps of integrated gradients.
+    batch_size : int, default 64
+        Signatures per attribution batch.
+    seed : int, default 0
+        Seed of the per-MoA subsample.
+    progress : bool, default False
+        Show a tqdm progress bar over MoAs.
+
+    Returns
+    -------
+    signed : pandas.DataFrame, shape (n_genes, 1 + n_explained_moas)
+        Mean signed attribution per gene (rows, indexed by ``model.genes``) and explained
+        MoA (columns), after a first ``gene_symbol`` column (the gene ids when the model
+        has no symbols).
+    absolute : pandas.DataFrame
+        Same layout: the mean absolute attribution.
+    info : pandas.DataFrame
+        One row per explained MoA (indexed by MoA) with ``moa``, ``n_signatures``,
+        ``mean_abs_delta`` (mean |convergence delta| of IG) and ``mean_score`` (mean
+        score of the attributed signatures); ``info.attrs["direction_source"]`` is the
+        source returned by :func:`moa_directions`.
+
+    Raises
+    ------
+    InputError
+        If ``obs`` has no ``moa_key`` column, ``moas`` names a MoA the model does not
+        know, or the signatures cannot be aligned to the model's genes.
+    MoaspaceError
+        If the model is not trained, or no MoA had signatures to explain.
     """
     from captum.attr import IntegratedGradients
 
@@ -142,7 +215,23 @@ def gene_importance(
 
 
 def top_genes(importance: pd.DataFrame, n: int = 20) -> pd.DataFrame:
-    """Long table of the ``n`` genes with the largest |attribution| per MoA."""
+    """Long table of the ``n`` genes with the largest |attribution| per MoA.
+
+    Parameters
+    ----------
+    importance : pandas.DataFrame
+        Genes x MoAs table with a ``gene_symbol`` column, indexed by gene id, as returned
+        by :func:`gene_importance`.
+    n : int, default 20
+        Genes kept per MoA.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (MoA, gene) with columns ``moa``, ``rank`` (1 = largest
+        |attribution|), ``gene_id``, ``gene_symbol`` and ``attribution`` (the table's
+        signed value).
+    """
     rows = []
     for moa in [c for c in importance.columns if c != "gene_symbol"]:
         col = importance[moa]

@@ -42,6 +42,23 @@ def expected_moas(
     Target lists include off-targets, so an MoA is expected for gene G only when
     at least ``min_fraction`` of its target-annotated compounds list G: one
     promiscuous compound does not make G a target of its whole MoA.
+
+    Parameters
+    ----------
+    compoundinfo : pandas.DataFrame
+        Drug-target table with ``pert_id`` and ``target`` columns (``moa`` optional), as
+        from :func:`moaspace.io.read_compoundinfo`.
+    compound_moa : dict of str to str
+        ``pert_id`` -> MoA.
+    known_moas : iterable
+        The MoAs the model knows (compared as ``str``); other MoAs are ignored.
+    min_fraction : float, default 0.2
+        Minimum share, in [0, 1], of a MoA's target-annotated compounds that list G.
+
+    Returns
+    -------
+    dict of str to list of str
+        Gene symbol -> sorted expected MoAs; genes without one are absent.
     """
     known = set(map(str, known_moas))
     fallback = {}
@@ -171,9 +188,58 @@ def score_knockdowns(
 ) -> dict:
     """Embed knockdowns, call MoAs and score the expected MoA of each knocked-down gene.
 
-    Returns ``{"table", "summary", "raw_table", "per_signature"}``; ``summary``
-    has ``hit_at_1``, ``hit_at_5``, ``hit_at_5_raw``, ``hit_at_5_null``,
-    ``n_genes_scored`` and more.
+    Each knockdown signature is embedded (``model.embed``) and scored by a kNN vote over
+    the model's MoAs against its atlas (``model.reference``); the scores are averaged per
+    knocked-down gene and ranked against the gene's expected MoAs
+    (:func:`expected_moas`, with the atlas compounds' MoAs).
+
+    Parameters
+    ----------
+    model : moaspace.model.MoaModel
+        A trained model.
+    kd : anndata.AnnData
+        Knockdown signatures, the knocked-down gene symbol in ``obs[target_key]`` (e.g.
+        from :func:`moaspace.pp.prepare` with ``pert_type="trt_xpr"``).
+    compoundinfo : pandas.DataFrame, str or os.PathLike
+        The drug-target table, or the path of ``compoundinfo_beta.txt``.
+    raw_reference : anndata.AnnData, optional
+        Raw z-scores of the training drug signatures with ``obs["moa"]`` and the model's
+        genes (``raw_reference.h5ad`` next to a model trained by the CLI): adds the
+        raw-signature kNN comparison. Default None: skipped, with a warning.
+    target_key : str, default "target_gene"
+        ``obs`` column of the knocked-down gene.
+    k : int, default 10
+        Neighbours of the kNN vote (for the raw reference at most its size).
+    n_null : int, default 200
+        Permutations of the null, where gene -> expected-MoA links are shuffled among
+        the genes that have some.
+    seed : int, default 0
+        Seed of the null permutations.
+
+    Returns
+    -------
+    dict
+        ``table``: one row per gene with ``gene``, ``n_signatures``, ``expected_moas``
+        (``;``-joined, or ``"no expected MoA"``), ``predicted_moas`` (top 5,
+        ``;``-joined), ``top_score``, ``rank`` (of the best expected MoA, 1 = top),
+        ``hit_at_1``, ``hit_at_5``, ``auroc`` (expected vs other MoAs; NaN without an
+        expected MoA) and, with a raw reference, ``rank_raw``. ``summary``:
+        ``n_genes_scored``, ``hit_at_1``, ``hit_at_5``, ``mean_rank``, ``mean_auroc``,
+        ``hit_at_1_null``, ``hit_at_5_null``, ``hit_at_5_null_sd``, ``n_genes``,
+        ``n_signatures``, ``genes_without_expected_moa``, ``hit_at_1_raw`` and
+        ``hit_at_5_raw`` (NaN without a raw reference) and ``mean_rank_raw`` (with one).
+        ``raw_table``: the table of the raw-signature kNN, or None. ``per_signature``:
+        knockdowns x MoAs scores (DataFrame). ``embedding``: the knockdowns' embedding,
+        shape (n_signatures, latent_dim). ``expected``: the :func:`expected_moas` map.
+
+    Raises
+    ------
+    InputError
+        If ``obs`` has no ``target_key`` column, compoundinfo cannot be read, the
+        knockdowns cannot be aligned to the model's genes, or the raw reference's genes
+        differ from the model's.
+    MoaspaceError
+        If the model is not trained.
     """
     if not isinstance(compoundinfo, pd.DataFrame):
         compoundinfo = read_compoundinfo(compoundinfo)
@@ -232,8 +298,33 @@ def score_knockdowns(
 
 
 def write_crispr(result: dict, out_dir: str | os.PathLike, figure=None) -> Path:
-    """``crispr_scores.csv`` (one row per gene), ``summary.json`` and, given a
-    figure (see :func:`moaspace.pl.knockdown_map`), ``crispr_map.png``."""
+    """Write the output of :func:`score_knockdowns` to a directory.
+
+    Writes ``crispr_scores.csv`` (one row per gene), ``summary.json`` and, given a
+    figure (see :func:`moaspace.pl.knockdown_map`), ``crispr_map.png`` (100 dpi; the
+    figure is closed). Files are written atomically; the directory is created if needed.
+
+    Parameters
+    ----------
+    result : dict
+        Output of :func:`score_knockdowns` (``table`` and ``summary`` are written).
+    out_dir : str or os.PathLike
+        Output directory.
+    figure : matplotlib.figure.Figure, optional
+        Figure saved as ``crispr_map.png``; default None: no figure.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+
+    Raises
+    ------
+    InputError
+        If an output path exists and is not a regular file.
+    MoaspaceError
+        If the output directory is not writable.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "crispr_scores.csv") as tmp:

@@ -27,6 +27,24 @@ logger = logging.getLogger(__name__)
 def restrict_gene_sets(
     gene_sets: dict[str, list[str]], universe, min_size: int = 10, max_size: int = 500
 ) -> dict[str, list[str]]:
+    """Restrict gene sets to a gene universe and keep those of a usable size.
+
+    Parameters
+    ----------
+    gene_sets : dict of str to list of str
+        Set name -> genes, e.g. from :func:`moaspace.io.read_gmt`.
+    universe : iterable
+        The genes that were ranked (compared as ``str``).
+    min_size : int, default 10
+        Minimum number of a set's genes in ``universe`` for the set to be kept.
+    max_size : int, default 500
+        Maximum number of a set's genes in ``universe`` for the set to be kept.
+
+    Returns
+    -------
+    dict of str to list of str
+        The kept sets, each reduced to its genes in ``universe`` (in set order).
+    """
     universe = set(map(str, universe))
     out = {}
     for name, genes in gene_sets.items():
@@ -46,9 +64,40 @@ def prerank(
     seed: int = 0,
     threads: int = 1,
 ) -> pd.DataFrame:
-    """GSEA prerank of one ranking (index: gene symbols, values: scores).
+    """GSEA prerank (gseapy) of one ranking (index: gene symbols, values: scores).
 
-    Returns columns ``pathway, nes, es, pval, fdr, n_genes, leading_edge``.
+    Missing scores and repeated genes (after the first) are dropped, the gene sets are
+    restricted with :func:`restrict_gene_sets`, and the genes are sorted by score,
+    largest first; gseapy writes no files or plots.
+
+    Parameters
+    ----------
+    ranking : pandas.Series
+        Scores indexed by gene symbol (the gene names of ``gene_sets``).
+    gene_sets : dict of str to list of str
+        Set name -> genes.
+    permutations : int, default 1000
+        Gene-set permutations for the p-values and FDR.
+    min_size : int, default 10
+        Minimum number of ranked genes of a set tested.
+    max_size : int, default 500
+        Maximum number of ranked genes of a set tested.
+    seed : int, default 0
+        Seed of the permutations.
+    threads : int, default 1
+        Threads used by gseapy.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per tested set, sorted by NES (largest first), with columns ``pathway``,
+        ``nes``, ``es``, ``pval`` (nominal), ``fdr`` (q-value), ``n_genes`` (ranked genes
+        of the set) and ``leading_edge`` (gseapy's leading-edge genes, as text).
+
+    Raises
+    ------
+    InputError
+        If no gene set has between ``min_size`` and ``max_size`` ranked genes.
     """
     import gseapy
 
@@ -89,11 +138,42 @@ def enrich_moas(
     seed: int = 0,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Prerank every MoA column of a genes x MoAs table (with ``gene_symbol``).
+    """GSEA prerank of every MoA column of a genes x MoAs table (with ``gene_symbol``).
 
-    ``gene_sets``: a dict, a path to a ``.gmt``/``.gmt.gz``, or ``None`` for the
-    bundled Reactome. Returns ``moa, pathway, nes, pval, fdr, ...`` with the
-    time taken per MoA in ``attrs["seconds_per_moa"]``.
+    Each column other than ``gene_symbol`` is a MoA; its values, indexed by the gene
+    symbols, are ranked with :func:`prerank`.
+
+    Parameters
+    ----------
+    importance : pandas.DataFrame
+        Genes x MoAs table with a ``gene_symbol`` column, e.g. from
+        :func:`gene_importance`.
+    gene_sets : dict, str or os.PathLike, optional
+        A dict of set name -> gene symbols, a path to a ``.gmt``/``.gmt.gz``, or ``None``
+        (default) for the bundled Reactome.
+    permutations : int, default 1000
+        Gene-set permutations per MoA (see :func:`prerank`).
+    min_size : int, default 10
+        Minimum number of ranked genes of a set tested.
+    max_size : int, default 500
+        Maximum number of ranked genes of a set tested.
+    seed : int, default 0
+        Seed of the permutations.
+    progress : bool, default False
+        Show a tqdm progress bar over MoAs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The :func:`prerank` tables of all MoAs stacked, with a first column ``moa``
+        (``moa, pathway, nes, es, pval, fdr, n_genes, leading_edge``); the mean time per
+        MoA, in seconds, is in ``attrs["seconds_per_moa"]``.
+
+    Raises
+    ------
+    InputError
+        If the table has no ``gene_symbol`` column, the GMT file cannot be read, or a
+        MoA's ranking leaves no gene set of a usable size.
     """
     if gene_sets is None:
         gene_sets = read_gmt(bundled_gmt("reactome"))

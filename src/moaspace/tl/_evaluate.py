@@ -30,13 +30,61 @@ def evaluate(
     moa_key: str = "moa", compound_key: str = "pert_id", seed: int = 0,
     method: str | None = None,
 ) -> dict:
-    """Metrics of ``model`` on the rows with ``obs[split_key] == split``, called by
-    ``predict`` with ``method`` (None: the model's predictor; recorded as ``predictor``).
+    """Metrics of ``model`` on the held-out rows with ``obs[split_key] == split``.
 
-    Top-level keys: ``accuracy``, ``macro_f1``, ``weighted_f1``, ``top3_accuracy``,
-    ``top5_accuracy``, ``per_moa`` (signature level), ``compound_level`` (same
-    metrics on per-compound calls), ``hierarchy`` (kNN label shares and
-    silhouettes among the held-out signatures), ``retrieval`` (mAP).
+    The rows are called by :func:`moaspace.tl.predict` with ``method`` (None: the
+    model's predictor; recorded as ``predictor``) and ``k``, then scored at signature
+    level, at compound level (mean scores per compound), for the hierarchy of the
+    embedding among the held-out signatures, and for retrieval.
+
+    Parameters
+    ----------
+    model : moaspace.model.MoaModel
+        A trained model.
+    adata : anndata.AnnData
+        Signatures with the split in ``obs[split_key]`` (see :func:`moaspace.pp.split`)
+        and the true MoA in ``obs[moa_key]``.
+    split : str, default "test"
+        Value of ``obs[split_key]`` selecting the rows scored.
+    split_key : str, default "split"
+        ``obs`` column of the split.
+    k : int, optional
+        Neighbours of the kNN vote, passed to ``predict``; default None: the k that
+        ``predict`` resolves (the calibrated one). The hierarchy uses ``min(k, n - 1)``.
+    moa_key : str, default "moa"
+        ``obs`` column of the true MoA.
+    compound_key : str, default "pert_id"
+        ``obs`` column of the compound; without it the compound-level metrics,
+        ``silhouette_compound`` and ``compound_map`` are left out.
+    seed : int, default 0
+        Seed of the subsamples of the silhouette and retrieval metrics.
+    method : str, optional
+        Predictor for ``predict`` (``"knn"``, ``"prototype"`` or ``"hidden_prototype"``);
+        default None: the model's.
+
+    Returns
+    -------
+    dict
+        ``n``, ``accuracy``, ``macro_f1``, ``weighted_f1``, ``top3_accuracy``,
+        ``top5_accuracy``, ``per_moa`` (signature level, see
+        :func:`classification_metrics`), ``split``, ``predictor``;
+        ``moas_not_in_training`` (only when some held-out MoAs were not trained on);
+        ``open_set`` (calibrated models: ``score``, ``threshold``, ``calibration`` and
+        the open-set metrics, NaN as None); ``compound_level`` (the same metrics on
+        per-compound calls); ``hierarchy`` (``k``, ``knn_share``: share of each
+        signature's k nearest held-out neighbours with the same ``moa``/``compound``,
+        ``silhouette_moa``, ``silhouette_compound``); ``retrieval``
+        (``moa_map_vs_atlas``: mAP of same-MoA atlas signatures; ``compound_map``: mAP
+        of same-compound held-out signatures).
+
+    Raises
+    ------
+    InputError
+        If ``obs`` lacks ``split_key`` or ``moa_key``, no row has
+        ``obs[split_key] == split``, or ``predict`` rejects the input (unknown
+        ``method``, ``k < 1``, genes that cannot be aligned).
+    MoaspaceError
+        If the model is not trained.
     """
     for key in (split_key, moa_key):
         if key not in adata.obs.columns:
@@ -96,7 +144,23 @@ def evaluate(
 
 
 def metrics_markdown(metrics: dict) -> str:
-    """A short Markdown report of :func:`evaluate`'s output."""
+    """A short Markdown report of :func:`evaluate`'s output.
+
+    Parameters
+    ----------
+    metrics : dict
+        Output of :func:`evaluate`: ``n``, ``per_moa`` and the signature-level metrics
+        are needed; ``split``, ``compound_level``, ``open_set`` and ``hierarchy`` are
+        used when present.
+
+    Returns
+    -------
+    str
+        Markdown ending in a newline: a title with the split and n; accuracy, macro- and
+        weighted-F1 and top-3/5 accuracy per level (signature, compound); calibration and
+        unknown calls (with ``open_set``); the hierarchy; and per-MoA precision, recall,
+        F1 and support (MoA names HTML- and pipe-escaped).
+    """
     lines = [f"## Evaluation on split `{metrics.get('split', 'test')}` (n = {metrics['n']})", "",
              "| level | accuracy | macro-F1 | weighted-F1 | top-3 | top-5 |",
              "|---|---|---|---|---|---|"]
@@ -141,7 +205,27 @@ def _md_cell(text) -> str:
 
 
 def write_metrics(metrics: dict, path: str | os.PathLike) -> Path:
-    """Write metrics JSON (and a Markdown twin with suffix .md) atomically."""
+    """Write metrics JSON (and a Markdown twin with suffix .md) atomically.
+
+    Parameters
+    ----------
+    metrics : dict
+        Output of :func:`evaluate`; numpy scalars and arrays are converted.
+    path : str or os.PathLike
+        The JSON file; :func:`metrics_markdown` goes to ``path`` with suffix ``.md``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        If an output path exists and is not a regular file.
+    MoaspaceError
+        If the output directory cannot be created or is not writable.
+    """
     path = Path(path)
     atomic_write_text(path, json.dumps(metrics, indent=2, default=_jsonable))
     atomic_write_text(path.with_suffix(".md"), metrics_markdown(metrics))

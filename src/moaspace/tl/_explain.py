@@ -34,14 +34,65 @@ def explain(
 ) -> dict:
     """Gene importance + enrichment for every MoA; writes CSVs and the NES heatmap.
 
+    Runs :func:`gene_importance` (integrated gradients), then :func:`enrich_moas` on
+    the chosen ranking.
+
     ``ranking``: ``absolute`` ranks genes by mean |attribution| (a pathway whose
     genes move in both directions still counts), ``signed`` by the mean signed
     attribution (up- vs down-regulated programs).
 
     Files: ``gene_importance.csv`` (genes x MoAs, the ranking used),
-    ``gene_importance_signed.csv``, ``top_genes.csv``, ``enrichment.csv``
-    (``moa, pathway, nes, pval, fdr, ...``), ``pathway_heatmap.png``,
-    ``explain.json`` (timings and settings).
+    ``gene_importance_signed.csv``, ``top_genes.csv`` (from the signed table),
+    ``enrichment.csv`` (``moa, pathway, nes, pval, fdr, ...``),
+    ``attribution_info.csv``, ``pathway_heatmap.png``, ``explain.json`` (timings and
+    settings).
+
+    Parameters
+    ----------
+    model : moaspace.model.MoaModel
+        A trained model.
+    adata : anndata.AnnData
+        Signatures to explain, with the true MoA in ``obs["moa"]``.
+    out_dir : str or os.PathLike
+        Output directory, created if needed.
+    gene_sets : dict, str or os.PathLike, optional
+        Gene sets for :func:`enrich_moas`; default None: the bundled Reactome.
+    ranking : {"absolute", "signed"}, default "absolute"
+        The gene ranking enriched (see above).
+    permutations : int, default 1000
+        GSEA permutations per MoA.
+    min_size : int, default 10
+        Minimum number of ranked genes of a gene set tested.
+    max_size : int, default 500
+        Maximum number of ranked genes of a gene set tested.
+    max_per_moa : int, default 200
+        Maximum signatures attributed per MoA.
+    n_steps : int, default 32
+        Integration steps of integrated gradients.
+    seed : int, default 0
+        Seed of the signature subsample and of the permutations.
+    progress : bool, default False
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``importance`` (the genes x MoAs table enriched), ``signed``, ``enrichment``,
+        ``info`` (per-MoA attribution info) and ``summary`` (the content of
+        ``explain.json``: ``ranking``, ``permutations``, ``n_moas``,
+        ``direction_source``, ``seconds_integrated_gradients``, ``seconds_gsea``,
+        ``seconds_per_moa``, ``mean_abs_convergence_delta``, ``files``: name -> path).
+
+    Raises
+    ------
+    ValueError
+        If ``ranking`` is neither ``"absolute"`` nor ``"signed"``.
+    InputError
+        As raised by :func:`gene_importance` and :func:`enrich_moas`, or if an output
+        path exists and is not a regular file.
+    MoaspaceError
+        If the model is not trained, no MoA had signatures to explain, or the output
+        directory is not writable.
     """
     from moaspace._utils import atomic_path, atomic_write_text, save_figure
 

@@ -17,7 +17,25 @@ from moaspace._core.neighbors import knn_search, l2_normalize
 
 
 def top_k_accuracy(y_true_codes: np.ndarray, scores: np.ndarray, k: int) -> float:
-    """Share of rows whose true class is among the k highest scores (ties broken by order)."""
+    """Share of rows whose true class is among the ``k`` highest scores.
+
+    Ties are broken by column order (stable sort). A true code that is not a column of
+    ``scores`` (e.g. ``-1`` for a class never trained on) is never a hit.
+
+    Parameters
+    ----------
+    y_true_codes : numpy.ndarray of int, shape (n,)
+        Column index in ``scores`` of each row's true class.
+    scores : numpy.ndarray, shape (n, n_classes)
+        Per-class scores, higher = more likely.
+    k : int
+        Number of top-scoring classes that count; capped at ``n_classes``.
+
+    Returns
+    -------
+    float
+        Top-k accuracy in [0, 1] (NaN for no rows).
+    """
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return float((top == np.asarray(y_true_codes)[:, None]).any(axis=1).mean())
@@ -26,10 +44,28 @@ def top_k_accuracy(y_true_codes: np.ndarray, scores: np.ndarray, k: int) -> floa
 def classification_metrics(
     y_true: Sequence, scores: np.ndarray, classes: Sequence
 ) -> dict:
-    """accuracy, macro/weighted F1, top-3/5 accuracy and per-class P/R/F1.
+    """Accuracy, macro/weighted F1, top-3/5 accuracy and per-class P/R/F1 of argmax calls.
 
-    Labels of ``y_true`` outside ``classes`` count as errors (a class never seen
-    in training cannot be predicted) and are kept in macro-F1's label set.
+    Each row is called as its highest-scoring class. Labels of ``y_true`` outside
+    ``classes`` count as errors (a class never seen in training cannot be predicted) and
+    are kept in macro-F1's label set. The F1 averages run over the labels present in
+    ``y_true``; undefined precision, recall or F1 count as 0.
+
+    Parameters
+    ----------
+    y_true : sequence, length n
+        True label of each row (compared as ``str``).
+    scores : numpy.ndarray, shape (n, n_classes)
+        Per-class scores, higher = more likely.
+    classes : sequence, length n_classes
+        Class names of the columns of ``scores`` (compared as ``str``).
+
+    Returns
+    -------
+    dict
+        ``n`` (rows), ``accuracy``, ``macro_f1``, ``weighted_f1``, ``top3_accuracy``,
+        ``top5_accuracy`` (floats in [0, 1]) and ``per_moa``: for each label of ``y_true``
+        (sorted), ``{"precision", "recall", "f1", "support"}``.
     """
     classes = [str(c) for c in classes]
     y_true = np.asarray(y_true).astype(str)
@@ -95,8 +131,30 @@ def retrieval_map(
 ) -> float:
     """Mean average precision of retrieving same-label items by cosine similarity.
 
-    Without a reference, items are retrieved among the queries themselves
-    (self excluded): e.g. a held-out compound's other signatures.
+    Each query ranks the reference items by cosine similarity; its average precision is
+    that of the items sharing its label. Without a reference, items are retrieved among
+    the queries themselves (self excluded): e.g. a held-out compound's other signatures.
+    Queries with no item of their label are skipped.
+
+    Parameters
+    ----------
+    query : numpy.ndarray, shape (n_query, d)
+        Query embeddings.
+    query_labels : sequence, length n_query
+        Label of each query (compared as ``str``).
+    reference : numpy.ndarray, shape (n_ref, d), optional
+        Items to retrieve; default None: the queries themselves.
+    ref_labels : sequence, length n_ref, optional
+        Labels of ``reference``; needed when it is given.
+    max_n : int, default 2000
+        At most this many queries (a seeded random subsample) are scored.
+    seed : int, default 0
+        Seed of that subsample.
+
+    Returns
+    -------
+    float
+        Mean average precision in [0, 1]; NaN when no query has an item of its label.
     """
     q_labels = np.asarray(query_labels).astype(str)
     rng = np.random.default_rng(seed)
