@@ -14,7 +14,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from moaspace.datasets._simulate import SimulationConfig, simulate
+from moaspace.datasets import SimulationConfig, simulate
 from moaspace.pp._prepare import prepare
 
 #: simulate()'s outputs that are prepare()'s positional inputs, in order

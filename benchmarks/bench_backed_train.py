@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moaspace._utils import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MB = 2**20
@@ -246,7 +248,7 @@ def main(argv=None) -> dict:
         "throughput_fits_in_memory": {"file": fit, **throughput},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    args.out.write_text(json.dumps({**provenance(), **result}, indent=1))
 
     lim = result["larger_than_limit"]
     rows = [

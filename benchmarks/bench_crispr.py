@@ -29,6 +29,7 @@ from pathlib import Path
 from _simdata import prepare_knockdowns, raw_reference, simulate_prepared
 from scipy.stats import binomtest
 
+from moaspace._utils import provenance
 from moaspace.datasets._simulate import SimulationConfig, simulate
 from moaspace.model import MoaModel
 from moaspace.pp._split import split
@@ -76,7 +77,7 @@ def main() -> None:
                                   if n else 1.0)
         result["scales"][str(scale)] = summary
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=float))
+    args.out.write_text(json.dumps({**provenance(), **result}, indent=2, default=float))
     print(f"simulator default (seed {args.seed}): {result['signatures']} drug signatures, "
           f"{result['moas']} MoAs; knockdowns scored without retraining")
     print(f"{'knockdown scale':>16}{'genes':>7}{'hit@1':>8}{'raw':>7}{'hit@5':>8}{'raw':>7}"

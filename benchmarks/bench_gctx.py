@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moaspace._utils import provenance
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -122,7 +124,7 @@ def main() -> None:
             runs["naive"]["peak_rss_bytes"] / runs["subset"]["peak_rss_bytes"])
         result["time_ratio_naive_over_subset"] = runs["naive"]["seconds"] / runs["subset"]["seconds"]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_gctx.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "bench_gctx.json").write_text(json.dumps({**provenance(), **result}, indent=2))
 
     mb = 2**20
     print(f"GCTX {args.n_sigs:,} x {args.n_genes:,} ({result['file_bytes'] / mb:,.0f} MB), "

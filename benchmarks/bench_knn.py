@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from moaspace._core.neighbors import knn_search
+from moaspace._utils import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,7 +63,7 @@ def main() -> None:
         runs[name]["speedup_vs_sklearn"] = runs["sklearn"]["seconds"] / runs[name]["seconds"]
     result = {"benchmark": "bench_knn", **vars(args), "cpu_count": os.cpu_count(), "runs": runs}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_knn.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "bench_knn.json").write_text(json.dumps({**provenance(), **result}, indent=2))
     print(f"exact cosine kNN, {args.n_query:,} queries x {args.n_ref:,} refs x {args.dim}, "
           f"k={args.k}")
     print(f"{'backend':<10}{'seconds':>10}{'queries/s':>12}{'x sklearn':>11}{'agreement':>11}")

@@ -47,6 +47,7 @@ from moaspace._core.neighbors import (
     prototype_scores,
     prototypes,
 )
+from moaspace._utils import provenance
 from moaspace.datasets._simulate import SimulationConfig
 from moaspace.model import MoaModel
 from moaspace.model._predict import predict
@@ -492,7 +493,7 @@ def main() -> None:
             "moaspace_without_hidden_score": without_hidden(runs),
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_openset.json").write_text(json.dumps(result, indent=1, default=float))
+        (args.out / "bench_openset.json").write_text(json.dumps({**provenance(), **result}, indent=1, default=float))
         text = tables(runs, target, pooled)
         header = (f"# Open-set and calibration benchmark\n\n`python benchmarks/bench_openset.py "
                   f"--seeds {done}`: default simulation (seed {args.sim_seed}, "

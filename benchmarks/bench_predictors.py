@@ -50,6 +50,7 @@ from _simdata import add_data_argument, add_run_arguments, default_data
 from scipy.special import logsumexp
 
 from moaspace._core.neighbors import l2_normalize, prototypes
+from moaspace._utils import provenance
 from moaspace.model import MoaModel, ModelConfig
 from moaspace.pp._split import split
 from moaspace.tl._metrics import classification_metrics, neighbour_label_shares, retrieval_map
@@ -79,7 +80,7 @@ def hierarchical_scores(x: np.ndarray, centres: np.ndarray, centre_moa: np.ndarr
 
 def length_weighted_centres(means: np.ndarray, moa_codes: np.ndarray, n_moas: int) -> np.ndarray:
     """MoA centres from compound means left unnormalised: a compound whose signatures
-    disagree (short mean) counts less. (Normalised means: ``tl.predict.prototypes``.)"""
+    disagree (short mean) counts less. (Normalised means: ``moaspace._core.neighbors.prototypes``.)"""
     sums = np.zeros((n_moas, means.shape[1]))
     np.add.at(sums, moa_codes, means)
     return l2_normalize(sums)
@@ -205,7 +206,7 @@ def main() -> None:
            "hierarchy": hier_summary.reset_index().to_dict("records")}
     out["data"] = str(args.data) if args.data else "moaspace simulate --seed 0 + prepare"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    args.out.write_text(json.dumps({**provenance(), **out}, indent=2))
     pd.set_option("display.width", 160)
     print("test / val macro-F1 minus the default rule (proto_sig), same model and split, "
           f"mean ± sd over seeds {args.seeds}")

@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moaspace._utils import provenance
+
 RESULTS = Path(__file__).resolve().parent / "results"
 N_GENES = 12_328
 ROWS_PER_COMPOUND = 20
@@ -259,7 +261,7 @@ def main() -> None:
         finally:
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        args.out.write_text(json.dumps({**provenance(), **result}, indent=2))
 
     measured = [r for r in runs if not r.get("extrapolated")]
     if len(measured) >= 2:
@@ -269,7 +271,7 @@ def main() -> None:
         result["fit"] = {"seconds_intercept": a, "seconds_per_1k_sigs": 1000 * b,
                          "rss_intercept_bytes": ar, "rss_bytes_per_sig": br,
                          "output_bytes_per_sig": N_GENES * 4}
-    args.out.write_text(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps({**provenance(), **result}, indent=2))
 
     print(f"\nmoaspace prepare --genes all ({N_GENES:,} genes), {os.cpu_count()} CPUs, "
           f"{result['memory_total_bytes'] / 2**30:.0f} GB RAM")

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from _simdata import prepare_knockdowns, raw_reference, simulate_prepared
 
+from moaspace._utils import provenance
 from moaspace.datasets._simulate import SimulationConfig
 from moaspace.model import MoaModel
 from moaspace.pp._split import split
@@ -84,7 +85,7 @@ def main() -> None:
                                         raw_reference=raw_reference(adata))["summary"]
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_science.json").write_text(json.dumps(result, indent=2, default=float))
+    (RESULTS / "bench_science.json").write_text(json.dumps({**provenance(), **result}, indent=2, default=float))
     em, es, c = result["explain_model"], result["explain_shuffled_labels"], result["crispr"]
     print(f"simulator default (seed {args.seed}): {result['signatures']} signatures, "
           f"{result['moas']} MoAs")

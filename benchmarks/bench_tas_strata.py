@@ -29,6 +29,7 @@ import pandas as pd
 from _simdata import add_data_argument, add_run_arguments, default_data
 from sklearn.metrics import f1_score
 
+from moaspace._utils import provenance
 from moaspace.benchmark._baselines import make_baseline
 from moaspace.model import MoaModel
 from moaspace.model._predict import predict
@@ -130,7 +131,7 @@ def main() -> None:
         out["schemes"][scheme] = {"per_seed": per_seed, "summary": summary}
     out["seconds"] = time.perf_counter() - t0
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_tas_strata.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / "bench_tas_strata.json").write_text(json.dumps({**provenance(), **out}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from moaspace import __version__
+from moaspace._utils import provenance
 from moaspace.benchmark._run import write_benchmark
 
 
@@ -34,7 +34,7 @@ def merge(base: Path, update: Path) -> tuple[list[dict], dict]:
     records = [r for r in old if r["method"] not in replaced] + new
     meta = {"merged": {"base": _meta(base), "update": _meta(update),
                        "replaced_methods": sorted(replaced)},
-            "moaspace_version": __version__}
+            **provenance()}
     return records, meta
 
 
