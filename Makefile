@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.moaspace-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test lint bench clean system-deps
+.PHONY: install demo test test-fast lint bench clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: install
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
 test: install lint
 	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# While editing: the suite without the tests marked slow (clean-clone install, long runs).
+test-fast: install lint
+	$(BIN)/pytest -m "not slow"
 
 # Debian packages for the report rendering test (needs root; skipped when present).
 system-deps:

@@ -17,3 +17,35 @@ def test_tutorial_runs(tmp_path, monkeypatch):
         exec(compile(code, f"{TUTORIAL.name}[block {i}]", "exec"), namespace)
     assert 0 <= namespace["metrics"]["macro_f1"] <= 1
     assert len(namespace["enrichment"]) > 0
+
+
+PUBLIC = {"moaspace", "moaspace.io", "moaspace.pp", "moaspace.datasets", "moaspace.model",
+          "moaspace.tl", "moaspace.pl", "moaspace.benchmark"}
+
+
+def _private_uses(code: str) -> list[str]:
+    """moaspace imports or attributes in ``code`` outside the public surface."""
+    import ast
+
+    bad = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("moaspace"):
+            if node.module not in PUBLIC:
+                bad.append(node.module)
+            bad += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Import):
+            bad += [a.name for a in node.names
+                    if a.name.startswith("moaspace") and a.name not in PUBLIC]
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__"):
+            bad.append(node.attr)
+    return bad
+
+
+def test_tutorial_uses_only_the_public_surface():
+    blocks = re.findall(r"```python\n(.*?)```", TUTORIAL.read_text(), flags=re.S)
+    assert "import moaspace as ms" in blocks[0]
+    assert [b for code in blocks for b in _private_uses(code)] == []
+    # the check itself sees a private import and a private attribute
+    assert _private_uses("from moaspace.tl._predict import predict\nms.pp._split") == [
+        "moaspace.tl._predict", "_split"]
