@@ -438,11 +438,15 @@ def nes_heatmap(enrichment: pd.DataFrame, fdr: float = 0.05, max_pathways: int =
     table = enrichment[enrichment["pathway"].isin(pathways)].pivot_table(
         index="pathway", columns="moa", values="nes")
     table = table.reindex(pathways)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * table.shape[1], 1.5 + 0.28 * table.shape[0]))
+    labels = [p[:60] for p in table.index]
+    # room for the row labels (about 0.06 in per character at 7 pt) and the colour bar, so
+    # that a few MoAs with long pathway names still leave the heatmap its cells
+    width = 2.0 + 0.45 * table.shape[1] + 0.06 * max(len(label) for label in labels)
+    fig, ax = plt.subplots(figsize=(width, 1.5 + 0.28 * table.shape[0]))
     vmax = float(np.nanmax(np.abs(table.to_numpy()))) if table.size else 1.0
     im = ax.imshow(table.to_numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(table.shape[0]), [p[:60] for p in table.index], fontsize=7)
+    ax.set_yticks(range(table.shape[0]), labels, fontsize=7)
     fig.colorbar(im, ax=ax, label="NES", shrink=0.6)
     ax.set_title(f"Pathways enriched (FDR < {fdr}) per MoA")
     fig.tight_layout()
