@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from _synthetic import make_synthetic
 from moaspace.benchmark._run import results_markdown, run_benchmark, write_benchmark
 from moaspace.cli import app
-from moaspace.model import MoaModel
 from moaspace.model._predict import predict
 from moaspace.pp._split import split
 from moaspace.tl._evaluate import evaluate, write_metrics
@@ -21,12 +20,9 @@ TINY = {"hidden_dims": (64, 32), "embedding_dim": 16}
 
 
 @pytest.fixture(scope="module")
-def trained():
-    adata = make_synthetic(n_moas=4, compounds_per_moa=6, n_genes=48, seed=3)
-    adata = split(adata, "compound", seed=0)
-    model = MoaModel(adata, **TINY)
-    model.train(max_epochs=8, seed=0, progress_bar=False)
-    return model, adata
+def trained(saved_model):
+    """*A* small trained model and its data (the session's shared model, conftest.py)."""
+    return saved_model["model"], saved_model["adata"]
 
 
 def test_predict_writes_conventional_fields(trained):
