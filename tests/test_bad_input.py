@@ -12,8 +12,8 @@ Every failure case checks that
 Most CLI calls run in-process (``typer.testing.CliRunner``: real exit codes and a
 separate stderr; an uncaught exception shows up as ``result.exception``); a few
 representative ones run ``python -m moaspace.cli`` in a subprocess so that the
-exit status and stderr are those a shell sees. Cases that the code gets wrong are
-``xfail(strict=True)`` with the reason; ``docs/reliability.md`` lists them.
+exit status and stderr are those a shell sees. A case the code gets wrong would be
+``xfail(strict=True)`` with the reason and listed in ``docs/reliability.md`` (none today).
 
 Already covered elsewhere (not repeated): tests/test_prepare.py (API errors for
 missing/extra/duplicated siginfo ids, empty selection by time, MoA-table columns,
