@@ -181,7 +181,9 @@ def run_seed(adata, seed: int, args) -> dict:
     seconds = time.perf_counter() - t0
     assert model.calibration is not None, "training did not calibrate the model"
     test = data[s == "test"].copy()
-    z_test, hidden_test = model.embed_layers(test)
+    # the prototype layer (the last hidden layer, stacked with the whitened signature when
+    # the model has one), as predict() scores it against model.hidden_prototypes
+    z_test, hidden_test = model.embed_layers(test, ("embedding", "prototype"))
     ours, ours_knn = (
         evaluate_space(model.calibration, z_test, test.obs, np.asarray(model.reference.X),
                        model.reference.obs["moa"].astype(str), held, hidden=hidden_test,
