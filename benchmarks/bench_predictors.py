@@ -8,8 +8,9 @@ ablation on the same splits (``moaspace simulate --seed 0`` + default ``prepare`
 README's ``data.h5ad``) and scores, on the validation and the test signatures of each
 model, these rules:
 
-* ``proto_sig``: the default; MoA centre = mean of the unit hidden activations of the
-  MoA's training signatures;
+* ``proto_sig``: the default (what ``predict`` calls with): the model's prototype layer
+  against its MoA prototypes (mean unit hidden activation of the MoA's training
+  signatures, stacked with the whitened-signature discriminant in models that have it);
 * ``proto_cpd``: MoA centre = sum over its training compounds of each compound's unit
   mean activation (every compound counts once, whatever its signature count);
 * ``proto_cpd_len``: the same, compound means left unnormalised, so a compound whose
@@ -111,7 +112,9 @@ def run_one(adata: ad.AnnData, scheme: str, seed: int, model_name: str,
     classes = list(model.moas)
     moa = data.obs["moa"].astype(str).to_numpy()
     cpd = data.obs["pert_id"].astype(str).to_numpy()
-    z, h = model.embed_layers(data, ("embedding", "hidden"))
+    # the prototype layer is what predict() scores against model.hidden_prototypes (the
+    # last hidden layer, stacked with the whitened signature when the model has one)
+    z, h, proto = model.embed_layers(data, ("embedding", "hidden", "prototype"))
     hn, zn = l2_normalize(h), l2_normalize(z)
     train = part == "train"
     code = {m: i for i, m in enumerate(classes)}
@@ -127,7 +130,7 @@ def run_one(adata: ad.AnnData, scheme: str, seed: int, model_name: str,
         "proto_emb": prototypes(z[train], moa[train], classes)[0],
     }
     rules = {name: (lambda x, c=c: l2_normalize(x) @ c.T) for name, c in centres.items()}
-    layer = {"proto_sig": hn, "proto_cpd": hn, "proto_cpd_len": hn, "proto_emb": zn,
+    layer = {"proto_sig": proto, "proto_cpd": hn, "proto_cpd_len": hn, "proto_emb": zn,
              "cpd_lse_hidden": hn, "cpd_lse_emb": zn}
     rules["cpd_lse_hidden"] = lambda x: hierarchical_scores(x, h_means, names_moa, n)
     rules["cpd_lse_emb"] = lambda x: hierarchical_scores(x, z_means, names_moa, n)
