@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -469,12 +470,17 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--moa-fraction", type=float, default=0.2)
     parser.add_argument("--sim-seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a prepared h5ad instead of simulating (`--sim-seed` is then unused)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
-    _, adata = simulate_prepared(work / "sim", SimulationConfig(seed=args.sim_seed))
+    if args.data is not None:
+        adata = ad.read_h5ad(args.data)
+    else:
+        _, adata = simulate_prepared(work / "sim", SimulationConfig(seed=args.sim_seed))
     target = 0.05
     runs: list[dict] = []
     rows: dict[str, list[dict]] = {"moaspace": [], "raw_knn": []}

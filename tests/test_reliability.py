@@ -321,6 +321,25 @@ def test_bench_train_runs_on_a_tiny_input(tmp_path):
     assert result["moaspace_version"] and "val" in json.dumps(result)
 
 
+@pytest.mark.parametrize("script, out_name", [("bench_openset.py", "openset"),
+                                              ("bench_predictors.py", "predictors.json")])
+def test_model_level_benchmarks_run_on_a_tiny_input(script, out_name, tmp_path):
+    """12. the benchmarks that read a trained model's layers run end to end (both broke
+    silently when the prototype layer changed, which --help could not see)."""
+    from _synthetic import make_synthetic
+
+    data = tmp_path / "tiny.h5ad"
+    make_synthetic(seed=0).write_h5ad(data)
+    out = tmp_path / out_name
+    proc = subprocess.run([sys.executable, str(HERE.parent / "benchmarks" / script),
+                           "--data", str(data), "--seeds", "0", "--max-epochs", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env=ENV, cwd=HERE.parent / "benchmarks")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "bench_openset.json" if out.is_dir() else out).read_text())
+    assert result["moaspace_version"] and result["argv"]
+
+
 def test_atomic_writes_refuse_a_non_regular_target(tmp_path):
     """1 (library): atomic_path itself never renames over a directory or device."""
     from moaspace._utils import atomic_write_text
