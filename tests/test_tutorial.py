@@ -49,3 +49,30 @@ def test_tutorial_uses_only_the_public_surface():
     # the check itself sees a private import and a private attribute
     assert _private_uses("from moaspace.tl._predict import predict\nms.pp._split") == [
         "moaspace.tl._predict", "_split"]
+
+
+README = TUTORIAL.parents[1] / "README.md"
+
+
+def test_readme_quickstart_runs_on_the_demo_release(tmp_path, monkeypatch):
+    """The README's quickstart, as printed, on the embedded demo release (the release's file
+    names swapped for the demo's paths, 2 epochs instead of 60), on the public surface."""
+    import moaspace as ms
+
+    text = README.read_text()
+    code = re.findall(r"```python\n(.*?)```", text[text.index("## Quickstart"):], flags=re.S)[0]
+    assert _private_uses(code) == []
+    paths = ms.datasets.load_demo_paths()
+    for name, key in (("level5_beta_trt_cp_n720216x12328.gctx", "gctx"),
+                      ("siginfo_beta.txt", "siginfo"), ("geneinfo_beta.txt", "geneinfo"),
+                      ("compoundinfo_beta.txt", "compoundinfo"), ("moa_labels.csv", "moa_labels")):
+        assert f'"{name}"' in code, name
+        code = code.replace(f'"{name}"', repr(str(paths[key])))
+    assert "max_epochs=60" in code
+    code = code.replace("max_epochs=60", "max_epochs=2")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md[quickstart]", "exec"), namespace)
+    result = namespace["result"]
+    assert {"X_moa"} <= set(result.obsm) and {"moa_pred", "moa_pred_score"} <= set(result.obs)
+    assert 0 <= namespace["metrics"]["macro_f1"] <= 1
