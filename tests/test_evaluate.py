@@ -116,6 +116,8 @@ def test_cli_benchmark_contract(tmp_path):
     for rec in records:
         assert {"method", "scheme", "seed", "macro_f1", "accuracy"} <= set(rec)
         assert rec["scheme"] == "compound" and 0 <= rec["macro_f1"] <= 1
+        # each record says which code and command made it (the file stays a list)
+        assert rec["moaspace_version"] and "git_commit" in rec and isinstance(rec["argv"], list)
     md = (out / "results.md").read_text()
     assert "| moaspace |" in md and "| raw_knn |" in md
     assert '"compound_weight": 0.5' in md  # the option is recorded with the command

@@ -71,6 +71,11 @@ def benchmark(
         meta["cv_folds"] = cv
     if model_kwargs:
         meta["moaspace_options"] = model_kwargs
+    # results.json stays a list of records (its readers rely on it); each record carries
+    # the code and command that made it, so the file alone says where it came from
+    stamp = {"moaspace_version": meta["moaspace_version"], "git_commit": meta["git_commit"],
+             "argv": meta["argv"]}
+    records = [{**r, **stamp} for r in records]
     write_benchmark(records, out, meta)
     from moaspace.benchmark._run import summarize
 
