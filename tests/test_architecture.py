@@ -191,3 +191,41 @@ def test_importing_the_plots_leaves_the_backend_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "svg"
+
+
+def _undocumented(obj) -> list[str]:
+    """Parameters of ``obj`` (a function, or a class's constructor or dataclass fields) that
+    its docstring never names."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(obj).parameters if p not in ("self", "cls")]
+    except (TypeError, ValueError):
+        return []
+    doc = inspect.getdoc(obj) or ""
+    return [p for p in params if p not in doc]
+
+
+def _public_callables():
+    import inspect
+
+    for sub in SURFACE:
+        module = importlib.import_module(f"moaspace.{sub}")
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isfunction(obj):
+                yield f"{sub}.{name}", obj
+            elif inspect.isclass(obj):
+                yield f"{sub}.{name}", obj
+                for attr, value in vars(obj).items():
+                    if inspect.isfunction(value) and not attr.startswith("_"):
+                        yield f"{sub}.{name}.{attr}", value
+
+
+def test_every_public_parameter_is_documented():
+    missing = {name: gaps for name, obj in _public_callables() if (gaps := _undocumented(obj))}
+    assert not missing, missing
+    # the check sees a parameter the docstring leaves out
+    def documented(alpha, beta):
+        """Uses ``alpha``."""
+    assert _undocumented(documented) == ["beta"]

@@ -71,6 +71,39 @@ def predict(
     calibrated threshold; ``min_tas`` (default: the calibration's, usually
     off) sets it to ``"no call"`` for signatures with ``obs[tas_key]`` below it.
     ``obsm["moa_scores"]`` stays the raw per-class scores (same argmax).
+
+    Parameters
+    ----------
+    model : MoaModel
+        A trained or loaded model.
+    adata : anndata.AnnData
+        Query signatures (``X`` z-scores, ``var_names`` gene ids; in memory or backed).
+    k : int, optional
+        Neighbours of the kNN vote (default: the calibration's, else ``knn_k``).
+    method : {"knn", "prototype", "hidden_prototype"}, optional
+        The predictor (default: ``config.predictor``).
+    weighting : {"distance", "uniform"}, optional
+        Weights of the kNN vote (default: the calibration's, else ``distance``).
+    top_k : int, default 5
+        MoAs per signature in ``uns["moa_top_k"]``.
+    compound_key : str or None, default "pert_id"
+        ``obs`` column for compound-level calls (None: none).
+    backend : {"torch", "faiss"}, default "torch"
+        Exact cosine neighbour search (faiss when installed).
+    copy : bool, default True
+        Return a new AnnData and leave ``adata`` untouched (True), or write into
+        ``adata`` and return it (False).
+    open_set : bool, optional
+        Call ``"unknown"`` above the calibrated threshold (default: on when calibrated).
+    min_tas : float, optional
+        ``"no call"`` below this TAS (default: the calibration's, usually off).
+    tas_key : str, default "tas"
+        ``obs`` column of the TAS.
+
+    Returns
+    -------
+    anndata.AnnData
+        The query with the fields above.
     """
     adata = adata.copy() if copy else adata
     reference = model.reference

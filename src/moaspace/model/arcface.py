@@ -80,7 +80,7 @@ class ArcFace(nn.Module):
         self.register_buffer("margins", margins.float())
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Cosine of each embedding to each class (closest sub-centre), float32."""
+        """Cosine of each row of ``embeddings`` to each class (closest sub-centre), float32."""
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             cos = F.linear(
                 F.normalize(embeddings.float(), dim=1), F.normalize(self.weight.float(), dim=1)
@@ -90,7 +90,7 @@ class ArcFace(nn.Module):
         return cos
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Scaled logits; with ``labels`` the true-class logit gets the margin."""
+        """Scaled logits of ``embeddings``; with ``labels`` the true-class logit gets the margin."""
         cos = self.cosine(embeddings)
         if labels is None:
             return self.scale * cos
@@ -111,7 +111,8 @@ class ArcFace(nn.Module):
 
 
 def count_margins(counts, margin: float, power: float = 0.25) -> torch.Tensor:
-    """Per-class margins proportional to ``n ** -power`` (LDAM), the largest equal to ``margin``.
+    """Per-class margins proportional to ``n ** -power`` (LDAM) for the class sizes ``counts``,
+    the largest equal to ``margin`` (radians).
 
     Rare MoAs get the full margin, common ones less: the common classes
     already dominate the loss and need no extra push.

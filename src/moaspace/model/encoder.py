@@ -93,7 +93,7 @@ class Encoder(nn.Module):
         self.head = nn.Linear(width, self.embedding_dim)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """Activations of the last hidden layer, ``(n, hidden_dim)``.
+        """Activations of the last hidden layer for inputs ``x``, ``(n, hidden_dim)``.
 
         The margin losses pull the normalised output of every training MoA onto
         its class centre, which also pulls a signature of an unseen MoA onto
@@ -144,5 +144,5 @@ class Encoder(nn.Module):
         return self.head(self.hidden(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embedding, shape ``(n, embedding_dim)``."""
+        """L2-normalised embedding of inputs ``x``, shape ``(n, embedding_dim)``."""
         return F.normalize(self.forward_raw(x), dim=1)

@@ -26,7 +26,9 @@ import torch
 
 from moaspace._utils import preview
 from moaspace.errors import InputError, MoaspaceError
+from moaspace.model._calibrate import calibration_rows
 from moaspace.model._config import CONFIG_DIGEST, ModelConfig, _check_config, config_digest
+from moaspace.model._genes import aligned_rows, gene_positions
 from moaspace.model._save import (
     ATLAS_FILE,
     CALIBRATION_FILE,
@@ -43,7 +45,6 @@ from moaspace.model.train import (
     TrainData,
     config_meta,
     data_fingerprint,
-    dense_rows,
     fit_prototypes,
     keep_best,
     log_training,
@@ -222,6 +223,8 @@ class MoaModel:
             Where checkpoints go; ``None`` disables checkpointing.
         patience
             Epochs without a validation improvement before stopping.
+        progress_bar
+            Show Lightning's progress bar.
         callbacks
             Extra Lightning callbacks.
         precision
@@ -294,8 +297,20 @@ class MoaModel:
 
     # -------------------------------------------------------------- inference
     def predict(self, adata: ad.AnnData, **kwargs) -> ad.AnnData:
-        """MoA calls for ``adata``: :func:`moaspace.tl.predict` with this model (the keyword
-        arguments are its options); returns a new AnnData unless ``copy=False``."""
+        """MoA calls for ``adata``: :func:`moaspace.tl.predict` with this model.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            Query signatures.
+        **kwargs
+            Options of :func:`moaspace.tl.predict` (``k``, ``method``, ``copy``, ...).
+
+        Returns
+        -------
+        anndata.AnnData
+            A new AnnData with the calls, unless ``copy=False``.
+        """
         from moaspace.model._predict import predict
 
         return predict(self, adata, **kwargs)
@@ -312,58 +327,30 @@ class MoaModel:
         filled with 0 (the z-score of an unperturbed gene) with a warning when
         they are at most ``max_missing_fraction`` of the model's genes;
         otherwise :class:`InputError` names them.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            Query signatures, ``var_names`` gene ids.
+        max_missing_fraction : float, optional
+            Largest share of the model's genes that may be missing (default: the
+            model's, 0.1).
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(n_obs, n_genes)`` in the model's gene order.
         """
-        pos = self._gene_positions(adata, max_missing_fraction)
+        pos = gene_positions(self, adata, max_missing_fraction)
         source = backed_rows(adata) if adata.isbacked else None
         x = np.zeros((adata.n_obs, len(self.genes)), dtype=np.float32)
         step = (source.chunk_rows if source is not None else None) or 50_000
         for start in range(0, adata.n_obs, step):
-            x[start:start + step] = self._aligned_rows(adata, pos, start, start + step, source)
+            x[start:start + step] = aligned_rows(self, adata, pos, start, start + step, source)
         if not np.isfinite(x).all():
             raise InputError("the query has NaN/inf values; drop or impute them first")
         return x
 
-    def _gene_positions(self, adata: ad.AnnData, max_missing_fraction: float | None) -> np.ndarray:
-        """Column of each model gene in ``adata`` (-1: missing); checks and logs as documented."""
-        limit = self.max_missing_fraction if max_missing_fraction is None else max_missing_fraction
-        # ' 16' is gene 16: ids padded with whitespace (a spreadsheet export) still match
-        query = pd.Index(adata.var_names.astype(str).str.strip())
-        if query.has_duplicates:
-            raise InputError(f"duplicated gene ids in var_names: {preview(query[query.duplicated()])}")
-        genes = pd.Index(self.genes)
-        pos = query.get_indexer(genes)
-        missing = genes[pos < 0]
-        if len(missing):
-            frac = len(missing) / len(genes)
-            if frac > limit:
-                hint = ""
-                if self.gene_symbols and query.isin(self.gene_symbols).mean() > 0.5:
-                    hint = " (the query's var_names look like gene symbols; use Entrez ids)"
-                raise InputError(
-                    f"{len(missing)} of the model's {len(genes)} genes ({frac:.1%}) are missing "
-                    f"from the query (limit {limit:.0%}): {preview(missing)}{hint}"
-                )
-            logger.warning(
-                "%d of %d model genes are missing from the query; filled with 0: %s",
-                len(missing), len(genes), preview(missing),
-            )
-        extra = len(query) - int((pos >= 0).sum())
-        if extra:
-            logger.info("%d query genes are not used by the model; ignored", extra)
-        return pos
-
-    def _aligned_rows(self, adata: ad.AnnData, pos: np.ndarray, start: int, stop: int,
-                      source: RowSource | None = None) -> np.ndarray:
-        """Rows ``start:stop`` of ``adata`` in the model's gene order (missing genes 0)."""
-        stop = min(stop, adata.n_obs)
-        if source is not None:  # backed: read just these rows
-            block = source.rows(np.arange(start, stop)).numpy()
-        else:
-            block = dense_rows(adata.X[start:stop])
-        x = np.zeros((stop - start, len(self.genes)), dtype=np.float32)
-        have = pos >= 0
-        x[:, have] = block[:, pos[have]]
-        return x
 
     @torch.no_grad()
     def embed(self, adata: ad.AnnData, batch_size: int = 8192,
@@ -375,24 +362,56 @@ class MoaModel:
         ``layer="hidden"``: the last hidden layer's activations instead
         (``(n_obs, hidden_dim)``, not normalised), which the open-set score
         ``hidden_prototype`` reads.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            Signatures (in memory or backed).
+        batch_size : int, default 8192
+            Rows per forward pass.
+        max_missing_fraction : float, optional
+            See :meth:`align_genes`.
+        layer : {"embedding", "hidden", "prototype"}, default "embedding"
+            Which layer to return.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, one row per signature.
         """
         return self.embed_layers(adata, (layer,), batch_size, max_missing_fraction)[0]
 
     def embed_layers(self, adata: ad.AnnData, layers: tuple[str, ...] = ("embedding", "hidden"),
                      batch_size: int = 8192,
                      max_missing_fraction: float | None = None) -> tuple[np.ndarray, ...]:
-        """One array per entry of ``layers`` (``embedding``, ``hidden``; see :meth:`embed`),
-        all from one pass over ``adata``."""
+        """One array per entry of ``layers``, all from one pass over ``adata``.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            Signatures (in memory or backed).
+        layers : tuple of str, default ("embedding", "hidden")
+            Layer names of :meth:`embed` (``embedding``, ``hidden``, ``prototype``).
+        batch_size : int, default 8192
+            Rows per forward pass.
+        max_missing_fraction : float, optional
+            See :meth:`align_genes`.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            One float32 array per layer, in the order asked.
+        """
         layers = tuple(layers)
         widths = layer_widths(self._require_net(), layers)
-        pos = self._gene_positions(adata, max_missing_fraction)
+        pos = gene_positions(self, adata, max_missing_fraction)
         source = backed_rows(adata) if adata.isbacked else None
         if source is not None:
             batch_size = min(batch_size, source.chunk_rows)
         out = tuple(np.zeros((adata.n_obs, w), dtype=np.float32) for w in widths)
         largest = 0.0
         for start in range(0, adata.n_obs, batch_size):
-            x = self._aligned_rows(adata, pos, start, start + batch_size, source)
+            x = aligned_rows(self, adata, pos, start, start + batch_size, source)
             if not np.isfinite(x).all():
                 raise InputError("the query has NaN/inf values; drop or impute them first")
             largest = max(largest, float(np.abs(x).max(initial=0.0)))
@@ -511,43 +530,8 @@ class MoaModel:
         to ``calibration.json``. See :mod:`moaspace.model.calibration`.
         """
         self._require_net()
-        moa_key, split_key = self.keys["moa"], self.keys["split"]
-        if moa_key not in adata.obs.columns:
-            raise InputError(f"obs[{moa_key!r}] is missing: calibration needs the true MoAs")
-        rows = np.ones(adata.n_obs, dtype=bool)
-        if split is not None:
-            if split_key not in adata.obs.columns:
-                raise InputError(f"obs[{split_key!r}] is missing; pass split=None to calibrate "
-                                 "on all rows (held-out compounds only)")
-            rows = (adata.obs[split_key].astype(str) == split).to_numpy()
-            if not rows.any():
-                raise InputError(f"no rows with obs[{split_key!r}] == {split!r} to calibrate on "
-                                 "(a split without validation compounds cannot be calibrated)")
-        compound_key = self.keys["compound"]
-        if compound_key not in adata.obs.columns:
-            raise InputError(f"obs[{compound_key!r}] is missing: calibration folds are grouped "
-                             "by compound")
-        sub = adata[rows]
-        # a backed view is fine: embed() streams its rows in chunks
-        from moaspace.model._predict import atlas_signatures
-
-        ref_obs = self.reference.obs
-        compounds = sub.obs[compound_key].astype(str)
-        same = atlas_signatures(sub.obs_names, compounds.to_numpy(), ref_obs)
-        if same.any():
-            # their nearest neighbour is themselves: every score would look certain
-            raise InputError(
-                f"{int(same.sum())} calibration signatures are in the training atlas, e.g. "
-                f"{preview(sorted(sub.obs_names[same].astype(str)), 3)}; calibrate on held-out "
-                "compounds (the validation split, or new compounds)")
-        if "pert_id" in ref_obs.columns:
-            seen = sorted(set(compounds) & set(ref_obs["pert_id"].astype(str)))
-            if seen:
-                logger.warning(
-                    "%d of the %d calibration compounds are also in the training atlas (e.g. "
-                    "%s): their signatures find their own compound among the neighbours, so "
-                    "the calibrated scores and the unknown threshold fit known compounds, "
-                    "not new ones", len(seen), compounds.nunique(), preview(seen, 3))
+        sub = calibration_rows(self, adata, split)  # held-out rows of known MoAs, checked
+        moa_key, compounds = self.keys["moa"], sub.obs[self.keys["compound"]].astype(str)
         if self.hidden_prototypes is None:
             z, hidden = self.embed(sub), None
         else:
@@ -565,6 +549,18 @@ class MoaModel:
 
         ``overwrite=False`` refuses a directory that already holds a saved
         model; checkpoints in it are left alone. See :mod:`moaspace.model._save`.
+
+        Parameters
+        ----------
+        model_dir : str or os.PathLike
+            The model directory (created if needed).
+        overwrite : bool, default False
+            Replace a model already saved there.
+
+        Returns
+        -------
+        pathlib.Path
+            ``model_dir``.
         """
         return save_model(self, Path(model_dir), overwrite=overwrite)
 

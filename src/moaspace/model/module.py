@@ -27,7 +27,8 @@ LOSSES = ("dual_arcface", "arcface_moa", "softmax", "supcon")
 # losses and network
 # ---------------------------------------------------------------------------
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al. 2020) on unit embeddings.
+    """Supervised contrastive loss (Khosla et al. 2020) of unit embeddings ``z`` with integer
+    ``labels`` at ``temperature``.
 
     Each anchor is pulled towards all batch members with its label; anchors
     without a positive in the batch are skipped.
@@ -59,6 +60,17 @@ class MoaNet(nn.Module):
 
     ``config`` is a plain dict of :class:`~moaspace.model._config.ModelConfig`
     fields, so the same dict from ``config.json`` rebuilds the net.
+
+    Parameters
+    ----------
+    n_genes, n_moas, n_compounds : int
+        Input width and the class counts of the MoA head and of the compound head
+        (the latter built for ``loss="dual_arcface"`` only).
+    config : dict
+        ``ModelConfig`` fields.
+    moa_counts : array-like, optional
+        Training signatures per MoA, for ``margin_mode="count"`` (smaller margins for
+        common MoAs).
     """
 
     def __init__(self, n_genes: int, n_moas: int, n_compounds: int, config: dict,
@@ -102,7 +114,8 @@ class MoaNet(nn.Module):
         return self.encoder(x)
 
     def loss(self, x: torch.Tensor, moa: torch.Tensor, compound: torch.Tensor) -> dict:
-        """Loss terms for a batch; ``loss`` is the sum that is optimised."""
+        """Loss terms for a batch of inputs ``x`` with ``moa`` and ``compound`` label codes;
+        ``loss`` is the sum that is optimised."""
         c = self.config
         if self.loss_name == "softmax":
             raw = self.encoder.forward_raw(x)
@@ -127,7 +140,8 @@ class MoaNet(nn.Module):
 # validation metric
 # ---------------------------------------------------------------------------
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Macro-F1 over the classes present in ``y_true`` (wrong predictions still count)."""
+    """Macro-F1 of integer labels ``y_pred`` against ``y_true``, over the classes present in
+    ``y_true`` (wrong predictions still count)."""
     present = np.unique(y_true)
     return float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
 

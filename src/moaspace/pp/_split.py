@@ -383,6 +383,23 @@ def cv_folds(
     prediction from a model that never saw its compound. Small data sets (hundreds of
     compounds) need this: one 20% test split holds a handful of compounds per MoA.
     Randomness comes only from ``seed``.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Signatures with ``obs["moa"]`` and ``obs["pert_id"]``.
+    n_folds : int, default 5
+        Number of folds (at least 2).
+    seed : int, default 0
+        Seeds the dealing of compounds to folds and the validation pick.
+    val_size : float, default 0.1
+        Share of all compounds used for validation in each fold.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One array of ``"train"`` / ``"val"`` / ``"test"`` per fold, aligned with
+        ``adata.obs``.
     """
     if n_folds < 2:
         raise InputError(f"cross-validation needs at least 2 folds, got {n_folds}")
@@ -421,6 +438,20 @@ def check_split(adata: ad.AnnData, key: str = "split") -> dict:
     Useful as a sanity check in notebooks and tests: for the ``compound``
     scheme ``shared_compounds`` must be 0, for ``cell`` ``shared_cells`` must be 0
     (and, validation being by cell line there, ``train_val_shared_cells`` too).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Signatures with a split column.
+    key : str, default "split"
+        The ``obs`` column holding ``train`` / ``val`` / ``test``.
+
+    Returns
+    -------
+    dict
+        ``shared_compounds`` and ``shared_cells`` (train+val vs test), and
+        ``train_val_shared_compounds`` / ``train_val_shared_cells``, for the columns
+        present.
     """
     if key not in adata.obs.columns:
         raise InputError(f"obs[{key!r}] is missing: run moaspace.pp._split.split first")

@@ -118,6 +118,48 @@ class SimulationConfig:
     passes every response through ``saturation * tanh(response / saturation)``
     (saturating responses). Both draw from their own random streams, so the default
     world is unchanged. See ``docs/simulator.md``.
+
+    Parameters
+    ----------
+    seed : int, default 0
+        Seeds every random stream of the world.
+    n_compounds, n_moas, n_cells : int
+        Compounds, MoAs (drawn from the bundled catalogue) and cell lines.
+    genes : {"landmark", "all"}, default "landmark"
+        Write the 978 landmark genes, or all 12,328 (the rest inferred, as in LINCS).
+    sigs_per_compound : tuple of int, default (5, 60)
+        Range of signatures per compound (over doses, times and cell lines).
+    frac_unlabeled : float, default 0.08
+        Share of compounds without a MoA in the MoA table (their truth is in ``truth.json``).
+    moa_size_skew : float, default 0.6
+        Power-law exponent of the MoA sizes (0: equal sizes).
+    n_null_knockdowns : int, default 12
+        Knocked-down genes that no MoA targets (negative controls).
+    guides_per_gene, cells_per_guide : tuple of int
+        Ranges of CRISPR guides per gene and of cell lines per guide.
+    effect_scale, noise_scale : float, default 1.0
+        Scale of the compound responses and of the noise (the signal-to-noise ratio).
+    knockdown_scale : float, default 0.7
+        Strength of knockdown responses relative to compound responses.
+    cell_baseline : float, default 0.4
+        RMS of each cell line's baseline shift.
+    interaction : float, default 0.7
+        Strength of the cell x compound interaction (part pathway, part gene level).
+    compound_series, series_weight
+        Chemical series per MoA and the share of a compound's own direction they hold
+        (above).
+    noise_modules, module_noise, saturation
+        The correlated-noise regime (above).
+    hiq_min_cc : float, default 0.1
+        Minimum replicate correlation for ``is_hiq == 1`` (with a passed QC).
+    min_pathway_genes, max_pathway_genes : int
+        Size range (landmark genes) of the Reactome pathways used as programs.
+    round_decimals : int or None, default None
+        Round the written z-scores (None: full float32).
+    compression : str or None, default None
+        HDF5 compression of the written GCTX (e.g. ``"gzip"``).
+    moas, cells : sequence of str or None
+        Pick these catalogue MoAs / cell-line names instead of drawing them.
     """
 
     seed: int = 0

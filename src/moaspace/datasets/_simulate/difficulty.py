@@ -31,6 +31,24 @@ def raw_knn_difficulty(
     similarity). Returns signature-level accuracy and macro-F1 averaged over
     folds, compound-level accuracy (majority vote of a compound's
     signatures), and the majority-class rate.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Prepared signatures (``X`` z-scores) with ``obs[label]`` and ``obs[group]``.
+    k : int, default 10
+        Neighbours per vote.
+    n_splits : int, default 5
+        Folds over the compounds.
+    seed : int, default 0
+        Seeds the fold assignment.
+    label, group : str
+        ``obs`` columns of the class (MoA) and of the grouping unit (compound).
+
+    Returns
+    -------
+    dict
+        ``accuracy``, ``macro_f1``, ``compound_accuracy`` and ``majority_rate``.
     """
     from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedGroupKFold

@@ -292,6 +292,20 @@ def simulate_adata(
     ``var`` indexed by gene id with ``gene_symbol`` and ``feature_space``.
     Unlabelled compounds have ``moa == ""`` (their true MoA is in
     ``truth["compounds"]``). ``truth`` is the content of ``truth.json``.
+
+    Parameters
+    ----------
+    config : SimulationConfig, optional
+        The world (default: ``SimulationConfig()``).
+    pert_type : {"trt_cp", "trt_xpr"}, default "trt_cp"
+        Compound or knockdown signatures.
+    **overrides
+        Fields of ``config`` to replace (e.g. ``seed=1``).
+
+    Returns
+    -------
+    tuple of (anndata.AnnData, dict)
+        The signatures and the planted truth.
     """
     if pert_type not in ("trt_cp", "trt_xpr"):
         raise InputError(f"pert_type must be 'trt_cp' or 'trt_xpr', got {pert_type!r}")

@@ -30,7 +30,7 @@ IMPLAUSIBLE_Z = 1000.0
 
 
 def data_fingerprint(adata: ad.AnnData, split_key: str = "split") -> str:
-    """SHA-1 of shape, signature ids, gene ids and split labels.
+    """SHA-1 of ``adata``'s shape, signature ids, gene ids and ``obs[split_key]`` labels.
 
     Identifies the training data cheaply (no pass over ``X``) so a resumed
     run refuses a different data set or split.

@@ -49,6 +49,35 @@ class MoaModule(BestEpochs, L.LightningModule):
     history and early-stopping state are the module's ``extra_state``, so they
     travel with the ``state_dict`` (into checkpoints, and back from ``ddp_spawn``
     workers).
+
+    Parameters
+    ----------
+    net : MoaNet
+        The network to optimise.
+    data : TrainData or None
+        The rows to train and validate on (None: a module rebuilt for its weights only).
+    lr, weight_decay : float
+        AdamW learning rate and weight decay.
+    warmup_epochs : float
+        Linear warm-up before the cosine decay.
+    batch_size : int
+        Batch size per process.
+    seed : int
+        Seeds batches and the validation subsample.
+    sampling : {"none", "compound", "moa"}
+        How batches are drawn (see :class:`~moaspace.model.ModelConfig`).
+    knn_k : int
+        Neighbours of the kNN predictor's validation score.
+    patience : int
+        Epochs without an improvement of ``min_delta`` before stopping.
+    min_delta : float, default 1e-4
+        Smallest validation macro-F1 gain that counts as an improvement.
+    meta : dict, optional
+        Written into every checkpoint (data fingerprint, config) and checked on resume.
+    predictor : {"knn", "prototype", "hidden_prototype"}, default "knn"
+        The predictor whose validation macro-F1 drives early stopping.
+    average_best : int, default 1
+        Number of best epochs whose weights are averaged.
     """
 
     def __init__(self, net: MoaNet, data: TrainData | None, *, lr: float, weight_decay: float,
@@ -147,7 +176,8 @@ class MoaModule(BestEpochs, L.LightningModule):
 
     # --- validation + early stopping -----------------------------------------
     def embed_rows(self, idx: np.ndarray, batch: int = 8192) -> torch.Tensor:
-        """Embed rows of the training data in eval mode (BN running stats, no dropout)."""
+        """Embed rows ``idx`` of the training data in eval mode (BN running stats, no
+        dropout), ``batch`` rows per pass."""
         return embed_row_source(self.net, self.data.x, idx, self.device, batch)[0]
 
     def validation_f1(self) -> float:

@@ -1,0 +1,61 @@
+"""Query genes against a model's training genes: positions (with the missing-gene rules)
+and rows in the model's gene order."""
+
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from moaspace._utils import preview
+from moaspace.errors import InputError
+from moaspace.model.data import RowSource
+from moaspace.model.train import dense_rows
+
+logger = logging.getLogger("moaspace.model.model")  # the log lines of MoaModel's gene checks
+
+
+def gene_positions(model, adata: ad.AnnData, max_missing_fraction: float | None) -> np.ndarray:
+    """Column of each model gene in ``adata`` (-1: missing); checks and logs as documented."""
+    limit = model.max_missing_fraction if max_missing_fraction is None else max_missing_fraction
+    # ' 16' is gene 16: ids padded with whitespace (a spreadsheet export) still match
+    query = pd.Index(adata.var_names.astype(str).str.strip())
+    if query.has_duplicates:
+        raise InputError(f"duplicated gene ids in var_names: {preview(query[query.duplicated()])}")
+    genes = pd.Index(model.genes)
+    pos = query.get_indexer(genes)
+    missing = genes[pos < 0]
+    if len(missing):
+        frac = len(missing) / len(genes)
+        if frac > limit:
+            hint = ""
+            if model.gene_symbols and query.isin(model.gene_symbols).mean() > 0.5:
+                hint = " (the query's var_names look like gene symbols; use Entrez ids)"
+            raise InputError(
+                f"{len(missing)} of the model's {len(genes)} genes ({frac:.1%}) are missing "
+                f"from the query (limit {limit:.0%}): {preview(missing)}{hint}"
+            )
+        logger.warning(
+            "%d of %d model genes are missing from the query; filled with 0: %s",
+            len(missing), len(genes), preview(missing),
+        )
+    extra = len(query) - int((pos >= 0).sum())
+    if extra:
+        logger.info("%d query genes are not used by the model; ignored", extra)
+    return pos
+
+
+def aligned_rows(model, adata: ad.AnnData, pos: np.ndarray, start: int, stop: int,
+                 source: RowSource | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of ``adata`` in the model's gene order (missing genes 0)."""
+    stop = min(stop, adata.n_obs)
+    if source is not None:  # backed: read just these rows
+        block = source.rows(np.arange(start, stop)).numpy()
+    else:
+        block = dense_rows(adata.X[start:stop])
+    x = np.zeros((stop - start, len(model.genes)), dtype=np.float32)
+    have = pos >= 0
+    x[:, have] = block[:, pos[have]]
+    return x
