@@ -23,6 +23,14 @@ def _palette(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
+    """Sorted row indices: all ``n`` rows, or a seeded random ``max_points`` of them."""
+    keep = np.arange(n)
+    if n > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, max_points, replace=False))
+    return keep
+
+
 def embedding_2d(z: np.ndarray, method: str = "pca", seed: int = 0,
                  fit_on: np.ndarray | None = None):
     """2-D coordinates of an embedding by PCA (default) or UMAP (if installed).
@@ -93,10 +101,7 @@ def latent_map(
     matplotlib.figure.Figure
     """
     moa = np.asarray(moa).astype(str)
-    rng = np.random.default_rng(seed)
-    keep = np.arange(len(moa))
-    if len(keep) > max_points:
-        keep = np.sort(rng.choice(keep, max_points, replace=False))
+    keep = _subsample(len(moa), max_points, seed)
     coords, _ = embedding_2d(z[keep], method=method, seed=seed)
     moa_k = moa[keep]
     classes = sorted(set(moa_k))
@@ -218,10 +223,7 @@ def crispr_map(drug_z: np.ndarray, drug_moa, kd_z: np.ndarray, kd_expected, *,
     matplotlib.figure.Figure
     """
     drug_moa = np.asarray(drug_moa).astype(str)
-    rng = np.random.default_rng(seed)
-    keep = np.arange(len(drug_moa))
-    if len(keep) > max_points:
-        keep = np.sort(rng.choice(keep, max_points, replace=False))
+    keep = _subsample(len(drug_moa), max_points, seed)
     coords, transform = embedding_2d(drug_z[keep], seed=seed)
     kd_xy = transform(kd_z)
     classes = sorted(set(drug_moa[keep]))
