@@ -22,6 +22,7 @@ import typer
 from moaspace.cli._analysis import benchmark, crispr, demo, explain, report
 from moaspace.cli._common import app, console, handle_errors, logger, out_console, side_file
 from moaspace.cli._data import prepare, simulate, split_cmd
+from moaspace.cli._datasets import dataset
 from moaspace.cli._model import calibrate, evaluate, predict, train
 from moaspace.errors import MoaspaceError
 
@@ -32,6 +33,7 @@ __all__ = [
     "calibrate",
     "console",
     "crispr",
+    "dataset",
     "demo",
     "evaluate",
     "explain",
@@ -52,6 +54,7 @@ __all__ = [
 COMMANDS = (
     ("prepare", prepare),
     ("simulate", simulate),
+    ("dataset", dataset),
     ("split", split_cmd),
     ("train", train),
     ("predict", predict),
