@@ -57,12 +57,23 @@ def prepare(
 
         moaspace prepare --matrix consensi.tsv.gz --moa-labels moa.tsv
         --min-sigs-per-compound 1 --min-compounds-per-moa 5 --out real.h5ad
+
+    Unlabelled query signatures (no siginfo, no MoA table; GCT/GCTX metadata to obs):
+
+        moaspace prepare --matrix query.gct --out query.h5ad
     """
-    from moaspace.pp._prepare import PrepareConfig, write_h5ad
+    from moaspace.pp._prepare import PrepareConfig, prepare_query, write_h5ad
     from moaspace.pp._prepare import prepare as run_prepare
 
     check_output(out, [gctx, siginfo, geneinfo, compoundinfo, moa_labels])
     knockdown = pert_type != "trt_cp"
+    if not knockdown and siginfo is moa_labels is compoundinfo is None:
+        adata = prepare_query(gctx, geneinfo, genes=genes)
+        write_h5ad(adata, out)
+        print_summary("prepare (unlabelled query)", [
+            ("output", out), ("signatures", adata.n_obs), ("genes", adata.n_vars),
+            ("obs columns", ", ".join(map(str, adata.obs.columns[:8])) or "none")])
+        return
     if times.strip().lower() == "auto":
         times = "all" if knockdown else "6,24"
     config = PrepareConfig(

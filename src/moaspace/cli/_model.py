@@ -152,7 +152,9 @@ def _train_rows(model, out: Path, adata) -> list[tuple[str, object]]:
 @handle_errors
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Trained model directory.")],
-    query: Annotated[Path, typer.Argument(help="Query .h5ad (signatures x genes).")],
+    query: Annotated[Path, typer.Argument(
+        help="Query signatures: .h5ad, .gctx, .gct, .tsv or .csv (text also .gz); GCT/GCTX "
+             "column metadata go to obs, rows by Entrez id (pr_gene_id) or landmark probe id.")],
     out: Annotated[Path, typer.Option(help="Output .h5ad with predictions.")],
     k: Annotated[
         int | None,
@@ -207,7 +209,9 @@ def predict(
                             "--open-set needs one; retrain, or use --no-open-set")
     if min_tas is not None and not 0 <= min_tas <= 1:
         raise typer.BadParameter("--min-tas must be in [0, 1]")
-    adata = load_h5ad(query)
+    from moaspace.io.query import read_query
+
+    adata = read_query(query, gene_ids=model.genes)
     if compound_level and compound_key not in adata.obs.columns:
         raise MoaspaceError(f"{query}: obs has no column {compound_key!r} for --compound-level")
     if min_tas and "tas" not in adata.obs.columns:

@@ -49,10 +49,19 @@ _FILE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, Attribut
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
 
-def _decode(values: np.ndarray) -> np.ndarray:
-    """Decode HDF5 string datasets (bytes) into a numpy array of ``str``."""
+def _decode(values: np.ndarray, fallback: str | None = None) -> np.ndarray:
+    """Decode HDF5 string datasets (bytes) into a numpy array of ``str``.
+
+    Text is UTF-8; with ``fallback`` (e.g. ``"latin-1"``, which older CMap files use for
+    the micro sign of ``pert_idose``) a field that is not valid UTF-8 is decoded with it.
+    """
     if values.dtype.kind in ("S", "O"):
-        out = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+        try:
+            out = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+        except UnicodeDecodeError:
+            if fallback is None:
+                raise
+            out = [v.decode(fallback) if isinstance(v, bytes) else str(v) for v in values]
         return np.asarray([s.strip() for s in out], dtype=object)
     return values
 
@@ -78,7 +87,12 @@ def _read_meta(handle: h5py.File, group: str, path: Path) -> pd.DataFrame:
         if values.shape[:1] != (len(ids),):
             logger.warning("%s: ignoring %s/%s (length differs from id)", path, group, name)
             continue
-        meta[name] = _decode(values)
+        try:
+            meta[name] = _decode(values)
+        except UnicodeDecodeError:
+            # metadata (not ids) written by older CMap tools: Latin-1 text
+            logger.info("%s: %s/%s is not UTF-8; read as Latin-1", path, group, name)
+            meta[name] = _decode(values, fallback="latin-1")
     frame = pd.DataFrame(meta, index=pd.Index(ids.astype(str), name="id"))
     return frame
 
@@ -97,6 +111,8 @@ def read_gctx_meta(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]
         One row per GCTX row (gene), indexed by the decoded ``/0/META/ROW/id`` as ``str``
         (index name ``"id"``), with one column per other dataset of ``/0/META/ROW`` whose
         length matches the ids (datasets of another length are skipped with a warning).
+        Text fields are UTF-8, or Latin-1 where they are not valid UTF-8 (older CMap
+        files write the micro sign of ``pert_idose`` so); ids must be UTF-8.
     col_meta : pandas.DataFrame
         The same for the GCTX columns (signatures, ``/0/META/COL``).
 

@@ -62,7 +62,10 @@ class MatrixSource:
 
     ``genes`` and ``signatures`` are string indexes. For GCTX files ``frame``
     is None and :meth:`read` streams the subset from the file; for text files
-    ``frame`` holds the whole matrix, signatures in rows.
+    ``frame`` holds the whole matrix, signatures in rows. ``col_meta`` and
+    ``row_meta`` hold a GCT 1.3 file's signature and gene metadata (text, indexed
+    like ``signatures`` and ``genes``; None for other text formats and for GCTX, whose
+    :func:`~moaspace.io.read_gctx` returns its metadata with the values).
     """
 
     path: Path
@@ -71,6 +74,8 @@ class MatrixSource:
     signatures: pd.Index
     frame: pd.DataFrame | None = None
     transposed: bool = False
+    col_meta: pd.DataFrame | None = None
+    row_meta: pd.DataFrame | None = None
 
     def read(self, rids: Sequence[str], cids: Sequence[str], *, progress: bool = False
              ) -> ad.AnnData:
@@ -87,10 +92,10 @@ class MatrixSource:
                           var=pd.DataFrame(index=block.columns.astype(str)))
 
 
-def _open_text(path: Path):
+def _open_text(path: Path, encoding: str = "utf-8"):
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding=encoding, errors="strict")
+    return open(path, encoding=encoding)
 
 
 def _strip_ids(index: pd.Index, path: Path, axis: str) -> pd.Index:
@@ -102,9 +107,11 @@ def _strip_ids(index: pd.Index, path: Path, axis: str) -> pd.Index:
     return index
 
 
-def _read_gct(path: Path) -> tuple[pd.DataFrame, bool]:
-    """GCT 1.2 / 1.3 text: rows are genes, columns signatures. Returns (genes x sigs, ok)."""
-    with _open_text(path) as fh:
+def _read_gct(path: Path, encoding: str = "utf-8"
+              ) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
+    """GCT 1.2 / 1.3 text: rows are genes, columns signatures. Returns the values (genes x
+    signatures, text), the gene metadata and the signature metadata (GCT 1.3; else None)."""
+    with _open_text(path, encoding) as fh:
         version = fh.readline().strip()
         dims = fh.readline().rstrip("\n").split("\t")
         if version not in ("#1.2", "#1.3"):
@@ -120,20 +127,25 @@ def _read_gct(path: Path) -> tuple[pd.DataFrame, bool]:
                              ) from None
         frame = pd.read_csv(fh, sep="\t", header=0, index_col=0, dtype=str, na_filter=False)
     # GCT 1.3: column-metadata rows follow the header; then one row per gene
+    col_meta = frame.iloc[:n_cmeta, n_rmeta:].T if n_cmeta else None
+    row_meta = frame.iloc[n_cmeta:, :n_rmeta] if version == "#1.3" else None
     frame = frame.iloc[n_cmeta:]
     frame = frame.iloc[:, n_rmeta:]
     if frame.shape != (n_row, n_col):
         raise InputError(f"{path}: the header says {n_row} rows x {n_col} columns, the file "
                          f"holds {frame.shape[0]} x {frame.shape[1]} (truncated or malformed)")
-    return frame, True
+    return frame, row_meta, col_meta
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     name = path.name.lower().removesuffix(".gz")
     sep = "," if name.endswith(".csv") else "\t"
     try:
-        frame = pd.read_csv(path, sep=sep, header=0, index_col=0, dtype=str, na_filter=False)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
+        frame = pd.read_csv(path, sep=sep, header=0, index_col=0, dtype=str, na_filter=False,
+                            encoding=encoding)
+    except UnicodeDecodeError:
+        raise
+    except (ValueError, pd.errors.ParserError, EOFError, OSError) as exc:
         raise InputError(f"{path}: cannot read as a {'CSV' if sep == ',' else 'tab-separated'} "
                          f"matrix ({type(exc).__name__}: {exc})") from exc
     if frame.shape[1] == 0:
@@ -169,7 +181,8 @@ def open_matrix(path: str | os.PathLike, *, gene_ids: Iterable[str] | None = Non
     """Open a matrix (GCTX, GCT, TSV, CSV; see the module docstring) and read its ids.
 
     ``gene_ids``: known gene ids (e.g. geneinfo's, or the landmark genes'), used to
-    tell the gene axis of a text matrix from the signature axis.
+    tell the gene axis of a text matrix from the signature axis. Text is UTF-8, or
+    Latin-1 where it is not valid UTF-8 (older CMap files write the micro sign so).
     """
     path = require_file(path, "expression matrix")
     fmt = matrix_format(path)
@@ -177,17 +190,31 @@ def open_matrix(path: str | os.PathLike, *, gene_ids: Iterable[str] | None = Non
         row_meta, col_meta = read_gctx_meta(path)
         return MatrixSource(path, fmt, row_meta.index.astype(str), col_meta.index.astype(str))
     try:
-        frame, gct = _read_gct(path) if fmt == "gct" else (_read_table(path), False)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc})") from exc
+        try:
+            frame, row_meta, col_meta = _read_text(path, fmt, "utf-8")
+        except UnicodeDecodeError:
+            logger.info("%s: not UTF-8 text; read as Latin-1", path)
+            frame, row_meta, col_meta = _read_text(path, fmt, "latin-1")
     except (EOFError, OSError, gzip.BadGzipFile) as exc:
         raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
-    genes_in_cols = _genes_in_columns(frame, gene_ids, gct)
+    genes_in_cols = _genes_in_columns(frame, gene_ids, fmt == "gct")
+    if genes_in_cols:  # a GCT's column metadata then describes the genes
+        col_meta, row_meta = row_meta, col_meta
     frame = frame if genes_in_cols else frame.T
     frame.index = _strip_ids(frame.index, path, "signature")
     frame.columns = _strip_ids(frame.columns, path, "gene")
     frame = _numeric(frame, path)
+    for meta, ids in ((col_meta, frame.index), (row_meta, frame.columns)):
+        if meta is not None:
+            meta.index = ids
     logger.info("%s: %d signatures x %d genes (%s, %s)", path, frame.shape[0], frame.shape[1],
                 fmt, "genes in columns" if genes_in_cols else "genes in rows")
     return MatrixSource(path, fmt, frame.columns, frame.index, frame=frame,
-                        transposed=genes_in_cols)
+                        transposed=genes_in_cols, col_meta=col_meta, row_meta=row_meta)
+
+
+def _read_text(path: Path, fmt: str, encoding: str):
+    """(values, gene metadata, signature metadata) of a GCT or TSV/CSV text matrix."""
+    if fmt == "gct":
+        return _read_gct(path, encoding)
+    return _read_table(path, encoding), None, None

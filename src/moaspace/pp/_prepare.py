@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import anndata as ad
 import numpy as np
@@ -26,6 +27,7 @@ from moaspace.errors import InputError
 from moaspace.io.labels import read_moa_table
 from moaspace.io.lincs import landmark_gene_ids, read_compoundinfo, read_geneinfo, read_siginfo
 from moaspace.io.matrix import open_matrix
+from moaspace.io.query import read_query
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +214,8 @@ def _consensus_siginfo(matrix, config: PrepareConfig, has_labels: bool) -> pd.Da
                          "gene of each signature); without siginfo every signature is a compound")
     if not has_labels:
         raise InputError(f"{matrix.path}: without siginfo the matrix's signature ids are compound "
-                         "ids and need a MoA table (moa_labels or compoundinfo)")
+                         "ids and need a MoA table (moa_labels or compoundinfo); unlabelled "
+                         "query signatures: prepare_query")
     if config.min_tas is not None:
         raise InputError("min_tas needs siginfo's 'tas' column; without siginfo there is no TAS")
     logger.info("no siginfo: each of the %d signatures of %s is one compound (cell 'consensus'); "
@@ -345,6 +348,50 @@ def prepare(
         }
     }
     return adata
+
+
+def prepare_query(matrix: str | os.PathLike, geneinfo: str | os.PathLike | None = None, *,
+                  genes: str = "landmark") -> ad.AnnData:
+    """Unlabelled query signatures (no siginfo, no MoA table), laid out as :func:`prepare`'s.
+
+    Read by :func:`moaspace.io.read_query` (column metadata to ``obs``, rows by
+    ``pr_gene_id`` or landmark probe id); no filter applies and no MoA is joined.
+
+    Parameters
+    ----------
+    matrix : str or os.PathLike
+        The query file: GCT, GCTX, TSV, CSV or ``.h5ad``.
+    geneinfo : str or os.PathLike, optional
+        ``geneinfo_beta.txt``; None: the bundled landmark table.
+    genes : {"landmark", "all"}, default "landmark"
+        As in :class:`PrepareConfig` (missing landmark genes are named).
+
+    Returns
+    -------
+    anndata.AnnData
+        Float32 ``X``, ``obs`` the file's metadata and ``sig_id``, ``var`` and ``uns``.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read, ``genes`` is invalid or selected genes are missing.
+    """
+    PrepareConfig(genes=genes)  # checks genes
+    path = Path(matrix)
+    adata = read_query(path, gene_ids=(read_geneinfo(geneinfo).index if geneinfo is not None
+                                       else bundled_geneinfo().index))
+    table, table_name = _geneinfo_for(SimpleNamespace(genes=adata.var_names), geneinfo, genes)
+    gene_ids = _select_genes(table, adata.var_names, genes, path, table_name)
+    x = adata[:, gene_ids].X
+    out = ad.AnnData(X=np.asarray(x.toarray() if hasattr(x, "toarray") else x, np.float32),
+                     obs=adata.obs.copy(), var=table.loc[gene_ids, ["gene_symbol",
+                                                                   "feature_space"]].astype(str))
+    out.obs.insert(0, "sig_id", out.obs_names.astype(str))
+    steps = pd.DataFrame({"step": ["query (no filter)"], "signatures": [out.n_obs]})
+    out.uns["moaspace"] = {"prepare": {"version": __version__, "files": {"gctx": str(path)},
+                                       "config": {"genes": genes, "query": True},
+                                       "filters": steps}}
+    return out
 
 
 def _check_signature_ids(matrix, sig: pd.DataFrame, siginfo, gctx: Path) -> None:
