@@ -127,6 +127,7 @@ def fit_candidate(net: MoaNet, data: TrainData, opts: RunOptions, *, config,
                 logger.info("resume: the checkpointed run had already stopped early")
                 _reload(module, state, candidate)
                 return _finish(module, last, finished), 1
+            _check_epochs_left(last, state, opts.max_epochs)
             resume_from = last
     elif opts.resume and n_candidates < 2:
         logger.warning("resume: no checkpoint at %s; training from scratch", last)
@@ -142,6 +143,18 @@ def fit_candidate(net: MoaNet, data: TrainData, opts: RunOptions, *, config,
         raise
     module.restore_best()
     return _finish(module, last, finished), int(trainer.world_size)
+
+
+def _check_epochs_left(path: Path, state: dict, max_epochs: int) -> None:
+    """A run in progress that already trained more epochs than ``max_epochs`` cannot be
+    continued (Lightning would stop with a MisconfigurationException traceback): say what
+    to do instead. A run that stopped early is finished and reloaded whatever max_epochs."""
+    done = int(state.get("epoch", -1)) + 1  # LastCheckpoint saves at the end of an epoch
+    if done > max_epochs:
+        raise MoaspaceError(
+            f"{path} has already trained {done} epochs, more than max_epochs={max_epochs}: "
+            f"resume with --max-epochs {done} or more to continue that run, or train without "
+            "--resume to start over")
 
 
 def _reload(module: MoaModule, state: dict, candidate: str) -> None:
