@@ -14,7 +14,7 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 __all__ = ["benchmark_results", "confusion", "crispr_map", "embedding_2d", "knockdown_map",
-           "latent_map", "nes_heatmap", "openset_curve", "per_moa_f1", "reliability_diagram",
+           "latent_map", "latent_maps", "nes_heatmap", "openset_curve", "per_moa_f1", "reliability_diagram",
            "tas_coverage"]
 
 
@@ -63,7 +63,9 @@ def embedding_2d(z: np.ndarray, method: str = "pca", seed: int = 0,
             logger.warning("umap-learn is not installed; using PCA")
             method = "pca"
         else:
-            reducer = umap.UMAP(random_state=seed, metric="cosine")
+            # seeded UMAP runs on one thread (umap-learn warns unless told so)
+            reducer = umap.UMAP(random_state=seed, metric="cosine", n_jobs=1,
+                                n_neighbors=max(2, min(15, len(z) - 1)))
             return reducer.fit_transform(z), None
     pca = PCA(n_components=2, random_state=seed).fit(z if fit_on is None else fit_on)
     return pca.transform(z), pca.transform
@@ -102,17 +104,28 @@ def latent_map(
     """
     moa = np.asarray(moa).astype(str)
     keep = _subsample(len(moa), max_points, seed)
-    coords, _ = embedding_2d(z[keep], method=method, seed=seed)
-    moa_k = moa[keep]
-    classes = sorted(set(moa_k))
-    colors = dict(zip(classes, _palette(len(classes)), strict=True))
+    coords, transform = embedding_2d(z[keep], method=method, seed=seed)
+    comp = None if compound is None else np.asarray(compound).astype(str)[keep]
     fig, ax = plt.subplots(figsize=(8.5, 6.5))
+    _draw_latent(ax, coords, moa[keep], comp, label_compounds=label_compounds,
+                 method="umap" if transform is None else "pca")
+    ax.set_title(title)
+    ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5),
+              frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_latent(ax, coords: np.ndarray, moa: np.ndarray, comp: np.ndarray | None, *,
+                 label_compounds: int, method: str) -> None:
+    """Points coloured by MoA and, with compounds, their labelled centres, on ``ax``."""
+    classes = sorted(set(moa))
+    colors = dict(zip(classes, _palette(len(classes)), strict=True))
     for c in classes:
-        m = moa_k == c
+        m = moa == c
         ax.scatter(coords[m, 0], coords[m, 1], s=6, alpha=0.55, color=colors[c], label=c,
                    linewidths=0)
-    if compound is not None:
-        comp = np.asarray(compound).astype(str)[keep]
+    if comp is not None:
         centres = pd.DataFrame(coords).groupby(comp).mean()
         sizes = pd.Series(comp).value_counts()
         ax.scatter(centres[0], centres[1], s=22, facecolors="none", edgecolors="black",
@@ -121,10 +134,62 @@ def latent_map(
             ax.annotate(cpd, centres.loc[cpd].to_numpy(), fontsize=6, alpha=0.8)
     ax.set_xlabel(f"{method.upper()} 1")
     ax.set_ylabel(f"{method.upper()} 2")
-    ax.set_title(title)
-    ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5),
-              frameon=False)
-    fig.tight_layout()
+
+
+def latent_maps(
+    z: np.ndarray, moa, compound=None, *, methods: tuple[str, ...] = ("pca", "umap"),
+    max_points: int = 6000, label_compounds: int = 12, seed: int = 0,
+    title: str = "Latent space (held-out signatures)",
+):
+    """The same embedding projected several ways, side by side (default PCA and UMAP).
+
+    Each panel is drawn as in :func:`latent_map`, with the same MoA colours. UMAP
+    (umap-learn, cosine metric, imported only here) gives each MoA's local neighbourhood,
+    PCA the global directions; with fewer than 16 points, or without umap-learn (logged),
+    a UMAP panel falls back to PCA and says so.
+
+    Parameters
+    ----------
+    z : numpy.ndarray, shape (n, d)
+        Embedding of the signatures (e.g. ``obsm["X_moa"]``).
+    moa : array-like, length n
+        MoA of each signature (colour).
+    compound : array-like, length n, optional
+        Compound (or drug name) of each signature: labelled centres, as in
+        :func:`latent_map`.
+    methods : tuple of str, default ("pca", "umap")
+        One panel per projection, in order.
+    max_points : int, default 6000
+        Above this many signatures a seeded random subsample is drawn (same rows in
+        every panel).
+    label_compounds : int, default 12
+        Number of compound centres labelled in each panel.
+    seed : int, default 0
+        Seed of the subsample and the projections.
+    title : str, default "Latent space (held-out signatures)"
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    moa = np.asarray(moa).astype(str)
+    keep = _subsample(len(moa), max_points, seed)
+    comp = None if compound is None else np.asarray(compound).astype(str)[keep]
+    fig, axes = plt.subplots(1, len(methods), figsize=(6.2 * len(methods) + 2.5, 6),
+                             squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        wanted = method if len(keep) >= 16 else "pca"
+        coords, transform = embedding_2d(z[keep], method=wanted, seed=seed)
+        used = "umap" if transform is None else "pca"
+        _draw_latent(ax, coords, moa[keep], comp, label_compounds=label_compounds,
+                     method=used)
+        ax.set_title(used.upper() if used == method else f"{method.upper()} unavailable: "
+                     f"{used.upper()}", fontsize=10)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=6, markerscale=2, loc="center right", frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
     return fig
 
 
