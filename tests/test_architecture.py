@@ -23,7 +23,7 @@ LAYERS = [
     ("moaspace.model",),
     ("moaspace.tl",),
     ("moaspace.benchmark",),
-    ("moaspace.report", "moaspace.workflow", "moaspace.cli"),
+    ("moaspace.report", "moaspace.workflow", "moaspace.cli", "moaspace.serve"),
 ]
 
 

@@ -8,8 +8,8 @@ traceback is shown only with ``--verbose``.
 Layout: :mod:`moaspace.cli._common` holds the app, the global options, error
 handling and the shared helpers; the commands live by stage in
 :mod:`~moaspace.cli._data` (prepare, simulate, split), :mod:`~moaspace.cli._model`
-(train, predict, calibrate, evaluate) and :mod:`~moaspace.cli._analysis` (benchmark,
-demo, explain, crispr, report). They are registered here, in :data:`COMMANDS` order,
+(train, predict, calibrate, evaluate), :mod:`~moaspace.cli._analysis` (benchmark,
+demo, explain, crispr, report) and :mod:`~moaspace.cli._serve` (serve). They are registered here, in :data:`COMMANDS` order,
 which is the order ``moaspace --help`` lists them in.
 """
 
@@ -24,6 +24,7 @@ from moaspace.cli._common import app, console, handle_errors, logger, out_consol
 from moaspace.cli._data import prepare, simulate, split_cmd
 from moaspace.cli._datasets import dataset
 from moaspace.cli._model import calibrate, evaluate, predict, train
+from moaspace.cli._serve import serve
 from moaspace.errors import MoaspaceError
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "predict",
     "prepare",
     "report",
+    "serve",
     "side_file",
     "simulate",
     "split_cmd",
@@ -65,6 +67,7 @@ COMMANDS = (
     ("explain", explain),
     ("crispr", crispr),
     ("report", report),
+    ("serve", serve),
 )
 for _name, _command in COMMANDS:
     app.command(_name)(_command)

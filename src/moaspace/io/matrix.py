@@ -159,8 +159,11 @@ def _numeric(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     bad = out.isna() & (frame != "")
     if bad.to_numpy().any():
         row, col = np.argwhere(bad.to_numpy())[0]
-        raise InputError(f"{path}: non-numeric value {frame.iat[row, col]!r} at row "
-                         f"{frame.index[row]!r}, column {frame.columns[col]!r}")
+        value = frame.iat[row, col]
+        what = ("NaN or missing" if str(value).strip().lower() in ("nan", "na", "n/a", "null")
+                else "non-numeric")
+        raise InputError(f"{path}: {what} value {value!r} at row {frame.index[row]!r}, column "
+                         f"{frame.columns[col]!r} ({int(bad.to_numpy().sum())} such cells)")
     return out.astype(np.float32)
 
 
