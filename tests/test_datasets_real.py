@@ -121,3 +121,28 @@ def test_committed_real_benchmark_used_these_519_drugs():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "benchmark_real_cv5.json"
     records = pd.DataFrame(json.loads(path.read_text()))
     assert (records["n_test"] == 519).all()
+
+
+def test_shipped_signatures_carry_known_biology(bench_set):
+    """Real biology in the shipped data, with no ../shared: glucocorticoid receptor agonists
+    induce TSC22D3 (GILZ), topoisomerase inhibitors the p53 targets CDKN1A and SESN1 (class
+    mean minus the all-drug mean, rank by |change| of 978), and drugs of one MoA are more
+    alike than drugs of different MoAs."""
+    X, moa = bench_set.X, bench_set.obs["moa"].astype(str).to_numpy()
+    symbols = bench_set.var["gene_symbol"].to_numpy()
+
+    def rank_and_sign(cls, gene):
+        delta = X[moa == cls].mean(axis=0) - X.mean(axis=0)
+        ranks = np.argsort(-np.abs(delta)).argsort() + 1
+        i = int(np.flatnonzero(symbols == gene)[0])
+        return int(ranks[i]), float(np.sign(delta[i]))
+
+    assert rank_and_sign("glucocorticoid receptor agonist", "TSC22D3") == (1, 1.0)
+    for gene in ("CDKN1A", "SESN1"):
+        rank, sign = rank_and_sign("topoisomerase inhibitor", gene)
+        assert rank <= 30 and sign == 1.0, gene
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    same = moa[:, None] == moa[None, :]
+    np.fill_diagonal(same, False)
+    assert sim[same].mean() > sim[moa[:, None] != moa[None, :]].mean() + 0.04
