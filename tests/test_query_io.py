@@ -18,6 +18,7 @@ from moaspace.errors import InputError
 from moaspace.io import query_from_matrix, read_query, write_gctx
 from moaspace.io.query import sniff_format
 from moaspace.pp import read_h5ad, write_h5ad
+from moaspace.serve import prediction_entry
 
 REAL_GCTX = "real_gct/modzs_n272x978.gctx"
 REAL_GCT = "real_gct/modzs_n272x978.gct.gz"
@@ -210,7 +211,7 @@ def test_cli_predict_real_gctx_and_gct_gz_give_identical_calls(shared_data, land
     assert calls_r["moa_pred"].tolist() == calls_b["moa_pred"].tolist()
     assert a.obs["moa_pred_known"].tolist() == b.obs["moa_pred_known"].tolist()
     np.testing.assert_allclose(a.obsm["moa_scores"], b.obsm["moa_scores"], atol=1e-3)
-    threshold = a.uns["moa_predict"]["unknown_threshold"]
+    threshold = prediction_entry(a)["params"]["unknown_threshold"]
     score_a, score_b = (p.obs["moa_unknown_score"].to_numpy() for p in (a, b))
     assert np.abs(score_a - score_b).max() < 1e-4
     # a flip needs the threshold between the two scores

@@ -23,7 +23,13 @@ import moaspace
 from conftest import landmarks
 from moaspace.io import write_gctx
 from moaspace.pp import write_h5ad
-from moaspace.serve import check_bind, create_app, is_loopback, prediction_tables
+from moaspace.serve import (
+    check_bind,
+    create_app,
+    is_loopback,
+    prediction_entry,
+    prediction_tables,
+)
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -92,7 +98,7 @@ def _assert_same_as_predict(rows, expected):
     np.testing.assert_allclose([r["unknown_score"] for r in rows],
                                expected.obs["moa_unknown_score"], rtol=0, atol=1e-6)
     assert [r["unknown"] for r in rows] == (expected.obs["moa_pred"] == "unknown").tolist()
-    classes = expected.uns["moa"]["classes"]
+    classes = prediction_entry(expected)["classes"]
     best = np.asarray(expected.obsm["moa_scores"]).argmax(axis=1)
     assert [r["top"][0]["moa"] for r in rows] == [classes[i] for i in best]
     near = expected.obs["nearest_compounds"].tolist()

@@ -10,8 +10,8 @@ Safety rails (upload cap, token, temporary files, one-line errors) are described
 
 from moaspace.serve._app import MAX_UPLOAD_BYTES, app_from_env, create_app
 from moaspace.serve._guard import check_bind, is_loopback
-from moaspace.serve._results import prediction_tables
+from moaspace.serve._results import prediction_entry, prediction_tables
 from moaspace.serve._state import ServiceState
 
 __all__ = ["MAX_UPLOAD_BYTES", "ServiceState", "app_from_env", "check_bind", "create_app",
-           "is_loopback", "prediction_tables"]
+           "is_loopback", "prediction_entry", "prediction_tables"]

@@ -1,6 +1,6 @@
 """A ``moaspace.tl.predict`` result as the service answers it: JSON rows, a CSV table or an
 ``.h5ad`` file. Where predict keeps its tables is known to one function only
-(:func:`prediction_tables`)."""
+(:func:`prediction_entry`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -16,12 +17,25 @@ import pandas as pd
 TOP_MOAS = 3
 
 
+def prediction_entry(result) -> dict:
+    """Settings (``params``), ``classes`` and tables (``top_k``, ``compound_calls``) of a
+    ``tl.predict`` result: the one place that knows where predict keeps them, in
+    ``uns["moa"]`` or, as older versions did, in ``uns["moa_predict"]``,
+    ``uns["moa_classes"]``, ``uns["moa_top_k"]`` and ``uns["moa_compound_calls"]``."""
+    entry = result.uns.get("moa")
+    if isinstance(entry, Mapping) and "params" in entry:
+        return entry
+    return {"params": result.uns.get("moa_predict", {}), "classes": result.uns["moa_classes"],
+            "top_k": result.uns.get("moa_top_k"),
+            "compound_calls": result.uns.get("moa_compound_calls")}
+
+
 def prediction_tables(result) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     """The top-k table and the per-compound calls of a ``tl.predict`` result (None where
-    absent). The one place that knows where predict stores them."""
-    from moaspace.tl import prediction_table
-
-    return prediction_table(result, "top_k"), prediction_table(result, "compound_calls")
+    absent)."""
+    entry = prediction_entry(result)
+    return tuple(None if entry.get(k) is None else pd.DataFrame(entry[k])
+                 for k in ("top_k", "compound_calls"))
 
 
 def _num(value) -> float | None:
@@ -45,7 +59,7 @@ def _neighbors(text: str, compound_moa: dict) -> list[dict]:
 def signature_rows(result, state) -> list[dict]:
     """One answer per signature: call, score, unknown flag, top MoAs, neighbours, map."""
     obs = result.obs
-    classes = np.asarray(result.uns["moa"]["classes"], dtype=object)
+    classes = np.asarray(prediction_entry(result)["classes"], dtype=object)
     scores = np.asarray(result.obsm["moa_scores"])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_MOAS]
     xy = state.project(result.obsm["X_moa"])
@@ -98,13 +112,13 @@ def compound_rows(result, state, compound_key: str) -> list[dict]:
 
 def answer(result, state, compound_key: str | None) -> dict:
     """The JSON answer of ``POST /api/predict``."""
-    info = result.uns.get("moa", {}).get("params", {})
+    info = prediction_entry(result)["params"]
     signatures = signature_rows(result, state)
     compounds = compound_rows(result, state, compound_key) if compound_key else None
     called = {r["moa_pred_known"] for r in (compounds or signatures)}
     explanations = {m: e for m in sorted(called) if (e := state.explanations.of(m))}
     return {"n_signatures": int(result.n_obs), "group_by": compound_key,
-            "calibrated": bool(info.get("calibrated")), "method": info.get("predictor"),
+            "calibrated": bool(info.get("calibrated")), "method": info.get("predictor", info.get("method")),
             "unknown_threshold": _num(info["unknown_threshold"])
             if info.get("unknown_threshold") is not None else None,
             "signatures": signatures, "compounds": compounds, "explanations": explanations}
@@ -130,7 +144,12 @@ def answer_h5ad(result) -> bytes:
     """The predict result as ``.h5ad`` bytes (tables kept in ``uns`` as plain tables)."""
     from moaspace.pp import write_h5ad
 
-    # the tables live in uns["moa"] as plain DataFrames, which .h5ad stores as they are
+    result = result.copy()
+    entry = prediction_entry(result)
+    if entry is not result.uns.get("moa"):  # older layout: the tables as plain uns tables
+        for key in ("top_k", "compound_calls"):
+            if entry.get(key) is not None:
+                result.uns[f"moa_{key}"] = pd.DataFrame(entry[key]).reset_index(drop=True)
     with tempfile.TemporaryDirectory(prefix="moaspace-serve-") as tmp:
         path = os.path.join(tmp, "prediction.h5ad")
         write_h5ad(result, path)
