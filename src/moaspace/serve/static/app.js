@@ -240,7 +240,7 @@ async function start() {
   $("dl-h5ad").addEventListener("click", () => download("h5ad"));
   try {
     const info = await getJSON("api/info");
-    $("model-info").textContent = `model ${info.model}: ${info.moas} MoAs, ${info.compounds} ` +
+    $("model-info").textContent = `model: ${info.moas} MoAs, ${info.compounds} ` +
       `reference compounds, ${info.genes} genes, ${info.calibrated ? "calibrated" : "uncalibrated"}` +
       (info.explanations ? ", with explanations" : "");
     drawMap(await getJSON("api/map"));
