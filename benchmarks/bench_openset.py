@@ -186,8 +186,8 @@ def run_seed(adata, seed: int, args) -> dict:
     # the model has one), as predict() scores it against model.hidden_prototypes
     z_test, hidden_test = model.embed_layers(test, ("embedding", "prototype"))
     ours, ours_knn = (
-        evaluate_space(model.calibration, z_test, test.obs, np.asarray(model.reference.X),
-                       model.reference.obs["moa"].astype(str), held, hidden=hidden_test,
+        evaluate_space(model.calibration, z_test, test.obs, np.asarray(model.atlas.X),
+                       model.atlas.obs["moa"].astype(str), held, hidden=hidden_test,
                        hidden_centres=model.hidden_prototypes, predictor=predictor)
         for predictor in (model.config.predictor, "knn"))
     ours_knn.pop("roc_test")  # the open-set scores do not depend on the predictor: as `ours`

@@ -55,7 +55,7 @@ def predictions(adata: ad.AnnData, scheme: str, seed: int, max_epochs: int) -> p
     model.train(max_epochs=max_epochs, seed=seed, progress_bar=False)
     # `moaspace predict`'s top MoA with the model's own predictor (no abstentions)
     pred = predict(model, data[test], compound_key=None, open_set=False)
-    out["moaspace"] = np.asarray(pred.uns["moa_classes"])[pred.obsm["moa_scores"].argmax(axis=1)]
+    out["moaspace"] = np.asarray(pred.uns["moa"]["classes"])[pred.obsm["moa_scores"].argmax(axis=1)]
     return out
 
 

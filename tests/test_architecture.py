@@ -229,3 +229,37 @@ def test_every_public_parameter_is_documented():
     def documented(alpha, beta):
         """Uses ``alpha``."""
     assert _undocumented(documented) == ["beta"]
+
+
+def _private_model_names() -> set[str]:
+    """Private attributes and methods of ``MoaModel`` (``_x``, not dunders)."""
+    tree = ast.parse((PACKAGE / "model" / "model.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MoaModel")
+    names = set()
+    for node in ast.walk(cls):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id == "self"):
+            names.add(node.attr)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def _private_uses(source: str, private: set[str]) -> list[str]:
+    """``obj._name`` accesses of ``private`` names in ``source`` (``self._x`` excluded: an
+    object's own state)."""
+    return sorted({node.attr for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.Attribute) and node.attr in private
+                   and not (isinstance(node.value, ast.Name) and node.value.id == "self")})
+
+
+def test_no_module_outside_model_uses_a_private_name_of_moamodel():
+    private = _private_model_names()
+    assert {"_require_net", "_atlas", "_split"} <= private  # the scan sees the class
+    inside = PACKAGE / "model"
+    outside = {str(p.relative_to(ROOT)): used
+               for p in [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+               if inside not in p.parents and (used := _private_uses(p.read_text(), private))}
+    assert not outside, outside
+    # the check sees a planted use
+    assert _private_uses("def f(model):\n    return model._atlas\n", private) == ["_atlas"]

@@ -116,8 +116,8 @@ def test_backed_training_is_identical_to_in_memory(h5ad_path, hp):
     for key in sa:
         torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0, msg=key)
     assert a.history == b.history and a.best_epoch == b.best_epoch
-    assert np.array_equal(a.reference.X, b.reference.X)
-    assert list(a.reference.obs_names) == list(b.reference.obs_names)
+    assert np.array_equal(a.atlas.X, b.atlas.X)
+    assert list(a.atlas.obs_names) == list(b.atlas.obs_names)
     # embedding streams from the file too, also through a view of the backed file
     assert np.array_equal(a.embed(memory), b.embed(backed))
     rows = np.flatnonzero(memory.obs["split"].astype(str) == "test")
@@ -132,7 +132,7 @@ def test_backed_gene_subset_view_trains_like_the_copy(h5ad_path):
     a, b = _fit(memory[:, genes].copy()), _fit(backed[:, genes])
     for key, value in a.net.state_dict().items():
         assert torch.equal(value, b.net.state_dict()[key]), key
-    assert np.array_equal(a.reference.X, b.reference.X)
+    assert np.array_equal(a.atlas.X, b.atlas.X)
 
 
 def test_backed_nan_rows_are_named(h5ad_path, tmp_path):
@@ -175,7 +175,7 @@ def test_cli_train_backed(h5ad_path, tmp_path):
         assert result.exit_code == 0, result.output
         outs[flag] = out
     loaded = [MoaModel.load(p) for p in outs.values()]
-    assert np.array_equal(loaded[0].reference.X, loaded[1].reference.X)
+    assert np.array_equal(loaded[0].atlas.X, loaded[1].atlas.X)
     # the raw training signatures kept for `moaspace crispr`: read row by row when backed
     raw = [read_h5ad(p / RAW_REFERENCE) for p in outs.values()]
     assert np.array_equal(raw[0].X, raw[1].X)
@@ -243,6 +243,6 @@ def test_training_on_data_larger_than_the_memory_limit(tmp_path):
     assert result["peak_rss"] - result["base_rss"] < x_bytes / 2, result
 
     model = MoaModel.load(tmp_path / "model")
-    assert model.reference.n_obs == result["n_train"] and len(model.genes) == n_vars
+    assert model.atlas.n_obs == result["n_train"] and len(model.genes) == n_vars
     z = model.embed(ad.read_h5ad(path, backed="r")[:300])
     assert np.isfinite(z).all() and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)

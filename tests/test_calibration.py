@@ -245,9 +245,12 @@ def test_each_prediction_method_has_its_own_calibration_map(tmp_path):
     assert back.calibrate_scores(scores, "knn")[1] == pytest.approx([0.9, 0.8])
 
 
-def test_calibration_format_1_still_loads_and_2_is_written(tmp_path):
+def test_calibration_formats_1_and_2_still_load_and_3_is_written(tmp_path):
     cal = Calibration(classes=["A", "B"], score="energy", thresholds={"energy": -0.3})
-    assert cal.to_dict()["format_version"] == 2
+    assert cal.to_dict()["format_version"] == 3
+    two = {**cal.to_dict(), "format_version": 2}
+    del two["compound"]
+    assert Calibration.from_dict(two).compound == {}
     old = {**cal.to_dict(), "format_version": 1}
     del old["methods"]
     assert Calibration.from_dict(old).method_for("prototype") == cal.method

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from _synthetic import make_synthetic
 from moaspace.benchmark._run import results_markdown, run_benchmark, write_benchmark
 from moaspace.cli import app
-from moaspace.model._predict import predict
+from moaspace.model._predict import predict, prediction_table
 from moaspace.pp._split import split
 from moaspace.tl._evaluate import evaluate, write_metrics
 
@@ -35,17 +35,17 @@ def test_predict_writes_conventional_fields(trained):
     assert set(out.obs["moa_pred"].astype(str)) <= set(model.moas) | {"unknown"}
     assert set(out.obs["moa_pred_known"].astype(str)) <= set(model.moas)
     assert ((out.obs["moa_pred_score"] > 0) & (out.obs["moa_pred_score"] <= 1)).all()
-    calls = out.uns["moa_compound_calls"]
+    calls = prediction_table(out, "compound_calls")
     assert set(calls.index) == set(test.obs["pert_id"])
     assert (calls["n_signatures"].sum()) == test.n_obs
     # compound-level call is the argmax of the mean of its signatures' scores
     first = calls.index[0]
     rows = (test.obs["pert_id"] == first).to_numpy()
     mean = out.obsm["moa_scores"][rows].mean(axis=0)
-    assert calls.loc[first, "moa_pred"] == out.uns["moa_classes"][int(mean.argmax())]
-    proto = predict(model, test, method="prototype")
+    assert calls.loc[first, "moa_pred"] == out.uns["moa"]["classes"][int(mean.argmax())]
+    proto = predict(model, test, predictor="prototype")
     assert proto.obs["moa_pred"].notna().all()
-    top = out.uns["moa_top_k"]
+    top = prediction_table(out, "top_k")
     assert len(top) == test.n_obs * min(5, len(model.moas))
 
 
@@ -170,11 +170,11 @@ def test_cli_split_train_predict_evaluate(tmp_path):
     pred = ad.read_h5ad(tmp_path / "p.h5ad")
     assert {"moa_pred", "moa_pred_score"} <= set(pred.obs.columns) and "X_moa" in pred.obsm
     assert (tmp_path / "p.compounds.csv").exists()
-    assert pred.uns["moa_predict"]["method"] == "hidden_prototype"  # the model's predictor
+    assert pred.uns["moa"]["params"]["predictor"] == "hidden_prototype"  # the model's predictor
     r = runner.invoke(app, ["predict", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
                             "--out", str(tmp_path / "p_knn.h5ad"), "--method", "knn"])
     assert r.exit_code == 0, r.output
-    assert ad.read_h5ad(tmp_path / "p_knn.h5ad").uns["moa_predict"]["method"] == "knn"
+    assert ad.read_h5ad(tmp_path / "p_knn.h5ad").uns["moa"]["params"]["predictor"] == "knn"
     r = runner.invoke(app, ["predict", str(tmp_path / "m"), str(tmp_path / "s.h5ad"),
                             "--out", str(tmp_path / "p_bad.h5ad"), "--method", "svm"])
     assert r.exit_code == 1 and "svm" in r.output and not (tmp_path / "p_bad.h5ad").exists()

@@ -65,8 +65,8 @@ def _val_f1(model: MoaModel, adata) -> float:
     code = {m: i for i, m in enumerate(model.moas)}
     val = adata[adata.obs["split"] == "val"]
     pred = predict(model, val, compound_key=None, open_set=False)
-    assert pred.uns["moa_predict"]["method"] == model.config.predictor
-    assert list(pred.uns["moa_classes"]) == model.moas
+    assert pred.uns["moa"]["params"]["predictor"] == model.config.predictor
+    assert list(pred.uns["moa"]["classes"]) == model.moas
     return macro_f1(val.obs["moa"].astype(str).map(code).values,
                     pred.obsm["moa_scores"].argmax(1))
 
@@ -91,7 +91,7 @@ def test_training_keeps_averaged_best_weights_and_reference(trained, adata):
     assert set(scores) == {"off", "on"}
     assert scores[trained.train_info["input_whitening"]] == max(scores.values())
     assert trained.config.input_whitening == trained.train_info["input_whitening"]
-    ref = trained.reference
+    ref = trained.atlas
     assert ref.n_obs == int((adata.obs["split"] == "train").sum())
     assert set(ref.obs["pert_id"]) == set(trained.compounds)
     np.testing.assert_allclose(np.linalg.norm(ref.X, axis=1), 1.0, atol=1e-5)
@@ -192,8 +192,8 @@ def test_save_load_round_trip(trained, adata, tmp_path):
     trained.save(tmp_path / "m", overwrite=True)
     loaded = MoaModel.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.embed(adata), trained.embed(adata))
-    np.testing.assert_array_equal(loaded.reference.X, trained.reference.X)
-    assert list(loaded.reference.obs_names) == list(trained.reference.obs_names)
+    np.testing.assert_array_equal(loaded.atlas.X, trained.atlas.X)
+    assert list(loaded.atlas.obs_names) == list(trained.atlas.obs_names)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["genes"] == list(adata.var_names)
     assert config["moas"] == trained.moas and config["compounds"] == trained.compounds
@@ -211,7 +211,7 @@ def test_save_load_round_trip(trained, adata, tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     old = MoaModel.load(tmp_path / "m")
     assert old.config.predictor == "knn" and old.config.average_best == 1
-    assert predict(old, adata[:20], compound_key=None).uns["moa_predict"]["method"] == "knn"
+    assert predict(old, adata[:20], compound_key=None).uns["moa"]["params"]["predictor"] == "knn"
 
 
 def test_gene_order_does_not_matter(trained, adata):

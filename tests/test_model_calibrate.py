@@ -82,7 +82,7 @@ def test_calibrating_on_training_compounds_warns_and_names_them(openset_run, cap
     _, model, adata, _ = openset_run
     before = model.calibration
     try:
-        atlas = set(model.reference.obs_names)
+        atlas = set(model.atlas.obs_names)
         train = adata[adata.obs["split"] == "train"]
         # other signatures of training compounds: same compounds, new signature ids
         other = train[:40].copy()
@@ -93,7 +93,9 @@ def test_calibrating_on_training_compounds_warns_and_names_them(openset_run, cap
         assert "also in the training atlas" in caplog.text
         assert other.obs["pert_id"].astype(str).iloc[0] in caplog.text
         # a signature id of the atlas that names another compound is not the same signature
-        val = adata[adata.obs["split"] == "val"].copy()
+        # (held-out test compounds: the validation rows are the prototypes' own after the
+        # refit, test_predictor.py)
+        val = adata[adata.obs["split"] == "test"].copy()
         names = list(val.obs_names)
         names[0] = sorted(atlas)[0]
         val.obs_names = names

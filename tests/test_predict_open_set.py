@@ -18,7 +18,7 @@ from _synthetic import make_synthetic
 from moaspace.cli import app
 from moaspace.errors import InputError, MoaspaceError
 from moaspace.model import MoaModel
-from moaspace.model._predict import predict
+from moaspace.model._predict import predict, prediction_table
 from moaspace.model.calibration import unknown_auroc
 from moaspace.pp._prepare import read_h5ad
 from moaspace.pp._split import split
@@ -58,7 +58,7 @@ def test_unknown_moas_score_higher_than_known(openset_run):
     score = pred.obs["moa_pred_score"].to_numpy()
     assert ((score > 0) & (score <= 1)).all()
     # compound level: 'unknown' when most of a compound's signatures are
-    calls = predict(model, test, compound_key="pert_id").uns["moa_compound_calls"]
+    calls = prediction_table(predict(model, test, compound_key="pert_id"), "compound_calls")
     cpd_unknown = is_unknown.reindex(calls.index).to_numpy()
     called_unknown = (calls["moa_pred"] == "unknown").to_numpy()
     np.testing.assert_array_equal(called_unknown, calls["share_unknown"].to_numpy() > 0.5)
@@ -79,7 +79,7 @@ def test_cli_predict_open_set_writes_unknown(openset_run, tmp_path):
     pred = read_h5ad(tmp_path / "p.h5ad")
     labels = pred.obs["moa_pred"].astype(str)
     assert (labels == "unknown").any()
-    assert "moa_unknown_score" in pred.obs and pred.uns["moa_predict"]["open_set"]
+    assert "moa_unknown_score" in pred.obs and pred.uns["moa"]["params"]["open_set"]
     # default is on for a calibrated model; --no-open-set keeps the closed-set labels
     res = runner.invoke(app, ["predict", str(root / "model"), str(root / "test.h5ad"),
                               "--out", str(tmp_path / "d.h5ad")])
@@ -142,10 +142,10 @@ def test_predict_uses_the_forced_calibration_method(openset_run, method, predict
         assert set(cal.logistic) == {"knn", "prototype", "hidden_prototype"}
         assert cal.method_for(predictor) == method
         assert cal.validation["brier_after"] == cal.validation["brier_out_of_fold"][method]
-        pred = predict(model, test, compound_key=None, method=predictor)
-        assert pred.uns["moa_predict"]["method"] == predictor
-        assert pred.uns["moa_predict"]["calibration_method"] == method
-        ref = model.reference
+        pred = predict(model, test, compound_key=None, predictor=predictor)
+        assert pred.uns["moa"]["params"]["predictor"] == predictor
+        assert pred.uns["moa"]["params"]["calibration_method"] == method
+        ref = model.atlas
         ref_z, ref_moa = np.asarray(ref.X), ref.obs["moa"].astype(str).to_numpy()
         codes, classes = encode_labels(ref_moa, sorted(set(ref_moa)))
         z = pred.obsm["X_moa"]
@@ -173,12 +173,12 @@ def test_predict_by_prototype_uses_the_prototype_map(openset_run):
         # a copy: the module-scoped model's own calibration is left as it was
         cal = dataclasses.replace(before, method="isotonic", methods={"prototype": "none"})
         model.calibration = cal
-        by_proto = predict(model, test, method="prototype", compound_key=None)
-        assert by_proto.uns["moa_predict"]["calibration_method"] == "none"
+        by_proto = predict(model, test, predictor="prototype", compound_key=None)
+        assert by_proto.uns["moa"]["params"]["calibration_method"] == "none"
         np.testing.assert_allclose(by_proto.obs["moa_pred_score"].to_numpy(),
                                    by_proto.obsm["moa_scores"].max(axis=1), atol=1e-6)
-        by_knn = predict(model, test, compound_key=None, method="knn")
-        assert by_knn.uns["moa_predict"]["calibration_method"] == "isotonic"
+        by_knn = predict(model, test, compound_key=None, predictor="knn")
+        assert by_knn.uns["moa"]["params"]["calibration_method"] == "isotonic"
         curve = cal.isotonic["knn"]
         np.testing.assert_allclose(
             by_knn.obs["moa_pred_score"].to_numpy(),
@@ -188,14 +188,14 @@ def test_predict_by_prototype_uses_the_prototype_map(openset_run):
 
 
 def test_msp_unknown_score_does_not_depend_on_the_prediction_method(openset_run):
-    """msp's threshold is fitted on the calibration's kNN vote: predict(method='prototype')
+    """msp's threshold is fitted on the calibration's kNN vote: predict(predictor='prototype')
     must score unknowns on that vote too, not on the prototype softmax."""
     _, model, adata, test = openset_run
     before = model.calibration
     try:
         model.calibrate(adata, score="msp")
-        by_knn = predict(model, test, compound_key=None, method="knn")
-        by_proto = predict(model, test, method="prototype", compound_key=None)
+        by_knn = predict(model, test, compound_key=None, predictor="knn")
+        by_proto = predict(model, test, predictor="prototype", compound_key=None)
         np.testing.assert_allclose(by_proto.obs["moa_unknown_score"].to_numpy(),
                                    by_knn.obs["moa_unknown_score"].to_numpy(), atol=1e-6)
         share = (by_proto.obs["moa_pred"].astype(str) == "unknown").mean()
@@ -212,10 +212,10 @@ def test_predict_defaults_to_the_calibrated_k(openset_run, caplog):
         cal.k = 7  # as if the model had been trained (and calibrated) with knn_k=7
         with caplog.at_level(logging.WARNING, logger="moaspace"):
             pred = predict(model, test, compound_key=None)
-        assert pred.uns["moa_predict"]["k"] == 7
+        assert pred.uns["moa"]["params"]["k"] == 7
         assert "may be miscalibrated" not in caplog.text
         with caplog.at_level(logging.WARNING, logger="moaspace"):
-            assert predict(model, test, k=3, compound_key=None).uns["moa_predict"]["k"] == 3
+            assert predict(model, test, k=3, compound_key=None).uns["moa"]["params"]["k"] == 3
         assert "may be miscalibrated" in caplog.text
     finally:
         cal.k = old_k
@@ -252,7 +252,7 @@ def test_predict_compound_level_with_min_tas(openset_run, open_set):
     q.obs["tas"] = tas
     cut = float(np.quantile(tas, 0.5))
     pred = predict(model, q, min_tas=cut, open_set=open_set)
-    calls = pred.uns["moa_compound_calls"]
+    calls = prediction_table(pred, "compound_calls")
     label = pred.obs["moa_pred"].astype(str).to_numpy()
     no_call = label == "no call"
     assert no_call.any() and not no_call.all()
@@ -344,7 +344,7 @@ def test_model_hidden_prototypes_and_the_hidden_unknown_score(openset_run, tmp_p
     with pytest.raises(InputError, match="layers"):
         model.embed(test, layer="penultimate")
     # an atlas whose MoAs no longer match its hidden prototypes is refused, not misread
-    meta = loaded._reference.uns["moaspace"]
+    meta = loaded.atlas.uns["moaspace"]
     names = list(meta["hidden_prototype_moas"])
     meta["hidden_prototype_moas"] = names[::-1]
     with pytest.raises(MoaspaceError, match="changed after training"):
@@ -355,16 +355,17 @@ def test_model_hidden_prototypes_and_the_hidden_unknown_score(openset_run, tmp_p
     model.calibration = before
     del meta["hidden_prototypes"]
     assert loaded.hidden_prototypes is None
-    loaded.config.predictor = "knn"  # as such a model loads (test_model: old config.json)
+    # as such a model loads (test_model: old config.json)
+    loaded.config = dataclasses.replace(loaded.config, predictor="knn")
     loaded.calibration = hidden_cal
     with pytest.raises(MoaspaceError, match="open-set score 'hidden_prototype' needs the "
-                                            "model's hidden prototypes"):
+                                            "model's prototype-layer prototypes"):
         predict(loaded, test, compound_key=None)
     old_cal = loaded.calibrate(adata)
     assert "hidden_prototype" not in old_cal.thresholds
     assert "hidden_prototype" not in old_cal.methods and "hidden_prototype" not in old_cal.logistic
-    assert predict(loaded, test, compound_key=None).uns["moa_predict"]["method"] == "knn"
-    with pytest.raises(MoaspaceError, match="method 'hidden_prototype' needs the model's hidden"):
-        predict(loaded, test, compound_key=None, method="hidden_prototype")
+    assert predict(loaded, test, compound_key=None).uns["moa"]["params"]["predictor"] == "knn"
+    with pytest.raises(MoaspaceError, match="method 'hidden_prototype' needs the model's prototype-layer"):
+        predict(loaded, test, compound_key=None, predictor="hidden_prototype")
     with pytest.raises(InputError, match="hidden"):
         loaded.calibrate(adata, score="hidden_prototype")

@@ -43,7 +43,7 @@ def model(saved_model):
 def explain_dir(tmp_path_factory, model):
     """A small `moaspace explain`-like folder: two genes and a pathway per MoA."""
     folder = tmp_path_factory.mktemp("explain")
-    moas = sorted(set(model.reference.obs["moa"].astype(str)))
+    moas = sorted(set(model.atlas.obs["moa"].astype(str)))
     genes = [{"moa": m, "rank": r, "gene_id": str(1000 + r), "gene_symbol": f"GENE{r}",
               "attribution": 1.0 / r} for m in moas for r in (1, 2)]
     pd.DataFrame(genes).to_csv(folder / "top_genes.csv", index=False)
@@ -187,12 +187,12 @@ def test_csv_and_h5ad_downloads(client, model, query, tmp_path):
 def test_moas_compounds_map_and_health(client, model):
     assert client.get("/healthz").json() == {"status": "ok"}
     moas = client.get("/api/moas").json()
-    classes = sorted(set(model.reference.obs["moa"].astype(str)))
+    classes = sorted(set(model.atlas.obs["moa"].astype(str)))
     assert [m["moa"] for m in moas] == classes and all(m["explained"] for m in moas)
     detail = client.get(f"/api/moas/{classes[0]}").json()
-    members = model.reference.obs.loc[model.reference.obs["moa"] == classes[0], "pert_id"]
+    members = model.atlas.obs.loc[model.atlas.obs["moa"] == classes[0], "pert_id"]
     assert {m["compound"] for m in detail["members"]} == set(members.astype(str))
-    assert len(detail["prototype"]) == model.reference.n_vars
+    assert len(detail["prototype"]) == model.atlas.n_vars
     assert abs(np.linalg.norm(detail["prototype"]) - 1) < 1e-4
     assert detail["explanation"]["genes"][0]["symbol"] == "GENE1"
     compound = str(members.iloc[0])
@@ -205,7 +205,7 @@ def test_moas_compounds_map_and_health(client, model):
     _assert_one_line_error(client.get("/api/compounds/BRD-X/neighbors"), 404, "'BRD-X'")
     _assert_one_line_error(client.get(f"/api/compounds/{compound}/neighbors?k=0"), 422, "k")
     points = client.get("/api/map").json()
-    assert len(points["points"]["x"]) == model.reference.n_obs
+    assert len(points["points"]["x"]) == model.atlas.n_obs
     assert points["classes"] == classes
 
 

@@ -91,7 +91,7 @@ def test_page_upload_gives_the_cli_calls(driver, saved_model, tmp_path):
         n_queries = driver.execute_script(
             "return document.querySelectorAll('#queries path.query').length")
         n_refs = driver.execute_script("return document.querySelectorAll('.refs circle').length")
-        assert n_queries == len(rows) and n_refs == saved_model["model"].reference.n_obs
+        assert n_queries == len(rows) and n_refs == saved_model["model"].atlas.n_obs
         # per compound, grouping by the file's pert_id column
         groups = _upload(driver, url, path, group_by="pert_id")
         calls = expected.uns["moa_compound_calls"] if "moa_compound_calls" in expected.uns \

@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 PREDICTORS = ("knn", "prototype", "hidden_prototype")
 
 
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
+def l2_normalize(x: np.ndarray, eps: float = 1e-12, dtype=np.float32) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm (zero rows stay zero), as ``dtype``."""
+    x = np.asarray(x, dtype=dtype)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, eps)
 

@@ -142,7 +142,7 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
         # test MoA is known), with the model's own predictor
         pred = predict(model, data[test_rows], k=NEURAL_K.get(method, k),
                        compound_key=None, open_set=False)
-        scores, classes = pred.obsm["moa_scores"], list(pred.uns["moa_classes"])
+        scores, classes = pred.obsm["moa_scores"], list(pred.uns["moa"]["classes"])
         extra = {"best_epoch": model.best_epoch, "best_val_f1": model.best_val_f1,
                  "averaged_epochs": model.train_info["averaged_epochs"],
                  "final_val_f1": model.train_info["final_val_f1"],

@@ -11,7 +11,6 @@ from moaspace._utils import check_output
 from moaspace.cli._common import (
     handle_errors,
     load_h5ad,
-    logger,
     print_summary,
     side_file,
     state,
@@ -161,10 +160,12 @@ def predict(
         typer.Option(help="Neighbours in the kNN vote (default: the k the model was "
                           "calibrated for, its knn_k, 10)."),
     ] = None,
-    method: Annotated[
+    predictor: Annotated[
         str | None,
-        typer.Option(help="knn | prototype | hidden_prototype (default: the model's predictor, "
-                          "hidden_prototype for models trained by this version)."),
+        typer.Option("--predictor", "--method",
+                     help="knn | prototype | hidden_prototype (default: the model's predictor, "
+                          "the one it was trained and calibrated for; --method is its old "
+                          "name)."),
     ] = None,
     top_k: Annotated[int, typer.Option(help="MoAs kept per signature in the table.")] = 5,
     compound_level: Annotated[
@@ -201,6 +202,7 @@ def predict(
     """
     from moaspace.model import MoaModel
     from moaspace.model._predict import predict as run_predict
+    from moaspace.model._predict import prediction_table, write_predictions
 
     top_path, calls_path = _predict_outputs(out, model_dir, query, top_k=top_k, k=k)
     model = MoaModel.load(model_dir)
@@ -216,10 +218,11 @@ def predict(
         raise MoaspaceError(f"{query}: obs has no column {compound_key!r} for --compound-level")
     if min_tas and "tas" not in adata.obs.columns:
         raise MoaspaceError(f"{query}: obs has no 'tas' column for --min-tas")
-    result = run_predict(model, adata, k=k, method=method, top_k=top_k, backend=backend,
+    result = run_predict(model, adata, k=k, predictor=predictor, top_k=top_k, backend=backend,
                          compound_key=compound_key if compound_level else None,
                          open_set=open_set, min_tas=min_tas)
-    calls = _write_predictions(result, out, top_path, calls_path)
+    write_predictions(result, out, top_k_csv=top_path, compounds_csv=calls_path)
+    calls = prediction_table(result, "compound_calls")
     print_summary("predict", _predict_rows(result, out, calls, calls_path))
 
 
@@ -237,36 +240,6 @@ def _predict_outputs(out: Path, model_dir: Path, query: Path, *, top_k: int,
     return top_path, calls_path
 
 
-def _write_predictions(result, out: Path, top_path: Path, calls_path: Path):
-    """Write OUT and its tables (all of them or none); returns the compound calls or None.
-
-    A compound table left by an earlier run with --compound-level is removed when this
-    run has none: it would pass for this run's table.
-    """
-    from contextlib import ExitStack
-
-    from moaspace._utils import atomic_path
-    from moaspace.pp._prepare import write_h5ad
-
-    top = result.uns.pop("moa_top_k")
-    calls = result.uns.pop("moa_compound_calls", None)
-    # tables go to CSV next to the .h5ad; uns keeps plain values only. The tables stay
-    # under temporary names until the .h5ad is written: all files appear, or none.
-    with ExitStack() as stack:
-        tmp = stack.enter_context(atomic_path(top_path))
-        top.to_csv(tmp, index=False)
-        if calls is not None:
-            tmp = stack.enter_context(atomic_path(calls_path))
-            calls.to_csv(tmp, index=False)
-            result.uns["moa_compound_calls"] = calls.reset_index(drop=True)
-        write_h5ad(result, out)  # renamed first; the tables follow as the stack closes
-    if calls is None and calls_path.is_file():
-        # from an earlier run with --compound-level: it would pass for this run's table
-        calls_path.unlink()
-        logger.info("removed %s (an earlier run's compound table)", calls_path)
-    return calls
-
-
 def _predict_rows(result, out: Path, calls, calls_path: Path) -> list[tuple[str, object]]:
     """The summary table of a prediction run."""
     rows = [("output", out), ("signatures", result.n_obs),
@@ -275,7 +248,7 @@ def _predict_rows(result, out: Path, calls, calls_path: Path) -> list[tuple[str,
     if calls is not None:
         rows.append(("compounds called", len(calls)))
         rows.append(("compound table", calls_path))
-    info = result.uns["moa_predict"]
+    info = result.uns["moa"]["params"]
     if info.get("calibrated"):
         labels = result.obs["moa_pred"].astype(str)
         rows.append(("unknown MoA calls", f"{int((labels == 'unknown').sum())} "
@@ -299,8 +272,10 @@ def calibrate(
     target_false_unknown: Annotated[
         float, typer.Option(help="False-unknown rate the threshold allows on these rows.")
     ] = 0.05,
-    method: Annotated[
-        str, typer.Option(help="auto | isotonic | temperature | logistic | none.")
+    calibration_map: Annotated[
+        str, typer.Option("--calibration-map", "--method",
+                          help="auto | isotonic | temperature | logistic | none (--method is "
+                               "its old name).")
     ] = "auto",
     score: Annotated[str, typer.Option(
         help="Open-set score: auto | prototype | knn | energy | msp | hidden_prototype.")
@@ -329,7 +304,7 @@ def calibrate(
     model = MoaModel.load(model_dir)
     adata = load_h5ad(data)
     cal = model.calibrate(adata, split=None if split == "all" else split,
-                          target_false_unknown=target_false_unknown, method=method,
+                          target_false_unknown=target_false_unknown, method=calibration_map,
                           score=score, min_tas=min_tas)
     model.save(model_dir, overwrite=True)
     maps = ", ".join(f"{m} ({p})" for p, m in cal.maps.items())
@@ -349,9 +324,11 @@ def evaluate(
         typer.Option(help="Neighbours in the kNN vote (default: as calibrated, the model's "
                           "knn_k)."),
     ] = None,
-    method: Annotated[
+    predictor: Annotated[
         str | None,
-        typer.Option(help="knn | prototype | hidden_prototype (default: the model's predictor)."),
+        typer.Option("--predictor", "--method",
+                     help="knn | prototype | hidden_prototype (default: the model's predictor; "
+                          "--method is its old name)."),
     ] = None,
 ) -> None:
     """Score a model on held-out signatures: signature and compound level, hierarchy.
@@ -374,7 +351,7 @@ def evaluate(
         counts = adata.obs["split"].astype(str).value_counts().to_dict()
         raise MoaspaceError(f"{data}: no signatures with obs['split'] == {split_name!r} to "
                             f"evaluate (the split column holds {counts}); use --split")
-    metrics = run_evaluate(model, adata, split=split_name, k=k, method=method)
+    metrics = run_evaluate(model, adata, split=split_name, k=k, predictor=predictor)
     write_metrics(metrics, out)
     print_summary("evaluate", [("output", out), ("signatures", metrics["n"]),
                           ("accuracy", f"{metrics['accuracy']:.3f}"),

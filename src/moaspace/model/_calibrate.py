@@ -7,9 +7,12 @@ import logging
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 from moaspace._utils import preview
 from moaspace.errors import InputError
+from moaspace.model.data import InMemoryRows
+from moaspace.model.predictor import crossfit_cosines
 
 logger = logging.getLogger("moaspace.model.model")  # the log lines of MoaModel.calibrate
 
@@ -39,7 +42,7 @@ def calibration_rows(model, adata: ad.AnnData, split: str | None) -> ad.AnnData:
     # a backed view is fine: embed() streams its rows in chunks
     from moaspace.model._predict import atlas_signatures
 
-    ref_obs = model.reference.obs
+    ref_obs = model.atlas.obs
     compounds = sub.obs[compound_key].astype(str)
     same = atlas_signatures(sub.obs_names, compounds.to_numpy(), ref_obs)
     if same.any():
@@ -57,3 +60,49 @@ def calibration_rows(model, adata: ad.AnnData, split: str | None) -> ad.AnnData:
                 "the calibrated scores and the unknown threshold fit known compounds, "
                 "not new ones", len(seen), compounds.nunique(), preview(seen, 3))
     return sub
+
+
+def calibration_cosines(model, adata: ad.AnnData, sub: ad.AnnData) -> np.ndarray:
+    """Prototype-layer cosines of the calibration rows ``sub`` (rows of ``adata``), from
+    prototypes that never saw them.
+
+    Rows the stored prototypes were fitted on (after ``refit_prototypes``: the validation
+    signatures) are cross-fitted as ``train()`` does (each fold of validation compounds
+    scored by prototypes of the training rows and the other folds) when ``adata`` holds
+    every row the prototypes saw; otherwise they are refused: their scores would be
+    in-sample and every calibrated probability too confident.
+    """
+    prototypes = model.predictor_of("hidden_prototype")
+    record = model.prototype_rows
+    seen = set(record.get("val_signatures", []))
+    names = sub.obs_names.astype(str)
+    compound_key = model.keys["compound"]
+    overlap = np.asarray(names.isin(seen)) & np.asarray(
+        sub.obs[compound_key].astype(str).isin(set(record.get("val_compounds", []))))
+    if not overlap.any():
+        return prototypes.cosines(model.embed(sub, layer="prototype"))
+    have = adata.obs_names.astype(str)
+    atlas_names = model.atlas.obs_names.astype(str)
+    if not (overlap.all() and atlas_names.isin(have).all() and pd.Index(sorted(seen)).isin(
+            have).all()):
+        raise InputError(
+            f"{int(overlap.sum())} calibration signatures are rows the model's prototypes "
+            f"were fitted on (refit on train + val), e.g. "
+            f"{preview(sorted(names[overlap]), 3)}, and the data lack the other rows they "
+            "saw to cross-fit them: their scores would be in-sample. Calibrate on compounds "
+            "the model never saw, pass the whole training AnnData (train and val splits), "
+            "or train with refit_prototypes=False")
+    logger.info("the %d calibration signatures were seen by the prototypes (refit on train + "
+                "val): scoring them by cross-fitting", len(names))
+    pos = pd.Series(np.arange(adata.n_obs), index=have)
+    train_rows = pos.reindex(atlas_names).to_numpy()
+    val_rows = pos.reindex(sorted(seen)).to_numpy()
+    rows = np.concatenate([train_rows, val_rows])
+    x = np.zeros((adata.n_obs, len(model.genes)), dtype=np.float32)  # rows needed only
+    x[rows] = model.align_genes(adata[rows])
+    code = {m: i for i, m in enumerate(model.moas)}
+    codes = adata.obs[model.keys["moa"]].astype(str).map(code).fillna(-1).astype(int).to_numpy()
+    groups = adata.obs[compound_key].astype(str).to_numpy()[val_rows]
+    cos, _ = crossfit_cosines(model.net, InMemoryRows(x), codes, train_rows, val_rows, groups,
+                              len(model.moas), prototypes.view_weights)
+    return pd.DataFrame(cos, index=pd.Index(sorted(seen))).reindex(names).to_numpy(np.float32)

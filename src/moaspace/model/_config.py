@@ -40,7 +40,7 @@ LEGACY_DEFAULTS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Hyper-parameters of the network, loss and optimiser.
 
@@ -200,7 +200,9 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        # frozen: a config is validated once and then only replaced
+        # (dataclasses.replace validates the new one), never edited in place
+        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
         if self.loss not in LOSSES:
             raise MoaspaceError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
         if self.sampling not in SAMPLING:
@@ -210,7 +212,7 @@ class ModelConfig:
                                 f"got {self.predictor!r}")
         if int(self.average_best) < 1:
             raise MoaspaceError(f"average_best must be >= 1, got {self.average_best}")
-        self.average_best = int(self.average_best)
+        object.__setattr__(self, "average_best", int(self.average_best))
         if self.input_whitening not in ("auto", "on", "off"):
             raise MoaspaceError(f"input_whitening must be 'auto', 'on' or 'off', "
                                 f"got {self.input_whitening!r}")

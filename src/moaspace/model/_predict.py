@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
-from moaspace._core.labels import NO_CALL
+from moaspace._core.labels import NO_CALL, UNKNOWN
 from moaspace._core.neighbors import (
     PREDICTORS,
     aggregate_scores,
     encode_labels,
-    knn_scores,
     knn_search,
     nearest_compounds,
-    prototype_scores,
-    prototypes,
     top_k_table,
 )
 from moaspace.errors import InputError, MoaspaceError
@@ -32,34 +29,38 @@ def predict(
     adata,
     *,
     k: int | None = None,
-    method: str | None = None,
+    predictor: str | None = None,
     weighting: str | None = None,
     top_k: int = 5,
-    compound_key: str | None = "pert_id",
+    compound_key: str | None = "model",
     backend: str = "torch",
     copy: bool = True,
     open_set: bool | None = None,
     min_tas: float | None = None,
     tas_key: str = "tas",
+    key_added: str = "moa",
+    method: str | None = None,
 ):
-    """Embed ``adata`` with a trained model and call MoAs against its training atlas.
+    """Embed ``adata`` with a trained model and call MoAs with its predictor.
 
-    Writes ``obsm["X_moa"]`` (embedding), ``obsm["moa_scores"]`` (per-MoA
-    scores, columns in ``uns["moa_classes"]``), ``obs["moa_pred"]``,
-    ``obs["moa_pred_score"]``, ``obs["nearest_compounds"]`` and a top-k table
-    in ``uns["moa_top_k"]``. With a ``compound_key`` column present, compound-
-    level calls (mean of the signature scores) go to ``uns["moa_compound_calls"]``.
+    Writes, scanpy-style, with ``key_added`` (default ``"moa"``) naming every output:
+    ``obsm["X_moa"]`` (embedding), ``obsm["moa_scores"]`` (per-MoA scores, columns in
+    ``uns["moa"]["classes"]``), ``obs["moa_pred"]``, ``obs["moa_pred_score"]``,
+    ``obs["nearest_compounds"]`` and ``uns["moa"]``: ``params`` (the settings of the
+    call), ``classes``, ``top_k`` (a long table of the top MoAs of each signature) and,
+    with compounds, ``compound_calls`` (one row per compound: the mean of its
+    signatures' scores). Read the tables with :func:`prediction_table`; a second call
+    with another ``key_added`` keeps the first one's outputs.
 
-    ``method``: ``knn`` (distance-weighted cosine kNN, k configurable),
-    ``prototype`` (nearest MoA centre of the embedding) or ``hidden_prototype``
-    (nearest MoA centre of the encoder's last hidden layer; the model's
-    ``hidden_prototypes``); None (default): the model's ``config.predictor``,
-    the predictor its training early-stopped on (``hidden_prototype`` for new
-    models, ``knn`` for models saved before it existed). ``k`` and
-    ``weighting`` (of the kNN vote, and of the nearest compounds and open-set
-    scores for every method) default to those the calibration was fitted for
-    (else the model's ``knn_k``, 10, and ``distance``), so that the calibrated
-    score matches the vote it reads.
+    ``predictor``: ``knn`` (distance-weighted cosine kNN, k configurable), ``prototype``
+    (nearest MoA prototype of the embedding) or ``hidden_prototype`` (nearest MoA
+    prototype of the prototype layer); None (default): the model's
+    ``config.predictor``, the one its training early-stopped on and its calibration
+    fitted (:class:`~moaspace.model.predictor.MoaPredictor`). ``k`` and ``weighting``
+    (of the kNN vote, and of the nearest compounds and open-set scores for every
+    predictor) default to those the calibration was fitted for (else the model's
+    ``knn_k``, 10, and ``distance``), so that the calibrated score matches the vote it
+    reads.
 
     With a calibrated model (``model.calibration``, fitted on the validation
     compounds at the end of training; :mod:`moaspace.model.calibration`)
@@ -80,14 +81,15 @@ def predict(
         Query signatures (``X`` z-scores, ``var_names`` gene ids; in memory or backed).
     k : int, optional
         Neighbours of the kNN vote (default: the calibration's, else ``knn_k``).
-    method : {"knn", "prototype", "hidden_prototype"}, optional
+    predictor : {"knn", "prototype", "hidden_prototype"}, optional
         The predictor (default: ``config.predictor``).
     weighting : {"distance", "uniform"}, optional
         Weights of the kNN vote (default: the calibration's, else ``distance``).
     top_k : int, default 5
-        MoAs per signature in ``uns["moa_top_k"]``.
-    compound_key : str or None, default "pert_id"
-        ``obs`` column for compound-level calls (None: none).
+        MoAs per signature in the ``top_k`` table.
+    compound_key : str or None, default "model"
+        ``obs`` column for compound-level calls: ``"model"``, the compound column the
+        model was trained with (its key registry); None: no compound calls.
     backend : {"torch", "faiss"}, default "torch"
         Exact cosine neighbour search (faiss when installed).
     copy : bool, default True
@@ -99,22 +101,32 @@ def predict(
         ``"no call"`` below this TAS (default: the calibration's, usually off).
     tas_key : str, default "tas"
         ``obs`` column of the TAS.
+    key_added : str, default "moa"
+        Prefix of every output (``obsm[f"X_{key_added}"]``, ``obs[f"{key_added}_pred"]``,
+        ``uns[key_added]``, ...).
+    method : str, optional
+        Deprecated name of ``predictor``.
 
     Returns
     -------
     anndata.AnnData
         The query with the fields above.
     """
+    predictor = _deprecated_method(predictor, method)
+    if compound_key == "model":
+        compound_key = model.keys["compound"]
     adata = adata.copy() if copy else adata
-    reference = model.reference
-    compounds_q = _query_compounds(adata, reference, compound_key)
-    ref_z = np.asarray(reference.X, dtype=np.float32)
-    ref_moa = reference.obs["moa"].astype(str).to_numpy()
+    atlas_ad = model.atlas
+    compounds_q = _query_compounds(adata, atlas_ad, compound_key)
+    ref_z = np.asarray(atlas_ad.X, dtype=np.float32)
+    ref_moa = atlas_ad.obs["moa"].astype(str).to_numpy()
     classes = sorted(set(ref_moa))
     cal = getattr(model, "calibration", None)
-    method = _resolve_method(model, method)
-    z, hidden, hidden_centres = _embed(model, adata, method, cal)
+    method = _resolve_method(model, predictor)
+    z, hidden, prototype_layer = _embed(model, adata, method, cal)
     k, weighting = _resolve_knn(model, cal, k, weighting)
+    fitted = (prototype_layer if method == "hidden_prototype"
+              else model.predictor_of(method, k=k, weighting=weighting))
     if cal is None and open_set:
         raise MoaspaceError(
             "open-set calls need a calibrated model (calibration.json in the model directory): "
@@ -123,10 +135,11 @@ def predict(
     sims, idx = knn_search(z, ref_z, n_search, backend=backend)
     codes, _ = encode_labels(ref_moa, classes)
     atlas = Atlas(ref_z=ref_z, ref_moa=ref_moa, codes=codes, classes=classes,
-                  hidden_centres=hidden_centres)
-    scores, atlas = _class_scores(method, z, hidden, sims, idx, atlas, k, weighting)
+                  hidden_centres=None if prototype_layer is None else prototype_layer.centres)
+    scores, atlas = _class_scores(fitted, z, hidden, sims, idx, atlas)
     query = Query(z=z, scores=scores, sims=sims, idx=idx, hidden=hidden)
-    info = {"method": method, "k": k, "weighting": weighting, "calibrated": cal is not None}
+    info = {"predictor": method, "k": k, "weighting": weighting,
+            "calibrated": cal is not None, "compound_key": compound_key or ""}
     if cal is None:
         logger.warning("the model has no calibration (calibration.json missing, e.g. a model "
                        "saved by an older moaspace): moa_pred_score is the uncalibrated %s "
@@ -137,11 +150,117 @@ def predict(
             query, atlas, method, k, weighting, open_set=open_set is not False, min_tas=min_tas,
             tas=adata.obs[tas_key] if tas_key in adata.obs.columns else None, tas_key=tas_key)
         info.update(calls.info)
-    _write_calls(adata, reference, query, classes, calls, info, top_k=top_k)
+    names = output_names(key_added)
+    _write_calls(adata, atlas_ad, query, classes, calls, info, top_k=top_k, key_added=key_added)
     if compounds_q is not None:
-        adata.uns["moa_compound_calls"] = _compound_level(
-            adata, scores, classes, compounds_q, calls.labels, calibrated=cal is not None)
+        table = _compound_level(adata, scores, classes, compounds_q, calls.labels, cal=cal,
+                                method=method, unknown_column=names["unknown"])
+        adata.uns[key_added]["compound_calls"] = table.reset_index(drop=True)
     return adata
+
+
+def write_predictions(result, out, *, top_k_csv=None, compounds_csv=None,
+                      key: str = "moa") -> dict:
+    """Write a :func:`predict` result to ``out`` (``.h5ad``, its tables inside
+    ``uns[key]``) and, when paths are given, its tables as CSV files: all files appear, or
+    none (each is written to a temporary name and renamed). A compound table at
+    ``compounds_csv`` left by an earlier prediction is removed when this one has none.
+
+    Parameters
+    ----------
+    result : anndata.AnnData
+        The output of :func:`predict`.
+    out : str or os.PathLike
+        The ``.h5ad`` to write.
+    top_k_csv, compounds_csv : str or os.PathLike, optional
+        Where to write the ``top_k`` and ``compound_calls`` tables as CSV.
+    key : str, default "moa"
+        The prediction's ``key_added``.
+
+    Returns
+    -------
+    dict
+        The paths written (``h5ad``, ``top_k``, ``compound_calls``).
+    """
+    from contextlib import ExitStack
+    from pathlib import Path
+
+    from moaspace._utils import atomic_path
+    from moaspace.pp._prepare import write_h5ad
+
+    written = {}
+    tables = {"top_k": (prediction_table(result, "top_k", key), top_k_csv),
+              "compound_calls": (prediction_table(result, "compound_calls", key), compounds_csv)}
+    with ExitStack() as stack:
+        for name, (table, path) in tables.items():
+            if table is not None and path is not None:
+                tmp = stack.enter_context(atomic_path(Path(path)))
+                table.to_csv(tmp, index=False)
+                written[name] = Path(path)
+        written["h5ad"] = write_h5ad(result, out)  # renamed first; the tables follow
+    if compounds_csv is not None and "compound_calls" not in written \
+            and Path(compounds_csv).is_file():
+        Path(compounds_csv).unlink()
+        logger.info("removed %s (an earlier prediction's compound table)", compounds_csv)
+    return written
+
+
+def _deprecated_method(predictor: str | None, method: str | None) -> str | None:
+    if method is None:
+        return predictor
+    import warnings
+
+    warnings.warn("predict(method=...) is deprecated: use predictor=...", DeprecationWarning,
+                  stacklevel=3)
+    if predictor is not None and predictor != method:
+        raise InputError(f"predictor={predictor!r} and method={method!r} disagree")
+    return method
+
+
+def output_names(key_added: str = "moa") -> dict[str, str]:
+    """Where :func:`predict` writes each output for ``key_added``."""
+    return {"embedding": f"X_{key_added}", "scores": f"{key_added}_scores",
+            "pred": f"{key_added}_pred", "score": f"{key_added}_pred_score",
+            "known": f"{key_added}_pred_known", "unknown": f"{key_added}_unknown_score",
+            "nearest": ("nearest_compounds" if key_added == "moa"
+                        else f"{key_added}_nearest_compounds")}
+
+
+#: the tables :func:`predict` stores in ``uns[key_added]``
+PREDICTION_TABLES = ("top_k", "compound_calls")
+
+
+def prediction_table(adata, table: str = "compound_calls", key: str = "moa"):
+    """A table :func:`predict` stored with its calls.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        The result of :func:`predict` (in memory, or read back from ``.h5ad``).
+    table : {"compound_calls", "top_k"}, default "compound_calls"
+        ``compound_calls``: one row per compound, indexed by compound; ``top_k``: the top
+        MoAs of each signature (long format).
+    key : str, default "moa"
+        The ``key_added`` of the prediction.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        A copy of the table; None when the prediction has none (no compounds).
+    """
+    if table not in PREDICTION_TABLES:
+        raise InputError(f"table must be one of {list(PREDICTION_TABLES)}, got {table!r}")
+    entry = adata.uns.get(key)
+    if not isinstance(entry, Mapping) or "params" not in entry:
+        raise InputError(f"uns[{key!r}] holds no moaspace prediction (run tl.predict with "
+                         f"key_added={key!r})")
+    frame = entry.get(table)
+    if frame is None:
+        return None
+    frame = pd.DataFrame(frame).copy()
+    if table == "compound_calls":
+        frame.index = frame["compound"].astype(str).to_numpy()
+    return frame
 
 
 def _query_compounds(adata, reference, compound_key: str | None) -> np.ndarray | None:
@@ -167,28 +286,27 @@ def _resolve_method(model, method: str | None) -> str:
     if method is None:
         method = str(getattr(getattr(model, "config", None), "predictor", "knn"))
     if method not in PREDICTORS:
-        raise InputError(f"unknown method {method!r}; use one of {list(PREDICTORS)}")
+        raise InputError(f"unknown predictor {method!r}; use one of {list(PREDICTORS)}")
     return method
 
 
 def _embed(model, adata, method: str, cal):
-    """``(embedding, hidden activations, hidden prototypes)`` of the queries; the last two
-    are None unless the call or the calibration's open-set score reads the hidden layer."""
+    """``(embedding, prototype layer, prototype-layer predictor)`` of the queries; the last
+    two are None unless the call or the calibration's open-set score reads the prototype
+    layer."""
     if not (method == "hidden_prototype"
             or (cal is not None and cal.score == "hidden_prototype")):
         return model.embed(adata), None, None
-    # the call and/or the open-set score read the last hidden layer: both layers from one pass
-    hidden_centres = getattr(model, "hidden_prototypes", None)
-    if hidden_centres is None:
+    if getattr(model, "hidden_prototypes", None) is None:
         what = ("method 'hidden_prototype'" if method == "hidden_prototype" else
                 "the calibration's open-set score 'hidden_prototype'")
-        raise MoaspaceError(f"{what} needs the model's hidden prototypes, which this model "
-                            "(saved by an older moaspace) lacks; use method 'knn' or "
+        raise MoaspaceError(f"{what} needs the model's prototype-layer prototypes, which this "
+                            "model (saved by an older moaspace) lacks; use method 'knn' or "
                             "'prototype' and recalibrate with another score, or retrain")
     # the prototype layer: the last hidden layer (stacked with the whitened signature for
     # models that have it; moaspace.model.prototypes)
-    z, hidden = model.embed_layers(adata, ("embedding", "prototype"))
-    return z, hidden, hidden_centres
+    z, layer = model.embed_layers(adata, ("embedding", "prototype"))
+    return z, layer, model.predictor_of("hidden_prototype")
 
 
 def _resolve_knn(model, cal, k: int | None, weighting: str | None) -> tuple[int, str]:
@@ -203,21 +321,16 @@ def _resolve_knn(model, cal, k: int | None, weighting: str | None) -> tuple[int,
     return k, weighting
 
 
-def _class_scores(method: str, z: np.ndarray, hidden: np.ndarray | None, sims: np.ndarray,
-                  idx: np.ndarray, atlas: Atlas, k: int,
-                  weighting: str) -> tuple[np.ndarray, Atlas]:
-    """The per-class scores of the ``method`` call, and the atlas (with its embedding's
-    prototypes where the call computed them)."""
-    if method == "knn":
-        scores = knn_scores(sims[:, :k], idx[:, :k], atlas.codes, len(atlas.classes),
-                            weighting=weighting)
-    elif method == "prototype":
-        centres, _ = prototypes(atlas.ref_z, atlas.ref_moa, atlas.classes)
-        atlas = replace(atlas, centres=centres)
-        scores = prototype_scores(z, centres)
-    else:  # the hidden prototypes are in sorted-MoA order, as `classes`
-        scores = prototype_scores(hidden, atlas.hidden_centres)
-    return scores, atlas
+def _class_scores(predictor, z: np.ndarray, layer: np.ndarray | None, sims: np.ndarray,
+                  idx: np.ndarray, atlas: Atlas) -> tuple[np.ndarray, Atlas]:
+    """The per-class scores of the ``predictor``'s call (the same
+    :meth:`~moaspace.model.predictor.MoaPredictor.class_scores` that training validated),
+    and the atlas (with its embedding's prototypes where the call computed them)."""
+    if predictor.kind == "hidden_prototype":
+        return predictor.class_scores(layer), atlas
+    if predictor.kind == "prototype":
+        atlas = replace(atlas, centres=predictor.centres)
+    return predictor.class_scores(z, sims, idx), atlas
 
 
 def _closed_set_calls(scores: np.ndarray, classes: Sequence) -> OpenSetCalls:
@@ -228,44 +341,55 @@ def _closed_set_calls(scores: np.ndarray, classes: Sequence) -> OpenSetCalls:
                         unknown_score=None, extra=[], info={})
 
 
-def _write_calls(adata, reference, query: Query, classes: list[str], calls: OpenSetCalls,
-                 info: dict, *, top_k: int) -> None:
-    """Write the embedding, the scores, the calls and the prediction's settings to ``adata``."""
+def _write_calls(adata, atlas, query: Query, classes: list[str], calls: OpenSetCalls,
+                 info: dict, *, top_k: int, key_added: str) -> None:
+    """Write the embedding, the scores, the calls and the prediction's settings to ``adata``
+    under the names of ``key_added`` (:func:`output_names`)."""
+    names = output_names(key_added)
     scores = query.scores
     if calls.unknown_score is not None:
-        adata.obs["moa_unknown_score"] = calls.unknown_score
-    adata.obsm["X_moa"] = query.z
-    adata.obsm["moa_scores"] = scores
-    adata.uns["moa_classes"] = list(classes)
-    adata.obs["moa_pred"] = pd.Categorical(calls.labels, categories=list(classes) + calls.extra)
-    adata.obs["moa_pred_score"] = calls.pred_score
+        adata.obs[names["unknown"]] = calls.unknown_score
+    adata.obsm[names["embedding"]] = query.z
+    adata.obsm[names["scores"]] = scores
+    adata.obs[names["pred"]] = pd.Categorical(calls.labels,
+                                              categories=list(classes) + calls.extra)
+    adata.obs[names["score"]] = calls.pred_score
     if info["calibrated"]:
-        adata.obs["moa_pred_known"] = pd.Categorical(
+        adata.obs[names["known"]] = pd.Categorical(
             np.asarray(classes, dtype=object)[scores.argmax(axis=1)], categories=classes)
-    if "pert_id" in reference.obs.columns:
-        adata.obs["nearest_compounds"] = nearest_compounds(
-            query.idx, query.sims, reference.obs["pert_id"].astype(str).to_numpy())
-    adata.uns["moa_top_k"] = top_k_table(scores, classes, top_k, index=adata.obs_names)
-    adata.uns["moa_predict"] = info
+    if "pert_id" in atlas.obs.columns:
+        adata.obs[names["nearest"]] = nearest_compounds(
+            query.idx, query.sims, atlas.obs["pert_id"].astype(str).to_numpy())
+    top = top_k_table(scores, classes, top_k, index=adata.obs_names.astype(str))
+    top.index = top.index.astype(str)
+    adata.uns[key_added] = {"params": info, "classes": list(classes), "top_k": top}
 
 
 def _compound_level(adata, scores: np.ndarray, classes: list[str], compounds_q: np.ndarray,
-                    labels: np.ndarray, *, calibrated: bool) -> pd.DataFrame:
-    """Compound calls (:func:`compound_calls` of the signatures not flagged 'no call'); for
-    a calibrated model with the mean unknown score and the share of 'unknown' calls."""
+                    labels: np.ndarray, *, cal, method: str,
+                    unknown_column: str = "moa_unknown_score") -> pd.DataFrame:
+    """Compound calls (:func:`compound_calls` of the signatures not flagged 'no call').
+
+    For a calibrated model ``moa_pred_score`` is the calibrated probability that the
+    compound's call is right (the calibration's compound map of its mean scores;
+    ``mean_score`` keeps the raw mean), ``unknown_score`` the share of its voting
+    signatures called 'unknown' (so it agrees with their calls: above 0.5 the compound
+    is 'unknown') and ``mean_unknown_distance`` their mean open-set score."""
     voting = np.asarray(labels, dtype=object) != NO_CALL
-    calls = compound_calls(scores, classes, compounds_q, voting=voting)
-    if calibrated:  # mean unknown score, share of 'unknown' calls (voting rows)
-        by = pd.DataFrame({"score": adata.obs["moa_unknown_score"].to_numpy(np.float64),
-                           "unknown": np.asarray(labels == "unknown", dtype=np.float64)},
+    confidence = None if cal is None else (lambda m: cal.compound_confidence(m, method))
+    calls = compound_calls(scores, classes, compounds_q, voting=voting, confidence=confidence)
+    if cal is not None:
+        by = pd.DataFrame({"score": adata.obs[unknown_column].to_numpy(np.float64),
+                           "unknown": np.asarray(labels == UNKNOWN, dtype=np.float64)},
                           index=compounds_q)[voting].groupby(level=0).mean().reindex(
                               calls.index)
-        calls["unknown_score"] = by["score"].to_numpy()
+        calls["unknown_score"] = by["unknown"].to_numpy()
         calls["share_unknown"] = by["unknown"].to_numpy()
+        calls["mean_unknown_distance"] = by["score"].to_numpy()
         # a compound is 'unknown' when most of its signatures are: averaging over
         # doses/cells makes the call steadier than any single signature's
         calls["moa_pred_known"] = calls["moa_pred"]
-        calls.loc[calls["share_unknown"] > 0.5, "moa_pred"] = "unknown"
+        calls.loc[calls["share_unknown"] > 0.5, "moa_pred"] = UNKNOWN
     return calls
 
 
@@ -290,13 +414,16 @@ def atlas_signatures(names: Sequence, compounds: Sequence | None, reference_obs:
 
 
 def compound_calls(scores: np.ndarray, classes: Sequence, compounds: Sequence,
-                   voting: np.ndarray | None = None) -> pd.DataFrame:
+                   voting: np.ndarray | None = None, confidence=None) -> pd.DataFrame:
     """One MoA call per compound: mean of its signatures' scores (soft vote).
 
     ``voting`` (bool per signature, default all): signatures that take part, e.g.
     not those flagged 'no call' for a low TAS; a compound none of whose
     signatures vote is called ``"no call"`` (score NaN). ``n_signatures`` counts
-    all of a compound's signatures, ``n_voting`` those that voted.
+    all of a compound's signatures, ``n_voting`` those that voted. ``confidence``:
+    a function of the compounds' mean score matrix giving ``moa_pred_score`` (a
+    calibrated probability); without it ``moa_pred_score`` is the top mean score, which
+    ``mean_score`` always holds.
     """
     compounds = np.asarray(compounds).astype(str)
     voting = np.ones(len(compounds), bool) if voting is None else np.asarray(voting, bool)
@@ -311,6 +438,11 @@ def compound_calls(scores: np.ndarray, classes: Sequence, compounds: Sequence,
     order = np.argsort(-np.nan_to_num(values, nan=-np.inf), axis=1, kind="stable")[:, :3]
     pred = np.where(silent, NO_CALL, classes[best] if len(classes) else NO_CALL)
     score = np.where(silent, np.nan, values[np.arange(len(best)), best] if values.size else np.nan)
+    mean_score = score
+    if confidence is not None and (~silent).any():
+        calibrated = np.full(len(every), np.nan)
+        calibrated[~silent] = confidence(values[~silent])
+        score = calibrated
     counts = pd.Series(compounds).value_counts()
     n_voting = pd.Series(compounds[voting]).value_counts()
     return pd.DataFrame(
@@ -320,6 +452,7 @@ def compound_calls(scores: np.ndarray, classes: Sequence, compounds: Sequence,
             "n_voting": n_voting.reindex(every).fillna(0).astype(int).to_numpy(),
             "moa_pred": pred,
             "moa_pred_score": score,
+            "mean_score": mean_score,
             "top3": ["" if q else ";".join(classes[o]) for q, o in zip(silent, order, strict=True)],
         }
     ).set_index("compound", drop=False).rename_axis(None)

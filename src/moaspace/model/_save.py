@@ -26,6 +26,7 @@ from moaspace._utils import atomic_path, atomic_write_text
 from moaspace._version import __version__
 from moaspace.errors import MoaspaceError
 from moaspace.model._config import CONFIG_DIGEST, _check_config, config_digest, saved_hyperparams
+from moaspace.model.module import MoaNet
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def save_model(model, model_dir: Path, overwrite: bool = False) -> Path:
              if hasattr(ad.settings, "allow_write_nullable_strings")
              else contextlib.nullcontext())
     with allow:
-        write_h5ad(model.reference, model_dir / ATLAS_FILE)
+        write_h5ad(model.atlas, model_dir / ATLAS_FILE)
     names = [MODEL_FILE, ATLAS_FILE]
     if model.calibration is not None:
         model.calibration.save(model_dir / CALIBRATION_FILE)
@@ -171,7 +172,8 @@ def load_model(cls, model_dir: Path, *, max_missing_fraction: float = 0.1,
     model.best_val_f1 = config.get("best_val_f1")
     model.train_info = dict(config.get("train", {}))
     model.max_missing_fraction = float(max_missing_fraction)
-    net = model._build_net()
+    net = MoaNet(len(model.genes), len(model.moas), len(model.compounds),
+                 model.config.to_dict())
     try:
         state = torch.load(model_dir / MODEL_FILE, map_location=map_location,
                            weights_only=True)
@@ -181,7 +183,7 @@ def load_model(cls, model_dir: Path, *, max_missing_fraction: float = 0.1,
     model.net = net.eval()
     from moaspace.pp._prepare import read_h5ad
 
-    model._reference = read_h5ad(model_dir / ATLAS_FILE)
+    model._atlas = read_h5ad(model_dir / ATLAS_FILE)
     if CALIBRATION_FILE in config.get("files", {}):
         from moaspace.model.calibration import Calibration
 

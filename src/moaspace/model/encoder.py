@@ -116,8 +116,8 @@ class Encoder(nn.Module):
         """Width of :meth:`prototype_features`."""
         return self.hidden_dim + (self.n_genes + 1 if self.whiten is not None else 0)
 
-    def prototype_features(self, x: torch.Tensor, hidden: torch.Tensor | None = None
-                           ) -> torch.Tensor:
+    def prototype_features(self, x: torch.Tensor, hidden: torch.Tensor | None = None,
+                           view_weights: tuple[float, float] | None = None) -> torch.Tensor:
         """The layer the MoA prototypes live in: unit rows, one dot product per MoA.
 
         Without whitening it is the normalised last hidden layer. With it, the
@@ -128,13 +128,17 @@ class Encoder(nn.Module):
         the hidden layer's cosine plus the nearest-centroid discriminant of the
         whitened signature on the sphere (:mod:`moaspace.model.prototypes`).
         ``a_h + 2 a_w = 1`` keeps every row at unit norm. ``hidden``: the activations
-        of ``x`` if already computed.
+        of ``x`` if already computed; ``view_weights``: ``(a_h, a_w)`` to use instead of
+        the stored ones (a predictor being fitted during training, which leaves the
+        stored weights alone).
         """
         h = self.hidden(x) if hidden is None else hidden
         h = F.normalize(h.float(), dim=1)
         if self.whiten is None:
             return h
-        a_h, a_w = self.view_weights.float().clamp_min(0).sqrt()
+        weights = self.view_weights if view_weights is None else torch.as_tensor(
+            view_weights, dtype=torch.float32, device=x.device)
+        a_h, a_w = weights.float().clamp_min(0).sqrt()
         w = F.normalize(self.whiten(self._clip(x)).float(), dim=1)
         ones = torch.ones((len(x), 1), dtype=w.dtype, device=w.device)
         return torch.cat([a_h * h, a_w * w, a_w * ones], dim=1)

@@ -24,11 +24,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from moaspace._utils import preview
 from moaspace.errors import InputError, MoaspaceError
-from moaspace.model._calibrate import calibration_rows
+from moaspace.model._atlas import (
+    atlas_anndata,
+    atlas_classes,
+    predictor_from_atlas,
+    prototype_rows,
+    stored_prototypes,
+)
+from moaspace.model._calibrate import calibration_cosines, calibration_rows
 from moaspace.model._config import CONFIG_DIGEST, ModelConfig, _check_config, config_digest
 from moaspace.model._genes import aligned_rows, gene_positions
+from moaspace.model._keys import ModelKeys, check_training_data, split_labels
 from moaspace.model._save import (
     ATLAS_FILE,
     CALIBRATION_FILE,
@@ -40,20 +47,17 @@ from moaspace.model._save import (
 )
 from moaspace.model.data import InMemoryRows, RowSource, backed_rows
 from moaspace.model.module import MoaNet, embed_row_source, layer_widths
+from moaspace.model.predictor import MoaPredictor, crossfit_cosines, fit_predictor
 from moaspace.model.train import (
     INPUT_CANDIDATES,
     TrainData,
-    config_meta,
+    TrainInputs,
+    TrainResult,
     data_fingerprint,
-    fit_prototypes,
-    keep_best,
     log_training,
-    prepare_training,
-    prototype_val_f1,
     quiet_lightning,
-    record_run,
     run_options,
-    train_candidates,
+    run_training,
     warn_if_not_zscores,
 )
 
@@ -112,17 +116,17 @@ class MoaModel:
         self.best_epoch: int | None = None
         self.best_val_f1: float | None = None
         self.train_info: dict = {}
-        self._reference: ad.AnnData | None = None
+        self._atlas: ad.AnnData | None = None
         self.max_missing_fraction = 0.1
         self.calibration = None  # moaspace.model.calibration.Calibration, fitted on the val split
         if adata is None:  # used by load()
             return
-        self._check_adata(adata)
+        check_training_data(adata, self.key_registry)
         self.genes = [str(g) for g in adata.var_names]
         self.gene_symbols = (
             adata.var["gene_symbol"].astype(str).tolist() if "gene_symbol" in adata.var else []
         )
-        self._split = self._split_labels(adata)
+        self._split = split_labels(adata, self.key_registry)
         obs = adata.obs
         train = self._split == "train"
         self.moas = sorted(obs.loc[train, moa_key].astype(str).unique().tolist())
@@ -142,48 +146,10 @@ class MoaModel:
                 f"with predict's {UNKNOWN!r} / {NO_CALL!r} calls): drop or relabel those rows")
         self.fingerprint = data_fingerprint(adata, split_key)
 
-    # ------------------------------------------------------------------ input
-    def _check_adata(self, adata: ad.AnnData) -> None:
-        missing = [k for k in (self.keys["moa"], self.keys["compound"]) if k not in adata.obs]
-        if missing:
-            raise InputError(
-                f"obs columns {missing} are missing (obs has {preview(adata.obs.columns)})"
-            )
-        if adata.n_obs == 0 or adata.n_vars == 0:
-            raise InputError(f"empty AnnData ({adata.n_obs} x {adata.n_vars})")
-        if adata.var_names.has_duplicates:
-            dup = adata.var_names[adata.var_names.duplicated()]
-            raise InputError(f"duplicated gene ids in var_names: {preview(dup)}")
-
-    def _split_labels(self, adata: ad.AnnData) -> np.ndarray:
-        key = self.keys["split"]
-        if key in adata.obs.columns:
-            labels = adata.obs[key].astype(str).to_numpy()
-            if not (labels == "train").any():
-                raise InputError(f"obs[{key!r}] has no 'train' signatures")
-            if not (labels == "val").any():
-                logger.warning(
-                    "obs[%r] has no 'val' signatures: no early stopping, the last epoch is kept",
-                    key,
-                )
-            return labels
-        from moaspace._core.labels import majority_moa, stratified_pick
-
-        logger.warning(
-            "obs[%r] is missing: carving 10%% of the compounds (seed 0) as validation and "
-            "training on everything else; run moaspace.pp._split.split for a test set", key,
-        )
-        obs = pd.DataFrame({"pert_id": adata.obs[self.keys["compound"]].astype(str).values,
-                            "moa": adata.obs[self.keys["moa"]].astype(str).values})
-        val = stratified_pick(majority_moa(obs), 0.1, np.random.default_rng(0), 1, 3)
-        return np.where(obs["pert_id"].isin(val), "val", "train").astype(object)
-
-    def _build_net(self, moa_counts=None, input_whitening: str | None = None) -> MoaNet:
-        config = self.config.to_dict()
-        if input_whitening is not None:  # a candidate of input_whitening="auto"
-            config["input_whitening"] = input_whitening
-        return MoaNet(len(self.genes), len(self.moas), len(self.compounds), config,
-                      moa_counts=moa_counts)
+    @property
+    def key_registry(self) -> ModelKeys:
+        """The obs columns this model was trained with (saved in ``config.json``)."""
+        return ModelKeys.from_dict(self.keys)
 
     # ------------------------------------------------------------------ train
     def train(
@@ -244,56 +210,99 @@ class MoaModel:
             devices=devices, strategy=strategy, seed=seed, patience=patience,
             progress_bar=progress_bar, callbacks=callbacks, precision=precision,
             model_dir=model_dir, resume=resume)
+        inputs = TrainInputs(adata=self.adata, split=self._split, keys=dict(self.keys),
+                             genes=list(self.genes), moas=list(self.moas),
+                             compounds=list(self.compounds), config=self.config,
+                             fingerprint=self.fingerprint)
         deterministic_before = torch.are_deterministic_algorithms_enabled()
         try:
             with quiet_lightning():
-                data, whitening = prepare_training(self, seed)  # 1. data, whitening map
-                # a checkpoint must match the data and the config as prepared for training
-                opts.meta = config_meta(self.fingerprint, self.config.to_dict())
-                runs = train_candidates(self, data, whitening, opts)  # 2. the candidates
-                module, world_size = keep_best(self, runs)  # 3. the best on validation
-                del runs
+                result = run_training(inputs, opts)  # data, candidates, the best kept
         finally:
             torch.use_deterministic_algorithms(deterministic_before)
-        final_val_f1 = record_run(self, module, data, world_size, opts)
-        self._build_atlas(data)  # 4. the kept network's prototypes and the atlas
-        self._calibrate_on_val(data)  # 5. calibrated scores, 'unknown' threshold, refit
-        log_training(self, final_val_f1)
+        self._install(result)
+        self._build_atlas(result)  # the kept network's prototypes and the atlas
+        self._calibrate_on_val(result)  # calibrated scores, 'unknown' threshold, refit
+        log_training(result)
         return {"best_epoch": self.best_epoch, "best_val_f1": self.best_val_f1,
                 "epochs": len(self.history), "history": self.history,
                 "averaged_epochs": self.train_info["averaged_epochs"],
                 "final_val_f1": self.train_info["final_val_f1"]}
 
-    def _build_atlas(self, data: TrainData) -> None:
-        """The kept network's MoA prototypes (train rows) and the atlas of the train rows."""
-        centres = self._fit_prototypes(data, rows=data.train_idx)
-        emb = self._embed_source(data.x, data.train_idx)[0]
-        self._reference = self._build_reference(data.train_idx, data, emb)
-        self._reference.uns["moaspace"].update(hidden_prototypes=centres,
-                                               hidden_prototype_moas=list(self.moas))
+    def _install(self, result: TrainResult) -> None:
+        """Take a training run's network, frozen config and record."""
+        self.net, self.config = result.net, result.config
+        self.history = list(result.history)
+        self.best_epoch, self.best_val_f1 = result.best_epoch, result.best_val_f1
+        self.train_info = dict(result.info)
 
-    def _calibrate_on_val(self, data: TrainData) -> None:
-        """Calibrated scores and the 'unknown' threshold on the validation compounds, then
-        (``refit_prototypes``) the prototypes over train + val; no calibration without val."""
-        if len(data.val_idx):
-            z_val, p_val = self._embed_source(data.x, data.val_idx,
-                                              layers=("embedding", "prototype"))
-            val = self._build_reference(data.val_idx, data, z_val)
-            self._fit_calibration(np.asarray(val.X), val.obs["moa"].astype(str).to_numpy(),
-                                  self._tas(self.adata.obs.iloc[data.val_idx]),
-                                  groups=val.obs["pert_id"].astype(str).to_numpy(),
-                                  hidden=p_val)
-            if self.config.refit_prototypes:
-                # the MoA centres from every labelled signature the network may see, as the
-                # classical baselines are fitted on train + val (the network is not retrained)
-                rows = np.union1d(data.train_idx, data.val_idx)
-                self._reference.uns["moaspace"]["hidden_prototypes"] = self._fit_prototypes(
-                    data, rows=rows, weights_from=data.train_idx)
-                self.train_info["prototype_rows"] = "train+val"
-        else:
+    def _build_atlas(self, result: TrainResult) -> None:
+        """The atlas (embeddings of the training rows) and the prototype-layer prototypes
+        over the training rows (the kept predictor's own when it is ``hidden_prototype``;
+        the open-set score reads them whatever the predictor)."""
+        data = result.data
+        emb = self._embed_source(data.x, data.train_idx)[0]
+        self._atlas = self._atlas_anndata(data.train_idx, emb)
+        prototypes = result.predictor
+        if prototypes.kind != "hidden_prototype":
+            prototypes = self._fit_hidden_prototypes(data, data.train_idx)
+        self._set_prototypes(prototypes, {"splits": ["train"], "n_rows": len(data.train_idx)})
+
+    def _fit_hidden_prototypes(self, data: TrainData, rows: np.ndarray,
+                               view_weights=None) -> MoaPredictor:
+        return fit_predictor("hidden_prototype", self._require_net(), data.x, data.moa.numpy(),
+                             rows, len(self.moas), beta=self.config.linear_view_weight,
+                             view_weights=view_weights)
+
+    def _set_prototypes(self, prototypes: MoaPredictor, rows: dict) -> None:
+        """Store prototype-layer prototypes in the atlas, their view weights in the encoder
+        (which ``embed(layer="prototype")`` and ``explain`` read), and which rows they saw."""
+        enc = self._require_net().encoder
+        if prototypes.view_weights is not None:
+            enc.view_weights.copy_(torch.tensor(prototypes.view_weights,
+                                                dtype=enc.view_weights.dtype))
+        self._atlas.uns["moaspace"].update(hidden_prototypes=prototypes.centres,
+                                           hidden_prototype_moas=list(self.moas),
+                                           prototype_rows=rows)
+
+    def _calibrate_on_val(self, result: TrainResult) -> None:
+        """Calibrated scores and the 'unknown' threshold on the validation compounds; with
+        ``refit_prototypes`` the prototypes are then refitted over train + val, and the
+        validation rows are scored for the calibration by cross-fitting (each fold of
+        validation compounds by prototypes fitted on the training rows and the other
+        folds), so no calibration row is scored by prototypes that saw it."""
+        data = result.data
+        if not len(data.val_idx):
             self.calibration = None
             logger.warning("no validation signatures: the model is not calibrated (no 'unknown' "
                            "calls; call model.calibrate(adata) with a 'val' split to add it)")
+            return
+        net, val = self._require_net(), data.val_idx
+        obs = self.adata.obs.iloc[val]
+        groups = obs[self.keys["compound"]].astype(str).to_numpy()
+        train_prototypes = self.predictor_of("hidden_prototype")
+        if self.config.refit_prototypes:
+            hidden_cos, folds = crossfit_cosines(
+                net, data.x, data.moa.numpy(), data.train_idx, val, groups, len(self.moas),
+                train_prototypes.view_weights)
+            scored_by = f"cross-fitted: {len(folds)} folds of validation compounds"
+        else:
+            hidden_cos = train_prototypes.cosines(train_prototypes.features(net, data.x, val))
+            scored_by = "prototypes of the training rows"
+        self._fit_calibration(self._embed_source(data.x, val)[0],
+                              obs[self.keys["moa"]].astype(str).to_numpy(), self._tas(obs),
+                              groups=groups, hidden_cos=hidden_cos)
+        self.calibration.validation["scored_by"] = scored_by
+        if self.config.refit_prototypes:
+            # the MoA centres from every labelled signature the network may see, as the
+            # classical baselines are fitted on train + val (the network is not retrained)
+            rows = np.union1d(data.train_idx, val)
+            refit = self._fit_hidden_prototypes(data, rows, train_prototypes.view_weights)
+            self._set_prototypes(refit, {
+                "splits": ["train", "val"], "n_rows": len(rows),
+                "val_signatures": [str(n) for n in obs.index],
+                "val_compounds": sorted(set(groups))})
+            self.train_info["prototype_rows"] = "train+val"
 
     # -------------------------------------------------------------- inference
     def predict(self, adata: ad.AnnData, **kwargs) -> ad.AnnData:
@@ -314,6 +323,11 @@ class MoaModel:
         from moaspace.model._predict import predict
 
         return predict(self, adata, **kwargs)
+
+    @property
+    def module(self) -> MoaNet:
+        """The trained network (scvi-tools' *module*); MoaspaceError when untrained."""
+        return self._require_net()
 
     def _require_net(self) -> MoaNet:
         if self.net is None:
@@ -360,8 +374,9 @@ class MoaModel:
         Streams ``batch_size`` rows at a time, so a backed AnnData
         (``read_h5ad(path, backed="r")``) is embedded without loading ``X``.
         ``layer="hidden"``: the last hidden layer's activations instead
-        (``(n_obs, hidden_dim)``, not normalised), which the open-set score
-        ``hidden_prototype`` reads.
+        (``(n_obs, hidden_dim)``, not normalised); ``layer="prototype"``: the
+        prototype layer (that layer stacked with the whitened signature), which the
+        default predictor ``hidden_prototype`` and its open-set score read.
 
         Parameters
         ----------
@@ -428,68 +443,70 @@ class MoaModel:
         return tuple(t.numpy() for t in embed_row_source(
             net, source, idx, batch_size=batch_size, layers=layers, out_device="cpu"))
 
-    def _fit_prototypes(self, data: TrainData, rows: np.ndarray,
-                        weights_from: np.ndarray | None = None) -> np.ndarray:
-        """MoA prototypes of the prototype layer over ``rows``
-        (:func:`~moaspace.model.train.fit_prototypes`), in ``self.moas`` order; kept for
-        :meth:`_prototype_val_f1`."""
-        self._train_prototypes = fit_prototypes(
-            self._require_net(), data, rows, len(self.moas), self.config.linear_view_weight,
-            weights_from=weights_from)
-        return self._train_prototypes
+    def predictor_of(self, kind: str | None = None, *, k: int | None = None,
+                     weighting: str = "distance") -> MoaPredictor:
+        """The fitted :class:`~moaspace.model.predictor.MoaPredictor` of ``kind`` (default:
+        ``config.predictor``, the one training validated and ``predict`` calls with).
 
-    def _prototype_val_f1(self, data: TrainData) -> float:
-        """Validation macro-F1 of the nearest prototype of :meth:`_fit_prototypes`."""
-        if len(data.val_idx) == 0:
-            return float("nan")
-        return prototype_val_f1(self._require_net(), data, self._train_prototypes)
+        Parameters
+        ----------
+        kind : {"knn", "prototype", "hidden_prototype"}, optional
+            The predictor.
+        k : int, optional
+            Neighbours of the kNN vote (default ``config.knn_k``).
+        weighting : {"distance", "uniform"}, default "distance"
+            Weights of the kNN vote.
+
+        Returns
+        -------
+        MoaPredictor
+        """
+        kind = self.config.predictor if kind is None else kind
+        return predictor_from_atlas(kind, self.atlas, self._require_net(),
+                                    k=self.config.knn_k if k is None else k,
+                                    weighting=weighting)
+
+    @property
+    def predictor(self) -> MoaPredictor:
+        """The predictor ``predict`` calls with (:meth:`predictor_of` of ``config.predictor``)."""
+        return self.predictor_of()
+
+    @property
+    def prototype_rows(self) -> dict:
+        """Which rows the stored prototype-layer prototypes saw (``splits``, ``n_rows``;
+        after a refit on train + val also ``val_signatures`` and ``val_compounds``)."""
+        return prototype_rows(self._atlas)
 
     @property
     def hidden_prototypes(self) -> np.ndarray | None:
-        """MoA prototypes of the last hidden layer, one row per atlas MoA in sorted order
-        (the order of ``predict``'s classes); stored with the atlas with their MoA names.
-        None for a model saved before they existed."""
-        if self._reference is None:
-            return None
-        meta = self._reference.uns.get("moaspace", {})
-        centres = meta.get("hidden_prototypes")
-        if centres is None:
-            return None
-        classes = sorted(set(self._reference.obs["moa"].astype(str)))
-        names = [str(m) for m in meta.get("hidden_prototype_moas", [])]
-        if names != classes:
-            raise MoaspaceError(
-                f"the atlas's hidden prototypes are for MoAs {preview(names)}, its signatures "
-                f"for {preview(classes)}: the atlas was changed after training")
-        return np.asarray(centres, dtype=np.float32)
+        """Prototype-layer MoA prototypes, one row per MoA in sorted order (None for a
+        model saved before they existed). Kept for older code: use
+        ``model.predictor_of("hidden_prototype").centres``."""
+        return stored_prototypes(self._atlas)
 
-    def _build_reference(self, idx: np.ndarray, data: TrainData,
-                         emb: np.ndarray | None = None) -> ad.AnnData:
-        if emb is None:
-            emb = self._embed_source(data.x, idx)[0]
-        obs = self.adata.obs.iloc[idx]
-        cols = {}
-        for name, key in (("moa", self.keys["moa"]), ("pert_id", self.keys["compound"]),
-                          ("cell_iname", self.keys["cell"]), ("cmap_name", "cmap_name")):
-            if key in obs.columns:
-                cols[name] = pd.Categorical(obs[key].astype(str).to_numpy())
-        ref = ad.AnnData(
-            X=emb, obs=pd.DataFrame(cols, index=obs.index.astype(str)),
-            var=pd.DataFrame(index=[f"z{i}" for i in range(emb.shape[1])]),
-        )
-        ref.uns["moaspace"] = {"reference": {"splits": ["train"]}}
-        return ref
+    def _atlas_anndata(self, idx: np.ndarray, emb: np.ndarray) -> ad.AnnData:
+        return atlas_anndata(self.adata.obs.iloc[idx], self.keys, emb)
+
+    @property
+    def atlas(self) -> ad.AnnData:
+        """Embeddings of the training signatures (X) with obs ``moa``, ``pert_id``,
+        ``cell_iname``, and the prototype-layer prototypes in ``uns["moaspace"]``.
+
+        The kNN predictor searches it; it holds the training split only, so scores on
+        validation/test are not leaky.
+        """
+        if self._atlas is None:
+            raise MoaspaceError("no atlas yet: train or load the model first")
+        return self._atlas
 
     @property
     def reference(self) -> ad.AnnData:
-        """Embeddings of the training signatures (X) with obs ``moa``, ``pert_id``, ``cell_iname``.
+        """Deprecated name of :attr:`atlas` (removed after 0.2)."""
+        import warnings
 
-        This is the atlas a kNN predictor searches; it holds the training
-        split only, so scores on validation/test are not leaky.
-        """
-        if self._reference is None:
-            raise MoaspaceError("no reference yet: train or load the model first")
-        return self._reference
+        warnings.warn("MoaModel.reference is deprecated: use MoaModel.atlas",
+                      DeprecationWarning, stacklevel=2)
+        return self.atlas
 
     # ------------------------------------------------------------ calibration
     def _tas(self, obs: pd.DataFrame, tas_key: str = "tas") -> np.ndarray | None:
@@ -498,16 +515,16 @@ class MoaModel:
         return pd.to_numeric(obs[tas_key], errors="coerce").to_numpy(np.float64)
 
     def _fit_calibration(self, z: np.ndarray, labels: np.ndarray, tas: np.ndarray | None,
-                         hidden: np.ndarray | None = None, **kwargs):
-        """``hidden``: the rows' last-hidden-layer activations, or None (no hidden score)."""
+                         **kwargs):
+        """Fit ``self.calibration`` on rows with embeddings ``z`` (``hidden_cos``: their
+        prototype-layer cosines, or None: no prototype-layer predictor or score)."""
         from moaspace.model.calibration import fit_calibration
 
-        ref = self.reference
+        atlas = self.atlas
         self.calibration = fit_calibration(
-            z, labels, np.asarray(ref.X, dtype=np.float32), ref.obs["moa"].astype(str).to_numpy(),
-            classes=sorted(set(ref.obs["moa"].astype(str))), k=self.config.knn_k, tas=tas,
-            hidden=hidden, hidden_centres=None if hidden is None else self.hidden_prototypes,
-            **kwargs)
+            z, labels, np.asarray(atlas.X, dtype=np.float32),
+            atlas.obs["moa"].astype(str).to_numpy(), classes=atlas_classes(atlas),
+            k=self.config.knn_k, tas=tas, **kwargs)
         return self.calibration
 
     def calibrate(self, adata: ad.AnnData, *, split: str | None = "val",
@@ -532,14 +549,14 @@ class MoaModel:
         self._require_net()
         sub = calibration_rows(self, adata, split)  # held-out rows of known MoAs, checked
         moa_key, compounds = self.keys["moa"], sub.obs[self.keys["compound"]].astype(str)
-        if self.hidden_prototypes is None:
-            z, hidden = self.embed(sub), None
-        else:
-            z, hidden = self.embed_layers(sub, ("embedding", "prototype"))
+        z = self.embed(sub)
+        # scores of prototypes that never saw these rows (cross-fitted where they did)
+        hidden_cos = (None if self.hidden_prototypes is None
+                      else calibration_cosines(self, adata, sub))
         return self._fit_calibration(
             z, sub.obs[moa_key].astype(str).to_numpy(),
             self._tas(sub.obs, tas_key),
-            groups=compounds.to_numpy(), hidden=hidden,
+            groups=compounds.to_numpy(), hidden_cos=hidden_cos,
             target_false_unknown=target_false_unknown, method=method, score=score,
             min_tas=min_tas)
 

@@ -77,6 +77,7 @@ class MoaNet(nn.Module):
                  moa_counts=None):
         super().__init__()
         self.config = dict(config)
+        self.n_moas = int(n_moas)
         c = self.config
         self.loss_name = c["loss"]
         if self.loss_name not in LOSSES:
@@ -165,10 +166,12 @@ def layer_widths(net: MoaNet, layers: tuple[str, ...]) -> list[int]:
 @torch.no_grad()
 def embed_row_source(net: MoaNet, source, idx: np.ndarray, device=None,
                      batch_size: int = 8192, layers: tuple[str, ...] = ("embedding",),
-                     out_device=None) -> tuple[torch.Tensor, ...]:
+                     out_device=None, view_weights: tuple[float, float] | None = None
+                     ) -> tuple[torch.Tensor, ...]:
     """Embeddings (float32) of rows ``idx`` of a row source, in eval mode, one tensor per
-    entry of ``layers``: ``embedding`` (unit-norm output) and/or ``hidden`` (last hidden
-    layer, :meth:`Encoder.hidden <moaspace.model.encoder.Encoder.hidden>`), from one
+    entry of ``layers``: ``embedding`` (unit-norm output), ``hidden`` (last hidden
+    layer, :meth:`Encoder.hidden <moaspace.model.encoder.Encoder.hidden>`) and/or
+    ``prototype`` (the prototype layer, with ``view_weights`` when given), from one
     forward pass.
 
     Reads ``batch_size`` rows at a time (fewer when the source is backed and
@@ -190,7 +193,8 @@ def embed_row_source(net: MoaNet, source, idx: np.ndarray, device=None,
             # net.embed(x) is normalize(head(hidden(x))) for every loss
             got = {"hidden": h, "embedding": F.normalize(net.encoder.head(h), dim=1)}
             if "prototype" in layers:
-                got["prototype"] = net.encoder.prototype_features(xb, hidden=h)
+                got["prototype"] = net.encoder.prototype_features(
+                    xb, hidden=h, view_weights=view_weights)
             for o, layer in zip(out, layers, strict=True):
                 o[start:start + batch_size] = got[layer].float().to(out_device)
     finally:

@@ -24,36 +24,45 @@ from __future__ import annotations
 
 import numpy as np
 
+from moaspace._core.neighbors import l2_normalize
 
-def unit_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Unit rows in float64 (the prototype sums are accumulated in double precision)."""
+    return l2_normalize(x, dtype=np.float64)
 
 
 class ViewSums:
-    """Per-MoA sums of the unit hidden and unit whitened rows, accumulated block by block
-    (an atlas of 300,000 signatures is never held whole)."""
+    """Per-MoA sums of the unit hidden and (with whitening) unit whitened rows,
+    accumulated block by block (an atlas of 300,000 signatures is never held whole).
+    ``n_genes=None``: the hidden view alone (a model without input whitening)."""
 
-    def __init__(self, n_classes: int, hidden_dim: int, n_genes: int):
+    def __init__(self, n_classes: int, hidden_dim: int, n_genes: int | None):
         self.hidden = np.zeros((n_classes, hidden_dim))
-        self.whitened = np.zeros((n_classes, n_genes))
+        self.whitened = None if n_genes is None else np.zeros((n_classes, n_genes))
         self.counts = np.zeros(n_classes)
 
-    def add(self, hidden: np.ndarray, whitened: np.ndarray, codes: np.ndarray) -> None:
+    def add(self, hidden: np.ndarray, whitened: np.ndarray | None, codes: np.ndarray) -> None:
         np.add.at(self.hidden, codes, unit_rows(hidden))
-        np.add.at(self.whitened, codes, unit_rows(whitened))
+        if self.whitened is not None:
+            np.add.at(self.whitened, codes, unit_rows(whitened))
         np.add.at(self.counts, codes, 1.0)
 
-    def __iadd__(self, other: ViewSums) -> ViewSums:
-        self.hidden += other.hidden
-        self.whitened += other.whitened
-        self.counts += other.counts
-        return self
+    def __add__(self, other: ViewSums) -> ViewSums:
+        out = ViewSums(len(self.counts), self.hidden.shape[1],
+                       None if self.whitened is None else self.whitened.shape[1])
+        out.hidden = self.hidden + other.hidden
+        out.counts = self.counts + other.counts
+        if self.whitened is not None:
+            out.whitened = self.whitened + other.whitened
+        return out
 
-    def centres(self) -> tuple[np.ndarray, np.ndarray]:
-        """Unit hidden centres ``c_k`` and whitened means ``m_k`` (zero rows for empty classes)."""
+    def centres(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Unit hidden centres ``c_k`` and whitened means ``m_k`` (zero rows for empty
+        classes; None without a whitened view)."""
         counts = np.maximum(self.counts, 1.0)[:, None]
-        return unit_rows(self.hidden), self.whitened / counts
+        return unit_rows(self.hidden), (None if self.whitened is None
+                                        else self.whitened / counts)
 
 
 def view_scores(hidden: np.ndarray, whitened: np.ndarray, centres: tuple[np.ndarray, np.ndarray]
@@ -78,10 +87,13 @@ def fit_view_weights(s_hidden: np.ndarray, s_whitened: np.ndarray, beta: float
     return a_h / total, a_w / total
 
 
-def stacked_prototypes(centres: tuple[np.ndarray, np.ndarray], weights: tuple[float, float]
-                       ) -> np.ndarray:
-    """Prototypes in the prototype layer: ``[sqrt(a_h) c, sqrt(a_w) m, -sqrt(a_w) |m|^2 / 2]``."""
+def stacked_prototypes(centres: tuple[np.ndarray, np.ndarray | None],
+                       weights: tuple[float, float] | None) -> np.ndarray:
+    """Prototypes in the prototype layer: ``[sqrt(a_h) c, sqrt(a_w) m, -sqrt(a_w) |m|^2 / 2]``;
+    the unit hidden centres ``c`` alone without a whitened view."""
     c_hidden, m_whitened = centres
+    if m_whitened is None:
+        return c_hidden.astype(np.float32)
     r_h, r_w = np.sqrt(weights[0]), np.sqrt(weights[1])
     bias = -0.5 * (m_whitened ** 2).sum(axis=1, keepdims=True)
     return np.hstack([r_h * c_hidden, r_w * m_whitened, r_w * bias]).astype(np.float32)

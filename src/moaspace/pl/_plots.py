@@ -553,7 +553,7 @@ def benchmark_results(summary: pd.DataFrame):
 def knockdown_map(model, kd, result: dict, target_key: str = "target_gene"):
     """Knockdowns on the drug latent map, coloured by their (first) expected MoA.
 
-    Draws :func:`crispr_map` of the model's atlas (``model.reference``) and the
+    Draws :func:`crispr_map` of the model's atlas (``model.atlas``) and the
     knockdowns' embedding; genes without an expected MoA get ``"no expected MoA"``.
 
     Parameters
@@ -573,7 +573,7 @@ def knockdown_map(model, kd, result: dict, target_key: str = "target_gene"):
     """
     first = {g: (m[0] if m else "no expected MoA") for g, m in result["expected"].items()}
     genes = kd.obs[target_key].astype(str)
-    ref = model.reference
+    ref = model.atlas
     return crispr_map(np.asarray(ref.X), ref.obs["moa"], result["embedding"],
                       genes.map(lambda g: first.get(g, "no expected MoA")).to_numpy(),
                       kd_labels=genes.to_numpy())

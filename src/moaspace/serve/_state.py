@@ -96,7 +96,7 @@ class ServiceState:
         self.lock = threading.Lock()
         ref = getattr(self.model, "atlas", None)  # the atlas ("reference" in older versions)
         if not isinstance(ref, ad.AnnData):
-            ref = self.model.reference
+            ref = self.model.atlas
         self.ref_z = np.asarray(ref.X, dtype=np.float32)
         obs = ref.obs
         self.ref_moa = obs["moa"].astype(str).to_numpy()

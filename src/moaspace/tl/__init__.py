@@ -1,7 +1,7 @@
 """Tools on a trained model (scanpy's ``tl``): MoA calls, evaluation, explanations and
 CRISPR knockdown scoring. AnnData in; results in ``obsm``/``obs``/``uns``."""
 
-from moaspace.model._predict import predict
+from moaspace.model._predict import predict, prediction_table
 from moaspace.tl._attribution import gene_importance, moa_directions, top_genes
 from moaspace.tl._crispr import expected_moas, score_knockdowns, write_crispr
 from moaspace.tl._enrichment import enrich_moas, prerank, restrict_gene_sets
@@ -19,6 +19,7 @@ __all__ = [
     "metrics_markdown",
     "moa_directions",
     "predict",
+    "prediction_table",
     "prerank",
     "restrict_gene_sets",
     "retrieval_map",

@@ -189,7 +189,7 @@ def score_knockdowns(
     """Embed knockdowns, call MoAs and score the expected MoA of each knocked-down gene.
 
     Each knockdown signature is embedded (``model.embed``) and scored by a kNN vote over
-    the model's MoAs against its atlas (``model.reference``); the scores are averaged per
+    the model's MoAs against its atlas (``model.atlas``); the scores are averaged per
     knocked-down gene and ranked against the gene's expected MoAs
     (:func:`expected_moas`, with the atlas compounds' MoAs).
 
@@ -246,7 +246,7 @@ def score_knockdowns(
     if target_key not in kd.obs.columns:
         raise InputError(f"obs has no column {target_key!r}: prepare knockdowns with "
                          "`moaspace prepare --pert-type trt_xpr`")
-    ref = model.reference
+    ref = model.atlas
     ref_moa = ref.obs["moa"].astype(str).to_numpy()
     classes = list(model.moas)
     compound_moa = (ref.obs.groupby("pert_id", observed=True)["moa"].first().astype(str)

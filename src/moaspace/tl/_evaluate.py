@@ -14,7 +14,7 @@ import numpy as np
 from moaspace._core.neighbors import aggregate_scores
 from moaspace._utils import atomic_write_text
 from moaspace.errors import InputError
-from moaspace.model._predict import predict
+from moaspace.model._predict import predict, prediction_table
 from moaspace.tl._metrics import (
     classification_metrics,
     neighbour_label_shares,
@@ -26,13 +26,15 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate(
-    model, adata, *, split: str = "test", split_key: str = "split", k: int | None = None,
-    moa_key: str = "moa", compound_key: str = "pert_id", seed: int = 0,
-    method: str | None = None,
+    model, adata, *, split: str = "test", split_key: str | None = None, k: int | None = None,
+    moa_key: str | None = None, compound_key: str | None = None, seed: int = 0,
+    predictor: str | None = None, method: str | None = None,
 ) -> dict:
     """Metrics of ``model`` on the held-out rows with ``obs[split_key] == split``.
 
-    The rows are called by :func:`moaspace.tl.predict` with ``method`` (None: the
+    The obs columns default to those the model was trained with (its key registry,
+    ``model.keys``). The rows are called by :func:`moaspace.tl.predict` with
+    ``predictor`` (None: the
     model's predictor; recorded as ``predictor``) and ``k``, then scored at signature
     level, at compound level (mean scores per compound), for the hierarchy of the
     embedding among the held-out signatures, and for retrieval.
@@ -46,21 +48,24 @@ def evaluate(
         and the true MoA in ``obs[moa_key]``.
     split : str, default "test"
         Value of ``obs[split_key]`` selecting the rows scored.
-    split_key : str, default "split"
-        ``obs`` column of the split.
+    split_key : str, optional
+        ``obs`` column of the split (default: the model's).
     k : int, optional
         Neighbours of the kNN vote, passed to ``predict``; default None: the k that
         ``predict`` resolves (the calibrated one). The hierarchy uses ``min(k, n - 1)``.
-    moa_key : str, default "moa"
-        ``obs`` column of the true MoA.
-    compound_key : str, default "pert_id"
-        ``obs`` column of the compound; without it the compound-level metrics,
+    moa_key : str, optional
+        ``obs`` column of the true MoA (default: the model's).
+    compound_key : str, optional
+        ``obs`` column of the compound (default: the model's); without it the
+        compound-level metrics,
         ``silhouette_compound`` and ``compound_map`` are left out.
     seed : int, default 0
         Seed of the subsamples of the silhouette and retrieval metrics.
-    method : str, optional
+    predictor : str, optional
         Predictor for ``predict`` (``"knn"``, ``"prototype"`` or ``"hidden_prototype"``);
         default None: the model's.
+    method : str, optional
+        Deprecated name of ``predictor``.
 
     Returns
     -------
@@ -86,6 +91,11 @@ def evaluate(
     MoaspaceError
         If the model is not trained.
     """
+    keys = model.keys
+    split_key = split_key or keys.get("split", "split")
+    moa_key = moa_key or keys.get("moa", "moa")
+    compound_key = compound_key or keys.get("compound", "pert_id")
+    predictor = predictor or method
     for key in (split_key, moa_key):
         if key not in adata.obs.columns:
             raise InputError(f"obs has no column {key!r}; run `moaspace split` first"
@@ -93,13 +103,15 @@ def evaluate(
     rows = (adata.obs[split_key].astype(str) == split).to_numpy()
     if not rows.any():
         raise InputError(f"no rows with {split_key} == {split!r}")
-    held = predict(model, adata[rows], k=k, method=method, compound_key=None)
-    k = int(held.uns["moa_predict"]["k"])  # None: resolved by predict (the calibrated k)
-    scores, classes = held.obsm["moa_scores"], held.uns["moa_classes"]
+    with_compounds = compound_key in adata.obs.columns
+    held = predict(model, adata[rows], k=k, predictor=predictor,
+                   compound_key=compound_key if with_compounds else None)
+    k = int(held.uns["moa"]["params"]["k"])  # None: resolved by predict (the calibrated k)
+    scores, classes = held.obsm["moa_scores"], held.uns["moa"]["classes"]
     y = held.obs[moa_key].astype(str).to_numpy()
     out = classification_metrics(y, scores, classes)
     out["split"] = split
-    out["predictor"] = held.uns["moa_predict"]["method"]
+    out["predictor"] = held.uns["moa"]["params"]["predictor"]
     unseen = sorted(set(y) - set(classes))
     if unseen:
         out["moas_not_in_training"] = unseen
@@ -113,7 +125,7 @@ def evaluate(
                              proba_conf=held.obs["moa_pred_score"].to_numpy())
         # NaN (e.g. AUROC without unknown-MoA rows) -> null: strict JSON
         out["open_set"] = {"score": cal.score, "threshold": cal.threshold,
-                           "calibration": cal.method_for(held.uns["moa_predict"]["method"]),
+                           "calibration": cal.method_for(out["predictor"]),
                            **{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                               for k, v in m.items()}}
     if compound_key in held.obs.columns:
@@ -122,6 +134,9 @@ def evaluate(
         truth = held.obs.groupby(compound_key, observed=True)[moa_key].first().astype(str)
         out["compound_level"] = classification_metrics(
             truth.loc[agg.index].to_numpy(), agg.to_numpy(np.float32), classes)
+        if cal is not None:
+            out["compound_level"]["calibration"] = _compound_calibration(
+                prediction_table(held, "compound_calls"), truth, classes, cal.n_bins)
     z = held.obsm["X_moa"]
     labels = {"moa": y}
     if compound_key in held.obs.columns:
@@ -134,13 +149,30 @@ def evaluate(
     }
     if "compound" in labels:
         out["hierarchy"]["silhouette_compound"] = silhouette(z, labels["compound"], seed=seed)
-    ref = model.reference
+    ref = model.atlas
     out["retrieval"] = {
         "moa_map_vs_atlas": retrieval_map(z, y, np.asarray(ref.X), ref.obs["moa"], seed=seed),
     }
     if "compound" in labels:
         out["retrieval"]["compound_map"] = retrieval_map(z, labels["compound"], seed=seed)
     return out
+
+
+def _compound_calibration(calls, truth, classes, n_bins: int) -> dict:
+    """ECE of the compound calls of known MoAs: the raw mean score (before) and the
+    calibrated ``moa_pred_score`` (after) against whether the top known MoA is right."""
+    from moaspace.model.calibration import expected_calibration_error
+
+    truth = truth.reindex(calls.index).astype(str)
+    known = truth.isin([str(c) for c in classes]).to_numpy() & calls["moa_pred_score"].notna()
+    known = np.asarray(known, dtype=bool)
+    right = (calls["moa_pred_known"].astype(str) == truth).to_numpy()[known]
+    after = calls["moa_pred_score"].to_numpy(np.float64)[known]
+    before = calls["mean_score"].to_numpy(np.float64)[known]
+    return {"n_compounds": int(known.sum()), "accuracy": float(right.mean()) if known.any()
+            else None,
+            "ece_before": expected_calibration_error(before, right, n_bins),
+            "ece_after": expected_calibration_error(after, right, n_bins)}
 
 
 def metrics_markdown(metrics: dict) -> str:

@@ -30,9 +30,9 @@ logger = logging.getLogger("moaspace.model.calibration")
 
 CALIBRATION_FILE = "calibration.json"
 #: 2: ``methods`` (each prototype predictor's own map) and the ``hidden_prototype`` score
-#: and predictor; 1 still reads
-CALIBRATION_FORMAT = 2
-_READABLE_FORMATS = (1, 2)
+#: and predictor; 3: ``compound`` (compound-level maps); 1 and 2 still read
+CALIBRATION_FORMAT = 3
+_READABLE_FORMATS = (1, 2, 3)
 
 
 def _missing_map(kind: str, predict_method: str) -> str:
@@ -91,7 +91,7 @@ class OpenSetCalls:
     score (higher = farther from every known MoA; None only for the closed-set calls of
     an uncalibrated model, see :func:`moaspace.tl.predict`); ``extra``: the abstention
     labels that may occur (categories beyond the MoAs); ``info``: settings to record
-    with the prediction (``uns["moa_predict"]``).
+    with the prediction (``uns["moa"]["params"]``).
     """
 
     labels: np.ndarray
@@ -118,6 +118,9 @@ class Calibration:
     ``hidden_prototype`` only for a model's calibration). ``min_tas``: signatures
     below it get ``no call`` (None: off). ``validation``: what was measured on
     the validation rows (ECE, NLL, AUROC against pseudo-unknowns, curves).
+    ``compound``: per predictor, the map of a compound's top mean score to the
+    probability that its call is right (:mod:`._compound`; empty for calibrations
+    fitted on fewer than 10 compounds or by moaspace before format 3).
     """
 
     classes: list[str]
@@ -136,6 +139,7 @@ class Calibration:
     min_tas: float | None = None
     n_bins: int = DEFAULT_N_BINS
     validation: dict = field(default_factory=dict)
+    compound: dict = field(default_factory=dict)
     format_version: int = CALIBRATION_FORMAT
 
     def __post_init__(self):
@@ -200,6 +204,21 @@ class Calibration:
             raise MoaspaceError(_missing_map("temperature", predict_method))
         proba = softmax(score_logits(scores, predict_method), t).astype(np.float32)
         return proba, proba.max(axis=1)
+
+    def compound_confidence(self, means: np.ndarray, predict_method: str) -> np.ndarray:
+        """Calibrated P(correct) of compound calls from their mean per-MoA scores; without a
+        compound map, the signature map applied to the means (with a warning)."""
+        from moaspace.model.calibration._compound import apply_compound_map
+
+        fitted = self.compound.get(predict_method)
+        if fitted is None:
+            logger.warning("the calibration has no compound-level map for %r (fitted on too "
+                           "few compounds, or by an older moaspace): compound scores use the "
+                           "signature map", predict_method)
+            if self.method_for(predict_method) == "logistic":
+                return np.asarray(means, np.float64).max(axis=1).astype(np.float32)
+            return self.calibrate_scores(means, predict_method)[1]
+        return apply_compound_map(fitted, means, predict_method)
 
     def is_unknown(self, unknown_score: np.ndarray, score: str | None = None) -> np.ndarray:
         return np.asarray(unknown_score) > self.thresholds[score or self.score]

@@ -14,16 +14,19 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from moaspace._core.neighbors import (
     encode_labels,
     knn_scores,
     knn_search,
+    l2_normalize,
     prototype_scores,
     prototypes,
 )
 from moaspace.errors import InputError
 from moaspace.model.calibration._calibration import Calibration, _records
+from moaspace.model.calibration._compound import fit_compound_maps
 from moaspace.model.calibration._maps import (
     CALIBRATION_METHODS,
     PROTOTYPE_TEMPERATURE,
@@ -81,6 +84,7 @@ def fit_calibration(
     backend: str = "torch",
     hidden: np.ndarray | None = None,
     hidden_centres: np.ndarray | None = None,
+    hidden_cos: np.ndarray | None = None,
 ) -> Calibration:
     """Fit probability calibration and the open-set threshold on validation queries.
 
@@ -123,15 +127,29 @@ def fit_calibration(
         prototypes (a model's; see :func:`openset_scores`): adds the
         ``hidden_prototype`` open-set score to those compared, and calibrates
         the ``hidden_prototype`` predictor (nearest hidden-layer prototype).
+    hidden_cos
+        Instead of ``hidden`` and ``hidden_centres``: the rows' cosines to the
+        prototype-layer prototypes, ``(n, n_classes)``, e.g. cross-fitted so that no
+        row is scored by prototypes fitted on it
+        (:func:`moaspace.model.predictor.crossfit_cosines`).
     """
-    _check_options(method, score, z, hidden)
-    rows = _validation_rows(z, labels, reference, ref_labels, classes, hidden=hidden,
-                            hidden_centres=hidden_centres, tas=tas, groups=groups)
+    if hidden_cos is None and hidden is not None:
+        if len(hidden) != len(z):
+            raise InputError(f"the prototype layer has {len(hidden)} rows for {len(z)} "
+                             "calibration rows")
+        if hidden_centres is None or len(hidden_centres) != len(
+                encode_labels(np.asarray(ref_labels).astype(str), classes)[1]):
+            raise InputError("hidden_centres must have one row per class, got "
+                             f"{None if hidden_centres is None else len(hidden_centres)}")
+        hidden_cos = (l2_normalize(hidden) @ np.asarray(hidden_centres, np.float32).T)
+    _check_options(method, score, z, hidden_cos)
+    rows = _validation_rows(z, labels, reference, ref_labels, classes, hidden_cos=hidden_cos,
+                            tas=tas, groups=groups)
     sims, idx = knn_search(rows.z, rows.reference, max(k, wide_k), backend=backend)
     votes = knn_scores(sims[:, :k], idx[:, :k], rows.ref_codes, len(rows.classes),
                        weighting=weighting)
     centres, _ = prototypes(rows.reference, rows.ref_labels, rows.classes)
-    predictors = _predictors(rows, votes, centres, hidden_centres)
+    predictors = _predictors(rows, votes, centres)
     maps = _fit_maps(predictors, rows, sims, idx, wide_k)
     val: dict = {"n": len(rows.codes), "n_classes_present": len(np.unique(rows.codes))}
     cal = Calibration(classes=list(rows.classes), k=int(k), weighting=weighting,
@@ -141,10 +159,11 @@ def fit_calibration(
                       target_false_unknown=float(target_false_unknown),
                       min_tas=None if min_tas is None else float(min_tas))
     _choose_maps(cal, val, predictors, rows, maps, method, n_bins)
+    cal.compound, val["compound"] = fit_compound_maps(predictors, rows.codes, rows.groups,
+                                                      n_bins)
     _knn_summary(cal, val, votes, rows.codes, maps, n_bins)
     cal.thresholds = _fit_open_set(val, rows, sims, centres, votes, k=k, weighting=weighting,
                                    energy_scale=energy_scale, backend=backend,
-                                   hidden_centres=hidden_centres,
                                    target_false_unknown=target_false_unknown)
     cal.score = choose_openset_score(val["auroc_pseudo_unknown"]) if score == "auto" else score
     if rows.tas is not None and np.isfinite(rows.tas).any():
@@ -168,16 +187,18 @@ def _check_options(method: str, score: str, z, hidden) -> None:
     if score != "auto" and score not in OPENSET_SCORES:
         raise InputError(f"score must be 'auto' or one of {list(OPENSET_SCORES)}, got {score!r}")
     if score == "hidden_prototype" and hidden is None:
-        raise InputError("score 'hidden_prototype' needs the hidden-layer activations and "
+        raise InputError("score 'hidden_prototype' needs the prototype-layer activations and "
                          "prototypes of a model (this one has none: retrain it)")
     if hidden is not None and len(hidden) != len(z):
-        raise InputError(f"hidden has {len(hidden)} rows for {len(z)} calibration rows")
+        raise InputError(f"the prototype layer has {len(hidden)} rows for {len(z)} "
+                         "calibration rows")
 
 
 @dataclass(frozen=True)
 class _ValidationRows:
     """The validation rows of a known MoA (``codes >= 0``) and the atlas they are scored
-    against: ``hidden``, ``tas`` and ``groups`` are those rows' (or None)."""
+    against: ``hidden_cos`` (cosines to the prototype-layer prototypes), ``tas`` and
+    ``groups`` are those rows' (or None)."""
 
     z: np.ndarray
     codes: np.ndarray
@@ -185,12 +206,12 @@ class _ValidationRows:
     reference: np.ndarray
     ref_labels: np.ndarray
     ref_codes: np.ndarray
-    hidden: np.ndarray | None
+    hidden_cos: np.ndarray | None
     tas: np.ndarray | None
     groups: np.ndarray | None
 
 
-def _validation_rows(z, labels, reference, ref_labels, classes, *, hidden, hidden_centres,
+def _validation_rows(z, labels, reference, ref_labels, classes, *, hidden_cos,
                      tas, groups) -> _ValidationRows:
     """Encode the labels, check the shapes, and drop (with a warning) rows of MoAs absent
     from the reference; an error when none are left."""
@@ -203,9 +224,9 @@ def _validation_rows(z, labels, reference, ref_labels, classes, *, hidden, hidde
     ref_codes, classes = encode_labels(ref_labels, classes)
     if len(classes) < 2:
         raise InputError("calibration needs a reference with at least two MoAs")
-    if hidden is not None and (hidden_centres is None or len(hidden_centres) != len(classes)):
-        raise InputError(f"hidden_centres must have one row per class ({len(classes)}), got "
-                         f"{None if hidden_centres is None else len(hidden_centres)}")
+    if hidden_cos is not None and np.shape(hidden_cos)[1] != len(classes):
+        raise InputError(f"the prototype-layer cosines must have one column per class "
+                         f"({len(classes)}), got {np.shape(hidden_cos)[1]}")
     codes, _ = encode_labels(labels, classes)
     known = codes >= 0
     if (~known).any():
@@ -222,21 +243,24 @@ def _validation_rows(z, labels, reference, ref_labels, classes, *, hidden, hidde
     return _ValidationRows(
         z=z[known], codes=codes[known], classes=classes, reference=reference,
         ref_labels=ref_labels, ref_codes=ref_codes,
-        hidden=None if hidden is None else np.asarray(hidden, dtype=np.float32)[known],
+        hidden_cos=(None if hidden_cos is None
+                    else np.asarray(hidden_cos, dtype=np.float32)[known]),
         tas=None if tas is None else np.asarray(tas, dtype=np.float64)[known],
         groups=None if groups is None else np.asarray(groups).astype(str)[known])
 
 
-def _predictors(rows: _ValidationRows, votes: np.ndarray, centres: np.ndarray,
-                hidden_centres) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Each predictor's scores, and the layer and prototypes its margin feature reads."""
-    predictors = {"knn": (votes, rows.z, centres),
-                  "prototype": (prototype_scores(rows.z, centres, PROTOTYPE_TEMPERATURE), rows.z,
-                                centres)}
-    if rows.hidden is not None:
+def _predictors(rows: _ValidationRows, votes: np.ndarray,
+                centres: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each predictor's scores, and the rows' cosines to the prototypes of the layer it
+    reads (the margin feature of the logistic map)."""
+    cos = l2_normalize(rows.z) @ np.asarray(centres, np.float32).T
+    predictors = {"knn": (votes, cos),
+                  "prototype": (prototype_scores(rows.z, centres, PROTOTYPE_TEMPERATURE), cos)}
+    if rows.hidden_cos is not None:
+        # the softmax of prototype_scores, from cosines already computed (cross-fitted)
         predictors["hidden_prototype"] = (
-            prototype_scores(rows.hidden, hidden_centres, PROTOTYPE_TEMPERATURE), rows.hidden,
-            np.asarray(hidden_centres, np.float32))
+            special.softmax(rows.hidden_cos / PROTOTYPE_TEMPERATURE, axis=1).astype(np.float32),
+            rows.hidden_cos)
     return predictors
 
 
@@ -256,13 +280,13 @@ def _fit_maps(predictors: dict, rows: _ValidationRows, sims: np.ndarray, idx: np
               wide_k: int) -> _FittedMaps:
     """Fit the temperature, isotonic and logistic maps of every predictor."""
     maps = _FittedMaps({}, {}, {}, {}, {})
-    for name, (sc, layer, layer_centres) in predictors.items():
+    for name, (sc, cos) in predictors.items():
         logits = score_logits(sc, name)
         maps.temperature[name] = fit_temperature(logits, rows.codes)
         maps.right[name] = sc.argmax(axis=1) == rows.codes
         maps.isotonic[name] = fit_isotonic(sc.max(axis=1), maps.right[name])
-        maps.features[name] = confidence_features(sc, layer, layer_centres, sims, idx,
-                                                  rows.ref_codes, wide_k=wide_k)
+        maps.features[name] = confidence_features(sc, None, None, sims, idx,
+                                                  rows.ref_codes, wide_k=wide_k, cos=cos)
         maps.logistic[name] = fit_logistic(maps.features[name], maps.right[name])
     return maps
 
@@ -276,7 +300,7 @@ def _choose_maps(cal: Calibration, val: dict, predictors: dict, rows: _Validatio
     map is chosen per method, as kNN vote shares and prototype softmaxes differ in shape.
     The kNN map's summary is the top level of ``validation``, the others' ``validation[name]``.
     """
-    for name, (sc, _, _) in predictors.items():
+    for name, (sc, _) in predictors.items():
         oofs = {m: _out_of_fold_confidence(m, sc.max(axis=1), score_logits(sc, name), rows.codes,
                                            maps.right[name], rows.groups, maps.features[name])
                 for m in CALIBRATION_METHODS}
@@ -308,16 +332,14 @@ def _knn_summary(cal: Calibration, val: dict, votes: np.ndarray, codes: np.ndarr
 
 def _fit_open_set(val: dict, rows: _ValidationRows, sims: np.ndarray, centres: np.ndarray,
                   votes: np.ndarray, *, k: int, weighting: str, energy_scale: float,
-                  backend: str, hidden_centres, target_false_unknown: float) -> dict:
+                  backend: str, target_false_unknown: float) -> dict:
     """Every open-set score's threshold (returned) and, in ``val``, its AUROC, ROC and rates
     against the leave-own-MoA-out pseudo-unknowns of the validation rows."""
     known_s = openset_scores(rows.z, centres=centres, knn_sims=sims, k=k, class_scores=votes,
-                             energy_scale=energy_scale, hidden=rows.hidden,
-                             hidden_centres=hidden_centres)
+                             energy_scale=energy_scale, hidden_cos=rows.hidden_cos)
     pseudo = leave_moa_out_scores(rows.z, rows.codes, rows.reference, rows.ref_codes, centres,
                                   k=k, weighting=weighting, energy_scale=energy_scale,
-                                  backend=backend, hidden=rows.hidden,
-                                  hidden_centres=hidden_centres)
+                                  backend=backend, hidden_cos=rows.hidden_cos)
     names = [n for n in OPENSET_SCORES if n in known_s]  # hidden_prototype: with a model only
     val["auroc_pseudo_unknown"] = {n: unknown_auroc(known_s[n], pseudo[n]) for n in names}
     thresholds = {n: choose_threshold(known_s[n], target_false_unknown) for n in names}

@@ -85,9 +85,9 @@ def fit_isotonic(confidence, correct) -> dict:
     return {"x": [float(v) for v in iso.X_thresholds_], "y": [float(v) for v in iso.y_thresholds_]}
 
 
-def confidence_features(scores: np.ndarray, z: np.ndarray, centres: np.ndarray,
+def confidence_features(scores: np.ndarray, z: np.ndarray | None, centres: np.ndarray | None,
                         sims: np.ndarray, idx: np.ndarray, ref_codes: np.ndarray, *,
-                        wide_k: int = WIDE_K) -> np.ndarray:
+                        wide_k: int = WIDE_K, cos: np.ndarray | None = None) -> np.ndarray:
     """Inputs of the logistic calibration, one row per query (:data:`CONFIDENCE_FEATURES`).
 
     For the top class ``c`` of ``scores`` (kNN vote shares or prototype scores):
@@ -105,19 +105,22 @@ def confidence_features(scores: np.ndarray, z: np.ndarray, centres: np.ndarray,
     ``sims``, ``idx``: the query's nearest atlas neighbours, most similar first,
     at least ``wide_k`` of them (fewer when the atlas is smaller);
     ``ref_codes``: class code of every atlas signature; ``centres``: unit
-    prototypes (:func:`moaspace._core.neighbors.prototypes`).
+    prototypes (:func:`moaspace._core.neighbors.prototypes`); ``cos``: the queries'
+    cosines to those prototypes when already computed (``z`` and ``centres`` are then
+    not read).
     """
     scores = np.asarray(scores, dtype=np.float64)
     idx = np.asarray(idx)
-    if len(idx) != len(scores) or len(sims) != len(scores) or len(z) != len(scores):
+    if cos is None:
+        cos = l2_normalize(np.asarray(z, np.float32)) @ np.asarray(centres, np.float32).T
+    if len(idx) != len(scores) or len(sims) != len(scores) or len(cos) != len(scores):
         raise InputError("scores, z, sims and idx must have one row per query")
     top = scores.argmax(axis=1)
     w = min(int(wide_k), idx.shape[1])
     if w < 1:
         raise InputError("confidence_features needs at least one neighbour per query")
     wide = (np.asarray(ref_codes)[idx[:, :w]] == top[:, None]).mean(axis=1)
-    cos = np.sort(l2_normalize(np.asarray(z, np.float32))
-                  @ np.asarray(centres, np.float32).T, axis=1).astype(np.float64)
+    cos = np.sort(np.asarray(cos, np.float32), axis=1).astype(np.float64)
     margin = cos[:, -1] - cos[:, -2] if cos.shape[1] >= 2 else np.ones(len(cos))
 
     def logit(p):

@@ -51,6 +51,7 @@ def openset_scores(
     backend: str = "torch",
     hidden: np.ndarray | None = None,
     hidden_centres: np.ndarray | None = None,
+    hidden_cos: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Unknown scores of queries ``z`` (higher = farther from every known MoA).
 
@@ -61,13 +62,16 @@ def openset_scores(
     ``hidden``, ``hidden_centres``: the queries' last-hidden-layer activations
     and that layer's MoA prototypes (``MoaModel.embed(..., layer="hidden")``,
     ``MoaModel.hidden_prototypes``), for ``hidden_prototype``: one minus the
-    cosine to the nearest of them.
+    cosine to the nearest of them; ``hidden_cos``: those cosines already computed
+    (e.g. cross-fitted, :func:`moaspace.model.predictor.crossfit_cosines`).
     Returns a dict over :data:`OPENSET_SCORES` (``msp`` only with
     ``class_scores``, ``hidden_prototype`` only with ``hidden``).
     """
     out = _prototype_scores(l2_normalize(z) @ np.asarray(centres, np.float32).T, energy_scale)
-    if hidden is not None:
-        out["hidden_prototype"] = 1.0 - _hidden_cosines(hidden, hidden_centres).max(axis=1)
+    if hidden_cos is None and hidden is not None:
+        hidden_cos = _hidden_cosines(hidden, hidden_centres)
+    if hidden_cos is not None:
+        out["hidden_prototype"] = 1.0 - np.asarray(hidden_cos, np.float64).max(axis=1)
     if knn_sims is None:
         if reference is None:
             raise InputError("openset_scores needs knn_sims or a reference to search")
@@ -91,13 +95,14 @@ def leave_moa_out_scores(
     backend: str = "torch",
     hidden: np.ndarray | None = None,
     hidden_centres: np.ndarray | None = None,
+    hidden_cos: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Open-set scores of known queries with their own MoA removed from atlas and prototypes.
 
     Each query then looks like a signature of an MoA the model has never seen
     (a *pseudo-unknown*), which is how the open-set score is chosen without
     touching the test MoAs. ``codes``: MoA code of each query (>= 0).
-    ``hidden``, ``hidden_centres``: as in :func:`openset_scores`.
+    ``hidden``, ``hidden_centres``, ``hidden_cos``: as in :func:`openset_scores`.
     """
     n_classes = len(centres)
     rows = np.arange(len(codes))
@@ -105,8 +110,10 @@ def leave_moa_out_scores(
     cos[rows, codes] = -np.inf  # the query's own MoA is not there
     out = {**_prototype_scores(cos, energy_scale),
            "knn": np.empty(len(codes)), "msp": np.empty(len(codes))}
-    if hidden is not None:
-        hcos = _hidden_cosines(hidden, hidden_centres)
+    if hidden_cos is None and hidden is not None:
+        hidden_cos = _hidden_cosines(hidden, hidden_centres)
+    if hidden_cos is not None:
+        hcos = np.array(hidden_cos, dtype=np.float64)
         hcos[rows, codes] = -np.inf
         out["hidden_prototype"] = 1.0 - hcos.max(axis=1)
     for c in np.unique(codes):

@@ -1,7 +1,7 @@
 """Training (scvi-tools' *train* package): the Lightning training plan, its data, callbacks
 and the candidate runner.
 
-* :mod:`._plan`: :class:`MoaModule`, the LightningModule that optimises a
+* :mod:`._plan`: :class:`MoaTrainingPlan`, the LightningModule that optimises a
   :class:`~moaspace.model.module.MoaNet` and scores validation macro-F1 every epoch.
 * :mod:`._data`: :class:`TrainData` (the rows a run reads), :class:`IndexBatchSampler` and
   :func:`training_data` (built from a model's AnnData).
@@ -9,18 +9,22 @@ and the candidate runner.
   stopping and best-epoch averaging (:class:`BestEpochs`).
 * :mod:`._runner`: :func:`fit_candidate`, one Lightning run of a candidate network
   (raw or whitened input) with checkpoints that survive kills and resume.
-* :mod:`._candidates`: the steps of ``MoaModel.train``: prepare the data, train the
-  candidates, keep the best, record the kept run on the model.
-* :mod:`._prototypes`: the MoA prototypes of a trained network (train rows, or train + val).
+* :mod:`._candidates`: :func:`run_training`, typed :class:`TrainInputs` in, a
+  :class:`TrainResult` out: prepare the data, train the input candidates, keep the best.
 """
 
 from moaspace.model.train._callbacks import AtomicCheckpointIO, BestEpochs, LastCheckpoint
 from moaspace.model.train._candidates import (
     INPUT_CANDIDATES,
+    CandidateRun,
+    TrainInputs,
+    TrainResult,
+    build_net,
     keep_best,
     log_training,
     prepare_training,
     record_run,
+    run_training,
     train_candidates,
 )
 from moaspace.model.train._data import (
@@ -32,8 +36,7 @@ from moaspace.model.train._data import (
     training_data,
     warn_if_not_zscores,
 )
-from moaspace.model.train._plan import MoaModule
-from moaspace.model.train._prototypes import fit_prototypes, prototype_val_f1
+from moaspace.model.train._plan import MoaModule, MoaTrainingPlan
 from moaspace.model.train._runner import (
     RunOptions,
     config_meta,
@@ -48,23 +51,27 @@ __all__ = [
     "SAMPLING",
     "AtomicCheckpointIO",
     "BestEpochs",
+    "CandidateRun",
     "IndexBatchSampler",
     "LastCheckpoint",
     "MoaModule",
+    "MoaTrainingPlan",
     "RunOptions",
     "TrainData",
+    "TrainInputs",
+    "TrainResult",
+    "build_net",
     "config_meta",
     "data_fingerprint",
     "dense_rows",
     "fit_candidate",
-    "fit_prototypes",
     "keep_best",
     "log_training",
     "prepare_training",
-    "prototype_val_f1",
     "quiet_lightning",
     "record_run",
     "run_options",
+    "run_training",
     "single_signature_compounds",
     "train_candidates",
     "training_data",

@@ -51,7 +51,7 @@ class LastCheckpoint(Checkpoint):
 
 class BestEpochs:
     """Early stopping and best-epoch averaging, mixed into the training plan
-    (:class:`~moaspace.model.train.MoaModule`).
+    (:class:`~moaspace.model.train.MoaTrainingPlan`).
 
     The host sets ``net``, ``patience``, ``min_delta`` and ``average_best`` and the state
     below (:meth:`_init_best_epochs`); the state is part of the host's ``extra_state`` and

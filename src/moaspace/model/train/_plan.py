@@ -1,4 +1,4 @@
-"""The Lightning training plan (scvi-tools' *TrainingPlan*): :class:`MoaModule`.
+"""The Lightning training plan (scvi-tools' *TrainingPlan*): :class:`MoaTrainingPlan`.
 
 * Early stopping watches the **macro-F1 of the model's predictor** on validation
   compounds (kNN vote, or nearest MoA prototype of the embedding or of the last hidden
@@ -17,15 +17,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from moaspace._core.neighbors import (
-    PREDICTORS,
-    knn_scores,
-    l2_normalize,
-    prototypes,
-    topk_similarity,
-)
+from moaspace._core.neighbors import PREDICTORS
 from moaspace.errors import InputError
-from moaspace.model.module import MoaNet, embed_row_source, macro_f1
+from moaspace.model.module import MoaNet
+from moaspace.model.predictor import MoaPredictor, fit_predictor
 from moaspace.model.train._callbacks import BestEpochs
 from moaspace.model.train._data import IndexBatchSampler, TrainData, _IndexDataset
 
@@ -39,7 +34,7 @@ def _lr_lambda(warmup: int, total: int, floor: float = 0.01):
     return fn
 
 
-class MoaModule(BestEpochs, L.LightningModule):
+class MoaTrainingPlan(BestEpochs, L.LightningModule):
     """The training plan: trains a :class:`~moaspace.model.module.MoaNet`, scores
     validation macro-F1 of its predictor, stops early (:class:`BestEpochs`).
 
@@ -75,15 +70,21 @@ class MoaModule(BestEpochs, L.LightningModule):
     meta : dict, optional
         Written into every checkpoint (data fingerprint, config) and checked on resume.
     predictor : {"knn", "prototype", "hidden_prototype"}, default "knn"
-        The predictor whose validation macro-F1 drives early stopping.
+        The predictor whose validation macro-F1 drives early stopping
+        (:mod:`moaspace.model.predictor`).
     average_best : int, default 1
         Number of best epochs whose weights are averaged.
+    n_classes : int, optional
+        Number of MoAs (default: the network's).
+    linear_view_weight : float, default 0.5
+        Prior weight of the whitened view of the prototype layer.
     """
 
     def __init__(self, net: MoaNet, data: TrainData | None, *, lr: float, weight_decay: float,
                  warmup_epochs: float, batch_size: int, seed: int, sampling: str,
                  knn_k: int, patience: int, min_delta: float = 1e-4,
-                 meta: dict | None = None, predictor: str = "knn", average_best: int = 1):
+                 meta: dict | None = None, predictor: str = "knn", average_best: int = 1,
+                 n_classes: int | None = None, linear_view_weight: float = 0.5):
         super().__init__()
         self.net = net
         self.data = data
@@ -94,6 +95,8 @@ class MoaModule(BestEpochs, L.LightningModule):
         if predictor not in PREDICTORS:
             raise InputError(f"predictor must be one of {list(PREDICTORS)}, got {predictor!r}")
         self.predictor = predictor
+        self.n_classes = int(n_classes if n_classes is not None else net.n_moas)
+        self.linear_view_weight = float(linear_view_weight)
         if int(average_best) < 1:
             raise InputError(f"average_best must be >= 1, got {average_best}")
         self.average_best = int(average_best)
@@ -175,38 +178,24 @@ class MoaModule(BestEpochs, L.LightningModule):
         return out["loss"]
 
     # --- validation + early stopping -----------------------------------------
-    def embed_rows(self, idx: np.ndarray, batch: int = 8192) -> torch.Tensor:
-        """Embed rows ``idx`` of the training data in eval mode (BN running stats, no
-        dropout), ``batch`` rows per pass."""
-        return embed_row_source(self.net, self.data.x, idx, self.device, batch)[0]
+    def fit_predictor(self, rows: np.ndarray | None = None) -> MoaPredictor:
+        """The model's predictor fitted on ``rows`` of the training data (default: the
+        validation reference, the training rows or a seeded subsample of them)."""
+        d = self.data
+        rows = d.val_ref_idx if rows is None else rows
+        return fit_predictor(self.predictor, self.net, d.x, d.moa.numpy(), rows,
+                             self.n_classes, beta=self.linear_view_weight, k=self.knn_k)
 
-    def validation_f1(self) -> float:
-        """Validation macro-F1 of the predictor ``predict`` uses (``self.predictor``):
-        validation signatures against the training rows, as ``moaspace predict`` calls
-        them (kNN vote, or nearest MoA prototype of the embedding or of the last hidden
-        layer). Early stopping reads it, so the epoch kept is the best one for the
-        predictor actually used."""
+    def validation_f1(self, predictor: MoaPredictor | None = None) -> float:
+        """Validation macro-F1 of the predictor ``predict`` uses, fitted on the training
+        rows (:meth:`fit_predictor`): the same :class:`~moaspace.model.predictor.MoaPredictor`
+        code scores the epochs here, chooses the input candidate and makes ``predict``'s
+        calls, so the epoch kept is the best one for the predictor actually used."""
         d = self.data
         if len(d.val_idx) == 0:
             return float("nan")
-        ref_codes = d.moa[d.val_ref_idx].numpy()
-        truth = d.moa[d.val_idx].numpy()
-        if self.predictor == "knn":
-            n_classes = int(d.moa.max()) + 1
-            ref = self.embed_rows(d.val_ref_idx)
-            query = self.embed_rows(d.val_idx)
-            # the same search and vote as moaspace.tl.predict (what `moaspace predict` does)
-            sims, idx = topk_similarity(query, ref, self.knn_k)
-            scores = knn_scores(sims.numpy(), idx.numpy(), ref_codes, n_classes)
-            return macro_f1(truth, scores.argmax(1))
-        layer = "hidden" if self.predictor == "hidden_prototype" else "embedding"
-        ref, query = (embed_row_source(self.net, d.x, rows, self.device, layers=(layer,),
-                                       out_device="cpu")[0].numpy()
-                      for rows in (d.val_ref_idx, d.val_idx))
-        # the MoA centres predict() calls with (only MoAs that have reference rows)
-        centres, classes = prototypes(ref, ref_codes)
-        best = (l2_normalize(query) @ centres.T).argmax(axis=1)
-        return macro_f1(truth, np.asarray(classes, dtype=np.int64)[best])
+        predictor = self.fit_predictor() if predictor is None else predictor
+        return predictor.macro_f1(self.net, d.x, d.val_idx, d.moa[d.val_idx].numpy())
 
     def on_train_epoch_end(self) -> None:
         f1 = self.validation_f1() if self.global_rank == 0 else 0.0
@@ -224,3 +213,21 @@ class MoaModule(BestEpochs, L.LightningModule):
 
     def on_train_end(self) -> None:
         self.restore_best()
+
+
+class MoaModule(MoaTrainingPlan):
+    """Deprecated name of :class:`MoaTrainingPlan` (scvi-tools calls the network the
+    *module*; here that is :class:`~moaspace.model.module.MoaNet`). Removed after 0.2.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Those of :class:`MoaTrainingPlan`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        import warnings
+
+        warnings.warn("moaspace.model.MoaModule is deprecated: use MoaTrainingPlan",
+                      DeprecationWarning, stacklevel=2)
+        super().__init__(*args, **kwargs)

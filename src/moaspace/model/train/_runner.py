@@ -2,7 +2,7 @@
 
 ``MoaModel.train`` may train more than one candidate network (raw and whitened
 input, ``ModelConfig.input_whitening="auto"``) and keep the one that validates
-best. Each candidate is a Lightning run of :class:`~moaspace.model.train.MoaModule`.
+best. Each candidate is a Lightning run of :class:`~moaspace.model.train.MoaTrainingPlan`.
 
 Checkpoints: the candidate in progress writes ``checkpoints/last.ckpt`` every epoch
 (the file ``--resume`` continues from). When there are several candidates, a
@@ -28,7 +28,7 @@ from moaspace.errors import MoaspaceError
 from moaspace.model.module import MoaNet
 from moaspace.model.train._callbacks import AtomicCheckpointIO, LastCheckpoint
 from moaspace.model.train._data import TrainData
-from moaspace.model.train._plan import MoaModule
+from moaspace.model.train._plan import MoaTrainingPlan
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +102,17 @@ def _finished_path(opts: RunOptions, candidate: str, n_candidates: int) -> Path 
 
 
 def fit_candidate(net: MoaNet, data: TrainData, opts: RunOptions, *, config,
-                  candidate: str, n_candidates: int) -> tuple[MoaModule, int]:
+                  candidate: str, n_candidates: int) -> tuple[MoaTrainingPlan, int]:
     """Train ``net`` on ``data`` (or reload a finished or interrupted run); return the
     module with its final weights in place, and the trainer's world size. The caller
     seeds (before building ``net``, whose initial weights draw from the seed too)."""
     meta = {**opts.meta, "candidate": candidate}
-    module = MoaModule(
+    module = MoaTrainingPlan(
         net, data, lr=config.lr, weight_decay=config.weight_decay,
         warmup_epochs=config.warmup_epochs, batch_size=opts.batch_size, seed=opts.seed,
         sampling=config.sampling, knn_k=config.knn_k, patience=opts.patience,
         predictor=config.predictor, average_best=config.average_best, meta=meta,
+        n_classes=net.n_moas, linear_view_weight=config.linear_view_weight,
     )
     finished = _finished_path(opts, candidate, n_candidates)
     if opts.resume and finished is not None and finished.exists():
@@ -157,14 +158,14 @@ def _check_epochs_left(path: Path, state: dict, max_epochs: int) -> None:
             "--resume to start over")
 
 
-def _reload(module: MoaModule, state: dict, candidate: str) -> None:
+def _reload(module: MoaTrainingPlan, state: dict, candidate: str) -> None:
     logger.info("resume: candidate %r reloaded from its checkpoint", candidate)
     module.load_state_dict(state["state_dict"])
     module.on_load_checkpoint(state)
     module.restore_best()
 
 
-def _finish(module: MoaModule, last: Path | None, finished: Path | None) -> MoaModule:
+def _finish(module: MoaTrainingPlan, last: Path | None, finished: Path | None) -> MoaTrainingPlan:
     if finished is not None and last is not None and last.exists():
         os.replace(last, finished)
     return module
