@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -210,6 +211,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     from moaspace._utils import atomic_write_text, provenance
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         folder = Path(tmp)
         files = _batches(args.model, args.query, args.files, args.batch, folder, args.seed)
@@ -236,7 +238,9 @@ def main(argv=None) -> dict:
     cli_mean = float(np.mean(cli_times))
     result = {
         **provenance(), "host": HOST, "machine": platform.platform(),
-        "cpus": len(__import__("os").sched_getaffinity(0)),
+        "cpus": len(os.sched_getaffinity(0)),
+        "load_average_1_5_15min": {"before": [round(v, 2) for v in load_before],
+                                   "after": [round(v, 2) for v in os.getloadavg()]},
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "warmup": warm, "server": {**load, "signatures_per_s": round(signatures / load["wall_s"],
                                                                      1)},

@@ -393,3 +393,16 @@ def test_every_error_is_json_with_one_line(client):
                                                           "values": [[1, 2]]}),
                       headers={"content-type": "application/json"})
     _assert_one_line_error(res, 400, "duplicated gene ids")
+
+
+def test_cli_serve_refuses_before_binding(saved_model, tmp_path):
+    from _cli import assert_clean_failure, cli
+
+    res = cli("serve", saved_model["model_dir"], "--host", "0.0.0.0")
+    assert_clean_failure(res, "binding to 0.0.0.0", "needs --token")
+    res = cli("serve", saved_model["model_dir"], "--host", "0.0.0.0", "--token", "short")
+    assert_clean_failure(res, "--token must be at least 8 characters")
+    res = cli("serve", tmp_path)
+    assert_clean_failure(res, "config.json is missing")
+    res = cli("serve", saved_model["model_dir"], "--port", "0")
+    assert res.code == 2

@@ -84,3 +84,38 @@ def test_the_load_test_script_runs_small(saved_model, tmp_path):
     assert result["server"]["latency_s"]["p50"] <= result["server"]["latency_s"]["p95"]
     assert result["cli_per_file"]["runs"] == 1 and result["ratios"]
     assert result["memory"]["series_s_mib"]
+
+
+def test_cli_serve_with_two_workers_answers(saved_model):
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moaspace.cli", "--quiet", "serve",
+                             str(saved_model["model_dir"]), "--port", str(port),
+                             "--workers", "2", "--token", "a-long-token"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "no answer from the two-worker server"
+            time.sleep(0.5)
+        data = (saved_model["root"] / "query.h5ad").read_bytes()
+        assert httpx.post(url + "/api/predict", files={"file": ("q.h5ad", data)},
+                          timeout=120).status_code == 401
+        res = httpx.post(url + "/api/predict", files={"file": ("q.h5ad", data)}, timeout=120,
+                         headers={"Authorization": "Bearer a-long-token"})
+        assert res.status_code == 200
+        assert len(res.json()["signatures"]) == saved_model["query"].n_obs
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -61,7 +63,7 @@ def _asset(name: str) -> bytes:
 
 def create_app(model_dir, *, token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_expanded_bytes: int | None = None, explain_dir=None,
-               tmp_dir=None) -> FastAPI:
+               tmp_dir=None, threads: int | None = None) -> FastAPI:
     """The service over one model directory (loaded here, once).
 
     Parameters
@@ -80,6 +82,9 @@ def create_app(model_dir, *, token: str | None = None, max_upload_bytes: int = M
         ``moaspace explain`` output (default: ``explain/`` in or beside the model directory).
     tmp_dir : str or os.PathLike, optional
         Where uploads are spooled (each in its own folder, removed after the request).
+    threads : int, optional
+        Worker threads that parse uploads and run inference (which holds one lock);
+        default ``2 x`` the CPUs, at most 8: more threads on CPU-bound work only add memory.
 
     Returns
     -------
@@ -89,8 +94,15 @@ def create_app(model_dir, *, token: str | None = None, max_upload_bytes: int = M
     state = ServiceState(model_dir, explain_dir)
     limits = {"expanded": max_expanded_bytes or EXPAND_FACTOR * max_upload_bytes,
               "tmp": None if tmp_dir is None else str(tmp_dir)}
+    n_threads = threads or min(8, 2 * len(os.sched_getaffinity(0)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = n_threads
+        yield
+
     app = FastAPI(title="moaspace", version=__version__, docs_url=None, redoc_url=None,
-                  description="MoA calls, nearest reference compounds and a map of the "
+                  lifespan=lifespan, description="MoA calls, nearest reference compounds and a map of the "
                               "reference space for LINCS L1000 signatures.")
     app.state.moaspace = state
     install_error_handlers(app)
