@@ -128,9 +128,13 @@ def explain(
     model_dir: Annotated[Path, typer.Argument(help="Trained model directory.")],
     data: Annotated[Path, typer.Argument(help=".h5ad with obs['moa'] (e.g. the training data).")],
     out: Annotated[Path, typer.Option(help="Output directory.")],
-    gene_sets: Annotated[
-        Path | None, typer.Option(help="Local .gmt / .gmt.gz (default: bundled Reactome).")
-    ] = None,
+    gene_sets: Annotated[str, typer.Option(
+        help="hallmark (bundled MSigDB Hallmark, fits the 978 landmark genes) | reactome "
+             "(bundled) | PATH to a .gmt / .gmt.gz.")] = "hallmark",
+    min_size: Annotated[int, typer.Option(
+        help="Smallest gene set tested, in ranked (landmark) genes.")] = 5,
+    view: Annotated[str, typer.Option(
+        help="predictor (the scores predict calls with) | arcface_head.")] = "predictor",
     split_name: Annotated[
         str | None, typer.Option("--split", help="Only rows of this split (default: all).")
     ] = None,
@@ -140,31 +144,43 @@ def explain(
     max_per_moa: Annotated[int, typer.Option(help="Signatures explained per MoA.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Gene importance per MoA (integrated gradients) and GSEA prerank on pathways.
+    """Gene importance per MoA (integrated gradients of the score predict calls with) and
+    GSEA prerank on gene sets.
 
-    Writes gene_importance.csv (genes x MoAs), enrichment.csv (moa, pathway,
-    nes, pval, fdr) and pathway_heatmap.png.
+    Writes gene_importance_signed.csv (+ = the gene is up, - = down in the signatures the
+    model scores high for the MoA), gene_contribution.csv (+ = the gene's value raises the
+    MoA's score relative to other MoAs' signatures; not a direction), gene_importance.csv
+    (the ranking enriched), top_genes.csv, enrichment.csv (moa, pathway, nes, fdr, n_genes:
+    the set's landmark genes, set_size) and pathway_heatmap.png.
 
     Example:
 
-        moaspace explain model data_split.h5ad --out explain
+        moaspace explain model data_split.h5ad --out explain --gene-sets hallmark
     """
+    from moaspace.io.genesets import BUNDLED
     from moaspace.model import MoaModel
     from moaspace.tl._explain import explain as run_explain
 
-    check_output(out, [model_dir, data, gene_sets], directory=True)
+    if view not in ("predictor", "arcface_head"):
+        raise typer.BadParameter(f"--view must be predictor or arcface_head, got {view!r}")
+    library = gene_sets.lower() if gene_sets.lower() in BUNDLED else Path(gene_sets)
+    check_output(out, [model_dir, data] + ([library] if isinstance(library, Path) else []),
+                 directory=True)
     model = MoaModel.load(model_dir)
     adata = load_h5ad(data)
     if split_name is not None:
         if "split" not in adata.obs.columns:
             raise MoaspaceError(f"{data}: obs has no 'split' column for --split")
         adata = adata[adata.obs["split"].astype(str) == split_name].copy()
-    result = run_explain(model, adata, out, gene_sets=gene_sets, ranking=ranking,
-                         permutations=permutations, max_per_moa=max_per_moa, seed=seed,
-                         progress=not state["quiet"])
+    result = run_explain(model, adata, out, gene_sets=library, ranking=ranking, view=view,
+                         permutations=permutations, min_size=min_size,
+                         max_per_moa=max_per_moa, seed=seed, progress=not state["quiet"])
     enr = result["enrichment"]
     top = (enr[enr["fdr"] < 0.05].sort_values("nes", ascending=False).groupby("moa").head(1))
     rows = [("output", out), ("MoAs explained", result["summary"]["n_moas"]),
+            ("gene sets", f"{result['summary']['gene_sets']} (median "
+                          f"{result['summary']['median_genes_per_tested_set']:.0f} genes "
+                          "per tested set)"),
             ("seconds per MoA", f"{result['summary']['seconds_per_moa']:.1f}")]
     for _, row in top.head(12).iterrows():
         rows.append((str(row["moa"]), f"{row['pathway']} (NES {row['nes']:.2f})"))

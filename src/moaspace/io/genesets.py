@@ -1,4 +1,11 @@
-"""Gene-set libraries in GMT format (local files only; nothing is downloaded)."""
+"""Gene-set libraries in GMT format (local files only; nothing is downloaded).
+
+Two libraries ship with the package (``moaspace/resources``): MSigDB **Hallmark** (50 sets,
+CC BY 4.0, Liberzon et al. 2015; licence and citation in ``hallmark.LICENSE.txt``), the
+default because it fits the 978 landmark genes (median 22 landmark genes per set), and
+**Reactome** (2,546 pathways; median 2 landmark genes per pathway, so most are too small to
+test on landmark genes alone).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ from pathlib import Path
 from moaspace._utils import require_file
 from moaspace.errors import InputError
 
-BUNDLED = {"reactome": "reactome.gmt.gz"}
+BUNDLED = {"hallmark": "hallmark.gmt.gz", "reactome": "reactome.gmt.gz"}
+#: the library ``explain`` tests by default
+DEFAULT_LIBRARY = "hallmark"
 
 
 def bundled_gmt(name: str = "reactome") -> Path:
@@ -19,7 +28,7 @@ def bundled_gmt(name: str = "reactome") -> Path:
     Parameters
     ----------
     name : str, default "reactome"
-        Library name, a key of ``BUNDLED`` (at present only ``"reactome"``).
+        Library name, a key of ``BUNDLED`` (``"hallmark"`` or ``"reactome"``).
 
     Returns
     -------
@@ -82,3 +91,34 @@ def read_gmt(path: str | os.PathLike, min_size: int = 1) -> dict[str, list[str]]
     if not sets:
         raise InputError(f"{path}: no gene sets found")
     return sets
+
+
+def load_gene_sets(spec=None) -> tuple[dict[str, list[str]], str]:
+    """Gene sets from a bundled library name, a GMT path or a dict.
+
+    Parameters
+    ----------
+    spec : dict, str, os.PathLike or None, default None
+        ``None``: the default library (``DEFAULT_LIBRARY``, Hallmark); a key of ``BUNDLED``
+        (``"hallmark"``, ``"reactome"``); a path to a ``.gmt``/``.gmt.gz`` file; or a dict of
+        set name -> gene symbols (used as given).
+
+    Returns
+    -------
+    sets : dict of str to list of str
+        Set name -> gene symbols.
+    name : str
+        The library's name (bundled name, the file path, or ``"custom"`` for a dict).
+
+    Raises
+    ------
+    InputError
+        If a path is missing or unreadable (see :func:`read_gmt`).
+    """
+    if isinstance(spec, dict):
+        return spec, "custom"
+    if spec is None:
+        spec = DEFAULT_LIBRARY
+    if isinstance(spec, str) and spec.lower() in BUNDLED:
+        return read_gmt(bundled_gmt(spec.lower())), spec.lower()
+    return read_gmt(spec), str(spec)
