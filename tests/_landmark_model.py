@@ -25,7 +25,7 @@ def landmark_model_dir() -> Path:
     adata = make_synthetic(n_genes=len(genes), seed=3)
     adata.var_names = genes
     adata = split(adata, "compound", seed=0)
-    model = MoaModel(adata, hidden_dims=(64, 32), embedding_dim=16)
+    model = MoaModel(adata, hidden_dims=(64, 32), embedding_dim=16, input_whitening="on")
     model.train(max_epochs=2, progress_bar=False, accelerator="cpu")
     root = Path(tempfile.mkdtemp(prefix="moaspace_landmark_model_"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

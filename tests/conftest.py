@@ -141,7 +141,8 @@ def saved_model(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("saved_model")
     adata = split(make_synthetic(seed=0), "compound", seed=0)
-    model = MoaModel(adata, hidden_dims=(64, 32), embedding_dim=16)
+    # one input candidate: these tests need a model, not the choice between two
+    model = MoaModel(adata, hidden_dims=(64, 32), embedding_dim=16, input_whitening="on")
     model.train(max_epochs=2, progress_bar=False, accelerator="cpu")
     model.save(root / "model")
     query = adata[adata.obs["split"] == "test"].copy()

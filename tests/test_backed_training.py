@@ -43,7 +43,7 @@ from moaspace.tl._crispr import RAW_REFERENCE
 
 torch.set_num_threads(1)
 
-TINY = {"hidden_dims": (128, 64), "embedding_dim": 32}
+TINY = {"hidden_dims": (128, 64), "embedding_dim": 32, "input_whitening": "on"}
 TRAIN = {"batch_size": 64, "progress_bar": False, "accelerator": "cpu", "max_epochs": 3}
 MB = 2**20
 

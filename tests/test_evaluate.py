@@ -16,7 +16,7 @@ from moaspace.model._predict import predict, prediction_table
 from moaspace.pp._split import split
 from moaspace.tl._evaluate import evaluate, write_metrics
 
-TINY = {"hidden_dims": (64, 32), "embedding_dim": 16}
+TINY = {"hidden_dims": (64, 32), "embedding_dim": 16, "input_whitening": "on"}
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +252,13 @@ def test_cli_explain_and_crispr_contract(tmp_path):
     for key in ("hit_at_1", "hit_at_5", "hit_at_5_raw", "hit_at_5_null", "n_genes_scored"):
         assert key in summary
     assert summary["n_genes_scored"] >= 1 and summary["hit_at_5_raw"] == summary["hit_at_5_raw"]
+
+
+def test_silhouette_of_one_point_per_label_is_nan_not_an_error():
+    """Consensus data have one signature per compound: the compound silhouette is
+    undefined (sklearn raises), so evaluate reports NaN instead of failing."""
+    from moaspace.tl._metrics import silhouette
+
+    z = np.random.default_rng(0).normal(size=(12, 4))
+    assert np.isnan(silhouette(z, [f"c{i}" for i in range(12)]))
+    assert np.isfinite(silhouette(z, list("aabbccddeeff")))

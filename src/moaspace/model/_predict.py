@@ -154,7 +154,8 @@ def predict(
     _write_calls(adata, atlas_ad, query, classes, calls, info, top_k=top_k, key_added=key_added)
     if compounds_q is not None:
         table = _compound_level(adata, scores, classes, compounds_q, calls.labels, cal=cal,
-                                method=method, unknown_column=names["unknown"])
+                                method=method, unknown_column=names["unknown"],
+                                score_column=names["score"])
         adata.uns[key_added]["compound_calls"] = table.reset_index(drop=True)
     return adata
 
@@ -367,11 +368,13 @@ def _write_calls(adata, atlas, query: Query, classes: list[str], calls: OpenSetC
 
 def _compound_level(adata, scores: np.ndarray, classes: list[str], compounds_q: np.ndarray,
                     labels: np.ndarray, *, cal, method: str,
-                    unknown_column: str = "moa_unknown_score") -> pd.DataFrame:
+                    unknown_column: str = "moa_unknown_score",
+                    score_column: str = "moa_pred_score") -> pd.DataFrame:
     """Compound calls (:func:`compound_calls` of the signatures not flagged 'no call').
 
     For a calibrated model ``moa_pred_score`` is the calibrated probability that the
-    compound's call is right (the calibration's compound map of its mean scores;
+    compound's call is right (its one voting signature's, or the calibration's compound
+    map of its mean scores;
     ``mean_score`` keeps the raw mean), ``unknown_score`` the share of its voting
     signatures called 'unknown' (so it agrees with their calls: above 0.5 the compound
     is 'unknown') and ``mean_unknown_distance`` their mean open-set score."""
@@ -379,6 +382,12 @@ def _compound_level(adata, scores: np.ndarray, classes: list[str], compounds_q: 
     confidence = None if cal is None else (lambda m: cal.compound_confidence(m, method))
     calls = compound_calls(scores, classes, compounds_q, voting=voting, confidence=confidence)
     if cal is not None:
+        # one voting signature: the compound's call is that signature's, and so is its
+        # calibrated probability (no compound map was fitted on such compounds)
+        own = pd.Series(adata.obs[score_column].to_numpy(np.float64), index=compounds_q)[voting]
+        own = own[~own.index.duplicated(keep=False)]
+        single = calls.index.isin(own.index) & (calls["n_voting"] == 1).to_numpy()
+        calls.loc[single, "moa_pred_score"] = own.reindex(calls.index[single]).to_numpy()
         by = pd.DataFrame({"score": adata.obs[unknown_column].to_numpy(np.float64),
                            "unknown": np.asarray(labels == UNKNOWN, dtype=np.float64)},
                           index=compounds_q)[voting].groupby(level=0).mean().reindex(

@@ -112,15 +112,17 @@ def neighbour_label_shares(
 def silhouette(
     embedding: np.ndarray, labels: Sequence, *, max_n: int = 5000, seed: int = 0
 ) -> float:
-    """Cosine silhouette (subsampled to ``max_n`` points for speed); nan if < 2 labels."""
+    """Cosine silhouette (subsampled to ``max_n`` points for speed); nan with fewer than 2
+    labels, or when every point has a label of its own (e.g. compounds of consensus data,
+    one signature each: a silhouette needs a cluster with two points)."""
     labels = np.asarray(labels).astype(str)
-    if len(set(labels)) < 2 or len(labels) < 3:
+    if len(set(labels)) < 2 or len(labels) < 3 or len(set(labels)) >= len(labels):
         return float("nan")
     rng = np.random.default_rng(seed)
     if len(labels) > max_n:
         pick = rng.choice(len(labels), max_n, replace=False)
         embedding, labels = embedding[pick], labels[pick]
-        if len(set(labels)) < 2:
+        if not 2 <= len(set(labels)) < len(labels):
             return float("nan")
     return float(silhouette_score(l2_normalize(embedding), labels, metric="cosine"))
 

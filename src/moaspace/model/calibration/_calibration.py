@@ -212,9 +212,10 @@ class Calibration:
 
         fitted = self.compound.get(predict_method)
         if fitted is None:
-            logger.warning("the calibration has no compound-level map for %r (fitted on too "
-                           "few compounds, or by an older moaspace): compound scores use the "
-                           "signature map", predict_method)
+            logger.info("the calibration has no compound-level map for %r (fewer than 10 "
+                        "validation compounds of two or more signatures, or an older "
+                        "moaspace): compounds of several signatures use the signature map",
+                        predict_method)
             if self.method_for(predict_method) == "logistic":
                 return np.asarray(means, np.float64).max(axis=1).astype(np.float32)
             return self.calibrate_scores(means, predict_method)[1]

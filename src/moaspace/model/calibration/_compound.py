@@ -5,7 +5,8 @@ A compound is called by the mean of its signatures' per-MoA scores
 prototype softmax at a fixed temperature averages to a flat 0.1-0.2 for calls that are
 right most of the time. Here the top mean score of each validation compound is mapped to
 P(correct) with the map (isotonic or temperature) of lowest out-of-fold Brier score, per
-predictor, exactly as the signature-level maps are chosen.
+predictor, exactly as the signature-level maps are chosen. A compound with a single voting
+signature (consensus data) keeps that signature's calibrated score.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from moaspace.model.calibration._metrics import brier_score, expected_calibratio
 
 #: maps compared for the compound level (the logistic map's kNN features are signature-level)
 COMPOUND_METHODS = ("isotonic", "temperature")
-#: fewer validation compounds than this: no compound map (the signature map is used)
+#: fewer validation compounds of two or more signatures than this: no compound map
 MIN_COMPOUNDS = 10
 
 
@@ -64,11 +65,18 @@ def fit_compound_maps(predictors: dict, codes: np.ndarray, groups, n_bins: int
     summary : dict
         ``name -> {"n_compounds", "accuracy", "ece_before", "ece_after", "brier_after"}``.
     """
-    if groups is None or len(np.unique(groups)) < MIN_COMPOUNDS:
+    if groups is None:
+        return {}, {}
+    # a compound of one signature is called by that signature's own calibrated score
+    # (predict does so), so the map is fitted on compounds of two or more
+    names, counts = np.unique(np.asarray(groups).astype(str), return_counts=True)
+    several = np.isin(np.asarray(groups).astype(str), names[counts >= 2])
+    if (counts >= 2).sum() < MIN_COMPOUNDS:
         return {}, {}
     maps, summary = {}, {}
     for name, (scores, *_) in predictors.items():
-        means, truth = compound_means(scores, codes, groups)
+        means, truth = compound_means(np.asarray(scores)[several], np.asarray(codes)[several],
+                                      np.asarray(groups)[several])
         top = means.max(axis=1)
         right = means.argmax(axis=1) == truth
         logits = score_logits(means, name)
