@@ -19,15 +19,11 @@ TOP_MOAS = 3
 
 def prediction_entry(result) -> dict:
     """Settings (``params``), ``classes`` and tables (``top_k``, ``compound_calls``) of a
-    ``tl.predict`` result: the one place that knows where predict keeps them, in
-    ``uns["moa"]`` or, as older versions did, in ``uns["moa_predict"]``,
-    ``uns["moa_classes"]``, ``uns["moa_top_k"]`` and ``uns["moa_compound_calls"]``."""
+    ``tl.predict`` result (``uns["moa"]``, see :func:`moaspace.tl.prediction_table`)."""
     entry = result.uns.get("moa")
-    if isinstance(entry, Mapping) and "params" in entry:
-        return entry
-    return {"params": result.uns.get("moa_predict", {}), "classes": result.uns["moa_classes"],
-            "top_k": result.uns.get("moa_top_k"),
-            "compound_calls": result.uns.get("moa_compound_calls")}
+    if not (isinstance(entry, Mapping) and "params" in entry):
+        raise ValueError("not a moaspace prediction: uns['moa'] holds no params")
+    return entry
 
 
 def prediction_tables(result) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
