@@ -208,3 +208,21 @@ def test_predict_key_added_keeps_both_predictions(adata):
     np.testing.assert_array_equal(both.obs["moa_pred"], first.obs["moa_pred"])
     with pytest.raises(InputError, match="no moaspace prediction"):
         prediction_table(both, key="nope")
+
+
+def test_whitening_is_fitted_on_the_clipped_values_it_whitens():
+    """A gene far beyond the clip in one class (GILZ at z 12-40 in GR agonists) must keep
+    its sign in that class's whitened mean: the map is fitted on the clipped z-scores the
+    encoder whitens, not on raw ones."""
+    rng = np.random.default_rng(2)
+    codes = np.repeat(np.arange(3), 200)
+    x = rng.normal(size=(600, 8)).astype(np.float32)
+    x[codes == 0, 0] += rng.uniform(25, 85, size=200).astype(np.float32)  # up, beyond clip
+    x[codes == 1, 0] += 2.0
+    clipped = np.clip(x, -10, 10)
+    fitted = fit_whitening(InMemoryRows(x), np.arange(600), codes, shrinkage=0.5, clip=10.0)
+    same = fit_whitening(InMemoryRows(clipped), np.arange(600), codes, shrinkage=0.5)
+    for key in ("mean", "scale", "matrix"):
+        np.testing.assert_allclose(fitted[key], same[key], rtol=1e-5, atol=1e-6)
+    white = ((clipped - fitted["mean"]) / fitted["scale"]) @ fitted["matrix"]
+    assert white[codes == 0, 0].mean() > 0 > white[codes == 2, 0].mean()

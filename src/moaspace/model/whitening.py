@@ -38,13 +38,18 @@ MAX_WHITENING_GENES = 4000
 
 def fit_whitening(source: RowSource, rows: np.ndarray, codes: np.ndarray, *,
                   shrinkage: float = 0.5, max_rows: int = 100_000, seed: int = 0,
-                  chunk: int = 8192) -> dict[str, np.ndarray]:
+                  chunk: int = 8192, clip: float | None = None) -> dict[str, np.ndarray]:
     """Mean, per-gene scale and ZCA matrix whitening the within-class covariance.
 
     ``rows``: the training rows of ``source``; ``codes``: their class (MoA) codes.
     The covariance of the residuals ``x - mean(class)`` is computed on genes scaled to
     unit residual variance, shrunk as ``(1 - shrinkage) * C + shrinkage * mean(diag C) * I``
     and inverted as ``V diag(s ** -1/2) V^T``. Apply as ``((x - mean) / scale) @ matrix``.
+    ``clip``: clip the z-scores at ``+-clip`` first, as the encoder does before it whitens
+    (``ModelConfig.clip``). Fitted on unclipped values, a gene that reaches z-scores far
+    beyond the clip in one class (TSC22D3/GILZ at 12-40 in glucocorticoid agonists) gets a
+    class mean and scale the clipped inputs never reach, and its whitened coordinate in that
+    class's prototype can even change sign.
     """
     if not 0 <= shrinkage <= 1:
         raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
@@ -60,6 +65,9 @@ def fit_whitening(source: RowSource, rows: np.ndarray, codes: np.ndarray, *,
     step = source.chunk_rows or chunk
     for start in range(0, len(rows), step):
         x = source.rows(rows[start:start + step]).numpy().astype(np.float64)
+        if clip is not None:
+            # estimated on what it is applied to: the encoder whitens clipped z-scores
+            np.clip(x, -clip, clip, out=x)
         gram += x.T @ x
         np.add.at(sums, codes[start:start + step], x)
     n = float(len(rows))

@@ -124,7 +124,7 @@ def prepare_training(inputs: TrainInputs, seed: int
     elif wanted:
         moa = data.moa[data.train_idx].numpy()
         whitening = fit_whitening(data.x, data.train_idx, moa,
-                                  shrinkage=c.whitening_shrinkage, seed=seed)
+                                  shrinkage=c.whitening_shrinkage, seed=seed, clip=c.clip)
     return data, c, whitening, notes
 
 
