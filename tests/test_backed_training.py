@@ -36,10 +36,10 @@ from _synthetic import make_synthetic, write_blocked_h5ad
 from moaspace.cli import app
 from moaspace.errors import InputError
 from moaspace.model import MoaModel
+from moaspace.model._save import RAW_ATLAS_FILE
 from moaspace.model.data import BackedRows, InMemoryRows, backed_rows
 from moaspace.pp._prepare import read_h5ad, write_h5ad
 from moaspace.pp._split import split
-from moaspace.tl._crispr import RAW_REFERENCE
 
 torch.set_num_threads(1)
 
@@ -147,17 +147,17 @@ def test_backed_nan_rows_are_named(h5ad_path, tmp_path):
     assert str(adata.obs_names[bad[0]]) in str(err.value)
 
 
-def test_raw_reference_of_a_backed_gene_view_matches_in_memory(h5ad_path, tmp_path):
-    """save_raw_reference reads a backed view (not row-indexable) at the kept rows only."""
-    from moaspace.tl._crispr import save_raw_reference
+def test_raw_atlas_of_a_backed_gene_view_matches_in_memory(h5ad_path):
+    """The raw atlas reads a backed view (not row-indexable) at the kept rows only."""
+    from moaspace.model._atlas import raw_atlas
 
     memory = read_h5ad(h5ad_path)
     genes = list(memory.var_names[::3])
     refs = []
-    for name, adata in (("memory", memory[:, genes]),
-                        ("backed", ad.read_h5ad(h5ad_path, backed="r")[:, genes])):
-        (tmp_path / name).mkdir()
-        refs.append(read_h5ad(save_raw_reference(adata, tmp_path / name, max_signatures=100)))
+    for adata in (memory[:, genes], ad.read_h5ad(h5ad_path, backed="r")[:, genes]):
+        train = np.flatnonzero((adata.obs["split"].astype(str) == "train").to_numpy())
+        refs.append(raw_atlas(adata, train, {"compound": "pert_id", "moa": "moa"},
+                              max_signatures=100))
     assert refs[0].shape == (100, len(genes))
     assert np.array_equal(refs[0].X, refs[1].X)
     assert list(refs[0].obs_names) == list(refs[1].obs_names)
@@ -177,7 +177,7 @@ def test_cli_train_backed(h5ad_path, tmp_path):
     loaded = [MoaModel.load(p) for p in outs.values()]
     assert np.array_equal(loaded[0].atlas.X, loaded[1].atlas.X)
     # the raw training signatures kept for `moaspace crispr`: read row by row when backed
-    raw = [read_h5ad(p / RAW_REFERENCE) for p in outs.values()]
+    raw = [read_h5ad(p / RAW_ATLAS_FILE) for p in outs.values()]
     assert np.array_equal(raw[0].X, raw[1].X)
     assert list(raw[0].obs_names) == list(raw[1].obs_names)
     assert "--backed" in runner.invoke(app, ["train", "--help"]).output

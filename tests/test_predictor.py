@@ -226,3 +226,24 @@ def test_whitening_is_fitted_on_the_clipped_values_it_whitens():
         np.testing.assert_allclose(fitted[key], same[key], rtol=1e-5, atol=1e-6)
     white = ((clipped - fitted["mean"]) / fitted["scale"]) @ fitted["matrix"]
     assert white[codes == 0, 0].mean() > 0 > white[codes == 2, 0].mean()
+
+
+def test_save_writes_every_file_of_the_model_directory_under_checksums(adata, tmp_path):
+    """save() writes the raw atlas too (raw_atlas.h5ad, checksummed in config.json); a model
+    loaded and saved again carries it along."""
+    import json
+
+    from moaspace.model._save import RAW_ATLAS_FILE
+
+    model = MoaModel(adata, **TINY, input_whitening="off")
+    model.train(max_epochs=1, seed=0, **TRAIN)
+    model.save(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert RAW_ATLAS_FILE in config["files"]
+    loaded = MoaModel.load(tmp_path / "a")
+    raw = loaded.raw_atlas
+    assert list(raw.obs_names) == list(model.atlas.obs_names)
+    np.testing.assert_array_equal(raw.X, np.asarray(adata[model.atlas.obs_names].X))
+    loaded.save(tmp_path / "b")
+    assert (tmp_path / "b" / RAW_ATLAS_FILE).read_bytes() == (
+        tmp_path / "a" / RAW_ATLAS_FILE).read_bytes()

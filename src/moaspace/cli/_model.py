@@ -91,11 +91,7 @@ def train(
                 model_dir=out, patience=patience, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
                 progress_bar=not state["quiet"])
-    model.save(out, overwrite=overwrite or resume)
-    from moaspace.tl._crispr import save_raw_reference
-
-    # raw-signature comparison for `moaspace crispr`
-    save_raw_reference(adata, out)
+    model.save(out, overwrite=overwrite or resume)  # raw_atlas.h5ad too, for `crispr`
     print_summary("train", _train_rows(model, out, adata))
 
 

@@ -103,3 +103,30 @@ def predictor_from_atlas(kind: str, atlas: ad.AnnData, net: MoaNet, *, k: int = 
     return MoaPredictor(kind=kind, n_classes=base.n_classes,
                         centres=embedding_prototypes(emb, codes, len(classes)), k=int(k),
                         weighting=weighting)
+
+
+#: training signatures kept as raw z-scores in the model directory (``raw_atlas.h5ad``)
+MAX_RAW_ATLAS = 50_000
+
+
+def raw_atlas(adata: ad.AnnData, rows: np.ndarray, keys: dict, *,
+              max_signatures: int = MAX_RAW_ATLAS, seed: int = 0) -> ad.AnnData:
+    """The raw z-scores of training rows ``rows`` (a seeded subsample of at most
+    ``max_signatures``), with obs ``pert_id`` and ``moa``: the raw-signature reference that
+    ``score_knockdowns`` compares the model with. A backed AnnData is read at the kept rows
+    only."""
+    from moaspace.model.data import backed_rows
+
+    idx = np.asarray(rows)
+    if len(idx) > max_signatures:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_signatures, replace=False))
+    if adata.isbacked:
+        x = backed_rows(adata).rows(idx).numpy()
+    else:
+        sub = adata.X[idx]
+        x = np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=np.float32)
+    kept = adata.obs.iloc[idx]
+    obs = pd.DataFrame({"pert_id": kept[keys["compound"]].astype(str).to_numpy(),
+                        "moa": kept[keys["moa"]].astype(str).to_numpy()},
+                       index=kept.index.astype(str))
+    return ad.AnnData(x, obs=obs, var=pd.DataFrame(index=adata.var_names.astype(str)))

@@ -106,3 +106,43 @@ def calibration_cosines(model, adata: ad.AnnData, sub: ad.AnnData) -> np.ndarray
     cos, _ = crossfit_cosines(model.net, InMemoryRows(x), codes, train_rows, val_rows, groups,
                               len(model.moas), prototypes.view_weights)
     return pd.DataFrame(cos, index=pd.Index(sorted(seen))).reindex(names).to_numpy(np.float32)
+
+
+def calibrate_after_training(model, result) -> None:
+    """The last step of ``MoaModel.train``: calibrated scores and the 'unknown' threshold
+    on the validation compounds; with ``refit_prototypes`` the prototypes are then refitted over train + val, and the
+    validation rows are scored for the calibration by cross-fitting (each fold of
+    validation compounds by prototypes fitted on the training rows and the other
+    folds), so no calibration row is scored by prototypes that saw it."""
+    data = result.data
+    if not len(data.val_idx):
+        model.calibration = None
+        logger.warning("no validation signatures: the model is not calibrated (no 'unknown' "
+                       "calls; call model.calibrate(adata) with a 'val' split to add it)")
+        return
+    net, val = model._require_net(), data.val_idx
+    obs = model.adata.obs.iloc[val]
+    groups = obs[model.keys["compound"]].astype(str).to_numpy()
+    train_prototypes = model.predictor_of("hidden_prototype")
+    if model.config.refit_prototypes:
+        hidden_cos, folds = crossfit_cosines(
+            net, data.x, data.moa.numpy(), data.train_idx, val, groups, len(model.moas),
+            train_prototypes.view_weights)
+        scored_by = f"cross-fitted: {len(folds)} folds of validation compounds"
+    else:
+        hidden_cos = train_prototypes.cosines(train_prototypes.features(net, data.x, val))
+        scored_by = "prototypes of the training rows"
+    model._fit_calibration(model._embed_source(data.x, val)[0],
+                          obs[model.keys["moa"]].astype(str).to_numpy(), model._tas(obs),
+                          groups=groups, hidden_cos=hidden_cos)
+    model.calibration.validation["scored_by"] = scored_by
+    if model.config.refit_prototypes:
+        # the MoA centres from every labelled signature the network may see, as the
+        # classical baselines are fitted on train + val (the network is not retrained)
+        rows = np.union1d(data.train_idx, val)
+        refit = model._fit_hidden_prototypes(data, rows, train_prototypes.view_weights)
+        model._set_prototypes(refit, {
+            "splits": ["train", "val"], "n_rows": len(rows),
+            "val_signatures": [str(n) for n in obs.index],
+            "val_compounds": sorted(set(groups))})
+        model.train_info["prototype_rows"] = "train+val"

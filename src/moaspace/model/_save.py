@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MODEL_FILE, CONFIG_FILE, ATLAS_FILE = "model.pt", "config.json", "atlas.h5ad"
 CALIBRATION_FILE = "calibration.json"
+#: raw z-scores of (a subsample of) the training signatures; ``raw_reference.h5ad`` before
+RAW_ATLAS_FILE, OLD_RAW_ATLAS_FILE = "raw_atlas.h5ad", "raw_reference.h5ad"
 
 
 def save_torch(obj, target, path) -> None:
@@ -100,6 +102,8 @@ def save_model(model, model_dir: Path, overwrite: bool = False) -> Path:
     with allow:
         write_h5ad(model.atlas, model_dir / ATLAS_FILE)
     names = [MODEL_FILE, ATLAS_FILE]
+    if _write_raw_atlas(model, model_dir):
+        names.append(RAW_ATLAS_FILE)
     if model.calibration is not None:
         model.calibration.save(model_dir / CALIBRATION_FILE)
         names.append(CALIBRATION_FILE)
@@ -111,6 +115,28 @@ def save_model(model, model_dir: Path, overwrite: bool = False) -> Path:
     atomic_write_text(model_dir / CONFIG_FILE, json.dumps(config, indent=1))
     logger.info("saved model to %s", model_dir)
     return model_dir
+
+
+def _write_raw_atlas(model, model_dir: Path) -> bool:
+    """Write ``raw_atlas.h5ad`` (the training signatures' raw z-scores) from the model's data,
+    or copy the one of the directory the model was loaded from; False when neither exists."""
+    import shutil
+
+    from moaspace.model._atlas import raw_atlas
+    from moaspace.pp._prepare import write_h5ad
+
+    target = model_dir / RAW_ATLAS_FILE
+    if model.adata is not None:
+        rows = model.adata.obs_names.get_indexer(model.atlas.obs_names)
+        write_h5ad(raw_atlas(model.adata, rows[rows >= 0], model.keys), target)
+        return True
+    source = getattr(model, "raw_atlas_path", None)
+    if source is None or not Path(source).is_file():
+        return False
+    if Path(source).resolve() != target.resolve():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+    return True
 
 
 def read_config(model_dir: Path) -> dict:
@@ -184,6 +210,10 @@ def load_model(cls, model_dir: Path, *, max_missing_fraction: float = 0.1,
     from moaspace.pp._prepare import read_h5ad
 
     model._atlas = read_h5ad(model_dir / ATLAS_FILE)
+    for name in (RAW_ATLAS_FILE, OLD_RAW_ATLAS_FILE):  # read on demand: MoaModel.raw_atlas
+        if (model_dir / name).is_file():
+            model.raw_atlas_path = model_dir / name
+            break
     if CALIBRATION_FILE in config.get("files", {}):
         from moaspace.model.calibration import Calibration
 

@@ -30,9 +30,14 @@ from moaspace.model._atlas import (
     atlas_classes,
     predictor_from_atlas,
     prototype_rows,
+    raw_atlas,
     stored_prototypes,
 )
-from moaspace.model._calibrate import calibration_cosines, calibration_rows
+from moaspace.model._calibrate import (
+    calibrate_after_training,
+    calibration_cosines,
+    calibration_rows,
+)
 from moaspace.model._config import CONFIG_DIGEST, ModelConfig, _check_config, config_digest
 from moaspace.model._genes import aligned_rows, gene_positions
 from moaspace.model._keys import ModelKeys, check_training_data, split_labels
@@ -47,7 +52,7 @@ from moaspace.model._save import (
 )
 from moaspace.model.data import InMemoryRows, RowSource, backed_rows
 from moaspace.model.module import MoaNet, embed_row_source, layer_widths
-from moaspace.model.predictor import MoaPredictor, crossfit_cosines, fit_predictor
+from moaspace.model.predictor import MoaPredictor, fit_predictor
 from moaspace.model.train import (
     INPUT_CANDIDATES,
     TrainData,
@@ -119,6 +124,7 @@ class MoaModel:
         self._atlas: ad.AnnData | None = None
         self.max_missing_fraction = 0.1
         self.calibration = None  # moaspace.model.calibration.Calibration, fitted on the val split
+        self.raw_atlas_path: Path | None = None  # raw_atlas.h5ad of a loaded model
         if adata is None:  # used by load()
             return
         check_training_data(adata, self.key_registry)
@@ -222,7 +228,7 @@ class MoaModel:
             torch.use_deterministic_algorithms(deterministic_before)
         self._install(result)
         self._build_atlas(result)  # the kept network's prototypes and the atlas
-        self._calibrate_on_val(result)  # calibrated scores, 'unknown' threshold, refit
+        calibrate_after_training(self, result)  # calibrated scores, 'unknown', refit
         log_training(result)
         return {"best_epoch": self.best_epoch, "best_val_f1": self.best_val_f1,
                 "epochs": len(self.history), "history": self.history,
@@ -264,45 +270,6 @@ class MoaModel:
         self._atlas.uns["moaspace"].update(hidden_prototypes=prototypes.centres,
                                            hidden_prototype_moas=list(self.moas),
                                            prototype_rows=rows)
-
-    def _calibrate_on_val(self, result: TrainResult) -> None:
-        """Calibrated scores and the 'unknown' threshold on the validation compounds; with
-        ``refit_prototypes`` the prototypes are then refitted over train + val, and the
-        validation rows are scored for the calibration by cross-fitting (each fold of
-        validation compounds by prototypes fitted on the training rows and the other
-        folds), so no calibration row is scored by prototypes that saw it."""
-        data = result.data
-        if not len(data.val_idx):
-            self.calibration = None
-            logger.warning("no validation signatures: the model is not calibrated (no 'unknown' "
-                           "calls; call model.calibrate(adata) with a 'val' split to add it)")
-            return
-        net, val = self._require_net(), data.val_idx
-        obs = self.adata.obs.iloc[val]
-        groups = obs[self.keys["compound"]].astype(str).to_numpy()
-        train_prototypes = self.predictor_of("hidden_prototype")
-        if self.config.refit_prototypes:
-            hidden_cos, folds = crossfit_cosines(
-                net, data.x, data.moa.numpy(), data.train_idx, val, groups, len(self.moas),
-                train_prototypes.view_weights)
-            scored_by = f"cross-fitted: {len(folds)} folds of validation compounds"
-        else:
-            hidden_cos = train_prototypes.cosines(train_prototypes.features(net, data.x, val))
-            scored_by = "prototypes of the training rows"
-        self._fit_calibration(self._embed_source(data.x, val)[0],
-                              obs[self.keys["moa"]].astype(str).to_numpy(), self._tas(obs),
-                              groups=groups, hidden_cos=hidden_cos)
-        self.calibration.validation["scored_by"] = scored_by
-        if self.config.refit_prototypes:
-            # the MoA centres from every labelled signature the network may see, as the
-            # classical baselines are fitted on train + val (the network is not retrained)
-            rows = np.union1d(data.train_idx, val)
-            refit = self._fit_hidden_prototypes(data, rows, train_prototypes.view_weights)
-            self._set_prototypes(refit, {
-                "splits": ["train", "val"], "n_rows": len(rows),
-                "val_signatures": [str(n) for n in obs.index],
-                "val_compounds": sorted(set(groups))})
-            self.train_info["prototype_rows"] = "train+val"
 
     # -------------------------------------------------------------- inference
     def predict(self, adata: ad.AnnData, **kwargs) -> ad.AnnData:
@@ -498,6 +465,20 @@ class MoaModel:
         if self._atlas is None:
             raise MoaspaceError("no atlas yet: train or load the model first")
         return self._atlas
+
+    @property
+    def raw_atlas(self) -> ad.AnnData | None:
+        """Raw z-scores of (up to 50,000) training signatures with obs ``pert_id`` and
+        ``moa``: the raw-signature reference of ``score_knockdowns``. From the training
+        data, or ``raw_atlas.h5ad`` of a loaded model (None when it has none)."""
+        if self.adata is not None and self._atlas is not None:
+            rows = self.adata.obs_names.get_indexer(self._atlas.obs_names)
+            return raw_atlas(self.adata, rows[rows >= 0], self.keys)
+        if self.raw_atlas_path is None:
+            return None
+        from moaspace.pp._prepare import read_h5ad
+
+        return read_h5ad(self.raw_atlas_path)
 
     @property
     def reference(self) -> ad.AnnData:

@@ -28,9 +28,6 @@ from moaspace.io.lincs import compound_targets, read_compoundinfo
 
 logger = logging.getLogger(__name__)
 
-RAW_REFERENCE = "raw_reference.h5ad"
-
-
 def expected_moas(
     compoundinfo: pd.DataFrame, compound_moa: dict[str, str], known_moas,
     min_fraction: float = 0.2,
@@ -80,40 +77,6 @@ def expected_moas(
         if n / annotated[moa] >= min_fraction:
             out.setdefault(gene, set()).add(moa)
     return {g: sorted(m) for g, m in out.items()}
-
-
-def save_raw_reference(adata: ad.AnnData, model_dir: str | os.PathLike,
-                       split_key: str = "split", max_signatures: int = 50_000,
-                       seed: int = 0) -> Path:
-    """Store the raw z-scores of the training drug signatures next to a model.
-
-    The raw-signature (no model) comparison of :func:`score_knockdowns` runs
-    the same kNN vote as the model, over these signatures instead of their
-    embeddings. At most ``max_signatures`` (a seeded subsample) are kept to
-    bound the file size; written atomically. A backed AnnData (also a gene
-    subset view of one, which cannot be indexed by rows) is read at the kept
-    rows only.
-    """
-    from moaspace.model.data import backed_rows
-    from moaspace.pp._prepare import write_h5ad
-
-    rows = np.ones(adata.n_obs, bool)
-    if split_key in adata.obs.columns:
-        rows = (adata.obs[split_key].astype(str) == "train").to_numpy()
-    idx = np.flatnonzero(rows)
-    if len(idx) > max_signatures:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, max_signatures, replace=False))
-    if adata.isbacked:
-        X = backed_rows(adata).rows(idx).numpy()
-    else:
-        sub = adata.X[idx]
-        X = np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=np.float32)
-    kept = adata.obs.iloc[idx]
-    obs = pd.DataFrame({"pert_id": kept["pert_id"].astype(str).to_numpy(),
-                        "moa": kept["moa"].astype(str).to_numpy()},
-                       index=kept.index.astype(str))
-    ref = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=adata.var_names.astype(str)))
-    return write_h5ad(ref, Path(model_dir) / RAW_REFERENCE)
 
 
 def _rank_metrics(scores: pd.Series, expected: list[str]) -> dict:
@@ -204,7 +167,7 @@ def score_knockdowns(
         The drug-target table, or the path of ``compoundinfo_beta.txt``.
     raw_reference : anndata.AnnData, optional
         Raw z-scores of the training drug signatures with ``obs["moa"]`` and the model's
-        genes (``raw_reference.h5ad`` next to a model trained by the CLI): adds the
+        genes (``MoaModel.raw_atlas``, ``raw_atlas.h5ad`` of a saved model): adds the
         raw-signature kNN comparison. Default None: skipped, with a warning.
     target_key : str, default "target_gene"
         ``obs`` column of the knocked-down gene.
