@@ -125,7 +125,7 @@ def moa_directions(model) -> tuple[torch.Tensor, list[str], str]:
     With an ArcFace MoA head (``moa_head`` with ``weight`` and ``cosine``) the directions
     are its class centres (with several sub-centres per class, the mean of the class's
     normalised sub-centres); otherwise the MoA prototypes of the embedding, the normalised
-    mean of the atlas embeddings (``model.reference``) of each MoA.
+    mean of the atlas embeddings (``model.atlas``) of each MoA.
 
     Parameters
     ----------
@@ -154,7 +154,7 @@ def moa_directions(model) -> tuple[torch.Tensor, list[str], str]:
         if k > 1:  # one direction per class: the mean of its sub-centres
             weight = nn.functional.normalize(weight, dim=1).view(len(model.moas), k, -1).mean(1)
         return weight, list(model.moas), "arcface_head"
-    ref = model.reference
+    ref = model.atlas
     centres, _ = embedding_prototypes(np.asarray(ref.X, dtype=np.float32),
                                       ref.obs["moa"].astype(str).to_numpy(), list(model.moas))
     return torch.as_tensor(centres), list(model.moas), "prototype"
