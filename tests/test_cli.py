@@ -150,3 +150,35 @@ def test_simulate_then_prepare_counts_match_filters(tmp_path):
     assert removed[">= 10 signatures per compound"] == len(labelled) - len(enough)
     assert removed[">= 3 compounds per MoA"] == len(enough) - len(final)
     assert steps["signatures"].iloc[-1] == len(final) > 0
+
+
+def test_demo_cli_prints_the_real_and_simulated_parts(tmp_path, monkeypatch):
+    """`moaspace demo` reports the real drugs first and the simulated world's part, and ends
+    with the report's path (the run itself is test_report's and test_clean_clone's)."""
+    import moaspace.workflow
+
+    calls = {}
+
+    def fake_run_demo(out, *, seed, max_epochs):
+        calls.update(out=out, seed=seed, max_epochs=max_epochs)
+        out.mkdir(parents=True)
+        (out / "report.html").write_text("<html></html>")
+        summary = {"compounds": 519, "moas": 44, "scheme": "compound", "seed": seed,
+                   "best_epoch": 12, "best_val_macro_f1": 0.25, "test_macro_f1": 0.31,
+                   "test_compound_macro_f1": 0.31, "seconds_total": 150.0, "world": "real",
+                   "simulated": {"compounds": 157, "moas": 10,
+                                 "test_compound_macro_f1": 0.94}}
+        return {"summary": summary, "paths": {"report": out / "report.html",
+                                              "summary": out / "summary.json"}}
+
+    monkeypatch.setattr(moaspace.workflow, "run_demo", fake_run_demo)
+    out = tmp_path / "demo_out"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--max-epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert calls == {"out": out, "seed": 0, "max_epochs": 3}
+    text = " ".join(result.output.split())  # rich wraps long cells: look for short pieces
+    for piece in ("real data │ 519 LINCS drugs", "test macro-F1 (real drugs) │ 0.310",
+                  "simulated world │ 157 compounds, 10 MoAs", "test macro-F1 (simulated",
+                  "0.940", "seconds │ 150"):
+        assert piece in text, piece
+    assert result.output.strip().splitlines()[-1] == str((out / "report.html").resolve())

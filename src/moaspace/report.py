@@ -36,7 +36,13 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto;border:1px solid #eee}
 pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em}
 .note{color:#555;font-size:.9em}
+.world{font-size:.62em;font-weight:normal;padding:.1em .55em;border-radius:.7em;margin-left:.5em;
+vertical-align:middle}
+.real{background:#d8eedb;color:#1d5b27}.simulated{background:#f8e3c4;color:#7a4a05}
 """
+
+#: what the badge of each world says
+WORLDS = {"real": "real data", "simulated": "simulated data"}
 
 
 def _img(fig_or_path) -> str:
@@ -88,34 +94,35 @@ def _reading(path: Path):
 
 
 def build_report(run_dir: str | os.PathLike) -> str:
-    """Return the HTML text of the report for ``run_dir``."""
+    """Return the HTML text of the report for ``run_dir``.
+
+    Every section is labelled with the data it shows (``summary.json``'s ``world``: real or
+    simulated). A ``simulated/`` run inside ``run_dir`` (``moaspace demo``) adds its
+    simulated-only sections: data, CRISPR knockdowns and the planted-truth check.
+    """
     import matplotlib
 
     run = Path(run_dir)
     if not run.is_dir():
         raise InputError(f"run directory not found: {run}")
+    summary = _read_json(run / "summary.json") or {}
+    world = summary.get("world")
     parts = [f"<h1>moaspace report</h1><p class='note'>{html.escape(str(run.resolve()))} · "
              f"moaspace {__version__}</p>"]
-    found_any = False
-    sections = [("summary.json", None), ("data.h5ad", _data_section),
-                ("predictions.h5ad", _prediction_section), ("metrics.json", _metrics_section),
-                ("benchmark/results.json", _benchmark_section),
-                ("explain/enrichment.csv", _explain_section),
-                ("model/calibration.json", _calibration_section),
-                ("crispr/summary.json", _crispr_section)]
+    sub = run / "simulated"
+    if world == "real" and (sub / "summary.json").exists():
+        parts.append(_worlds_note(summary))
     # MoA names are data, not markup: "$...$" must not be read as mathtext
     with matplotlib.rc_context({"text.parse_math": False}):
-        for name, section in sections:
-            path = run / name
-            if not path.exists():
-                continue
-            found_any = True
-            if section is not None:
-                with _reading(path):
-                    parts.extend(section(run, path))
+        body, found_any = _run_sections(run, world, SECTIONS)
+        parts.extend(body)
+        if world == "real" and (sub / "summary.json").exists():
+            sim_summary = _read_json(sub / "summary.json") or {}
+            parts.append(_label([_simulated_intro(sim_summary)], "simulated")[0])
+            parts.extend(_run_sections(sub, "simulated", SIMULATED_SECTIONS)[0])
         with _reading(run / "model" / "config.json"):
             how, has_config = _provenance_section(run)
-    found_any = found_any or has_config
+    found_any = found_any or has_config or bool(summary)
     parts.extend(how)
     if not found_any:
         raise InputError(f"{run}: nothing to report (no summary.json, data.h5ad, metrics.json "
@@ -124,6 +131,47 @@ def build_report(run_dir: str | os.PathLike) -> str:
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>moaspace report</title><style>{CSS}</style></head><body>{body}"
             "</body></html>")
+
+
+def _run_sections(run: Path, world: str | None, sections) -> tuple[list[str], bool]:
+    """The sections of one run directory whose input files exist, labelled with ``world``."""
+    parts, found_any = [], False
+    for name, section in sections:
+        path = run / name
+        if not path.exists():
+            continue
+        found_any = True
+        with _reading(path):
+            parts.extend(_label(section(run, path), world))
+    return parts, found_any
+
+
+def _label(parts: list[str], world: str | None) -> list[str]:
+    """Add the world's badge to each section heading of ``parts``."""
+    if world not in WORLDS:
+        return parts
+    badge = f" <span class='world {world}'>{WORLDS[world]}</span></h2>"
+    return [p.replace("</h2>", badge, 1) if "<h2>" in p else p for p in parts]
+
+
+def _worlds_note(summary: dict) -> str:
+    data = summary.get("call", {}).get("data", "")
+    return ("<p>Sections marked <span class='world real'>real data</span> show real LINCS "
+            "L1000 drugs: the consensus signatures shipped with moaspace "
+            f"(<code>{html.escape(str(data))}</code>; sources and licences in "
+            "<code>moaspace/resources/lincs_consensus/PROVENANCE.md</code>). Sections marked "
+            "<span class='world simulated'>simulated data</span> use the embedded simulated "
+            "release, only where no real data ships: CRISPR knockdowns and the check "
+            "against planted truth.</p>")
+
+
+def _simulated_intro(summary: dict) -> str:
+    return ("<h2>The simulated world</h2><p class='note'>A model trained on the embedded "
+            f"simulated release ({summary.get('compounds', '?')} compounds, "
+            f"{summary.get('moas', '?')} MoAs, {summary.get('cell_lines', '?')} cell lines; "
+            f"held-out compounds: macro-F1 {summary.get('test_macro_f1', float('nan')):.3f}). "
+            "Its knockdowns and its planted pathways have no real counterpart shipped here. "
+            "Files: <code>simulated/</code>.</p>")
 
 
 def _data_section(run: Path, path: Path) -> list[str]:
@@ -136,11 +184,17 @@ def _data_section(run: Path, path: Path) -> list[str]:
                   ("compounds", obs["pert_id"].nunique()),
                   ("MoAs", obs["moa"].nunique() if "moa" in obs else "–"),
                   ("cell lines", obs["cell_iname"].nunique())])]
-    prep = data.uns.get("moaspace", {}).get("prepare", {})
+    meta = data.uns.get("moaspace", {})
+    prep, dataset = meta.get("prepare", {}), meta.get("dataset", {})
     filters = prep.get("filters")
     if filters is not None:
         parts.append("<p>Filters applied by <code>prepare</code>, in order:</p>")
         parts.append(_table(pd.DataFrame(filters), "{:.0f}"))
+    elif dataset.get("filters") is not None:
+        parts.append(f"<p>Data set <code>{html.escape(str(dataset.get('name')))}</code> "
+                     "shipped with moaspace (one consensus signature per drug); drugs and "
+                     "MoAs left after each selection step:</p>")
+        parts.append(_table(pd.DataFrame(dataset["filters"]), "{:.0f}"))
     data.file.close()
     return parts
 
@@ -151,23 +205,61 @@ def _prediction_section(run: Path, path: Path) -> list[str]:
     from moaspace import pl
 
     pred = ad.read_h5ad(path)
-    parts = ["<h2>Latent space</h2><p class='note'>Held-out (test) signatures of unseen "
-             f"compounds, PCA of the {pred.obsm['X_moa'].shape[1]}-d embedding; circles "
-             "mark compound centres (sub-clusters inside each MoA).</p>",
-             _img(pl.latent_map(pred.obsm["X_moa"], pred.obs["moa"], pred.obs.get("pert_id"))),
+    obs = pred.obs
+    one_each = "pert_id" in obs and not obs["pert_id"].duplicated().any()
+    names = obs["cmap_name"] if "cmap_name" in obs else obs.get("pert_id")
+    what = ("held-out drugs (one consensus signature each; labels: drug names)" if one_each
+            else "held-out (test) signatures of unseen compounds; circles mark compound "
+                 "centres (sub-clusters inside each MoA)")
+    atlas_path = run / "model" / "atlas.h5ad"
+    atlas = None
+    if atlas_path.exists():
+        with _reading(atlas_path):
+            atlas = ad.read_h5ad(atlas_path)
+    behind = ("; small faint dots: the training (reference) "
+              + ("drugs" if one_each else "signatures")) if atlas is not None else ""
+    parts = ["<h2>Latent space</h2><p class='note'>The "
+             f"{pred.obsm['X_moa'].shape[1]}-d embedding of the {what}{behind}, by PCA "
+             "(global directions) and UMAP (local neighbourhoods, cosine).</p>",
+             _img(pl.latent_maps(pred.obsm["X_moa"], obs["moa"], names,
+                                 reference=None if atlas is None else atlas.X,
+                                 reference_moa=None if atlas is None else atlas.obs["moa"],
+                                 title="Latent space, held-out " +
+                                       ("drugs" if one_each else "signatures"))),
              "<h2>Confusion matrix</h2>",
-             _img(pl.confusion(pred.obs["moa"], pred.obs["moa_pred"]))]
+             _img(pl.confusion(obs["moa"], obs["moa_pred"]))]
     calls = run / "compound_calls.csv"
     if calls.exists():
         with _reading(calls):
-            frame = pd.read_csv(calls)
-            truth = pred.obs.groupby("pert_id", observed=True)["moa"].first().astype(str)
-            frame.insert(2, "true_moa", frame["compound"].astype(str).map(truth))
+            frame = _compound_table(pd.read_csv(calls), obs, run / "nearest_drugs.csv")
             acc = float((frame["true_moa"] == frame["moa_pred"]).mean())
         parts.append(f"<h2>Compound-level calls</h2><p>{len(frame)} held-out compounds, "
-                     f"accuracy {acc:.3f} (mean of each compound's signature scores).</p>")
-        parts.append(_table(frame.drop(columns=["top3"], errors="ignore")))
+                     f"accuracy {acc:.3f} (mean of each compound's signature scores). "
+                     "Nearest reference drugs: the training drugs closest in the latent "
+                     "space (cosine of mean embeddings), with their MoA.</p>")
+        parts.append(_table(frame.drop(columns=["top3"], errors="ignore"), max_rows=150))
     return parts
+
+
+def _compound_table(frame: pd.DataFrame, obs: pd.DataFrame, nearest_csv: Path) -> pd.DataFrame:
+    """The compound calls with the true MoA, the drug's name and its nearest reference
+    drugs (``nearest_drugs.csv``) where known."""
+    compound = frame["compound"].astype(str)
+    truth = obs.groupby("pert_id", observed=True)["moa"].first().astype(str)
+    frame.insert(1, "true_moa", compound.map(truth))
+    if "cmap_name" in obs:
+        names = obs.groupby("pert_id", observed=True)["cmap_name"].first().astype(str)
+        if (names != names.index).any():
+            frame.insert(1, "drug", compound.map(names))
+    if nearest_csv.exists():
+        with _reading(nearest_csv):
+            near = pd.read_csv(nearest_csv, dtype={"compound": str})
+            text = near.assign(item=near["neighbour_drug"].astype(str) + " ("
+                               + near["neighbour_moa"].astype(str) + ", "
+                               + near["cosine"].map("{:.2f}".format) + ")")
+            joined = text.sort_values("rank").groupby("compound")["item"].agg("; ".join)
+        frame["nearest reference drugs"] = compound.map(joined)
+    return frame
 
 
 def _metrics_section(run: Path, path: Path) -> list[str]:
@@ -196,7 +288,11 @@ def _benchmark_section(run: Path, path: Path) -> list[str]:
     s = summarize(bench)
     cols = [c for c in ("scheme", "method", "macro_f1_mean", "macro_f1_std", "accuracy_mean",
                         "compound_macro_f1_mean", "n_seeds") if c in s.columns]
-    return ["<h2>Baselines, same splits and seeds</h2>", _table(s[cols]),
+    sources = {str(r["source"]) for r in bench if r.get("method") == "moaspace" and
+               r.get("source")}
+    note = (f"<p class='note'>moaspace row: {html.escape(sources.pop())}.</p>" if sources
+            else "")
+    return ["<h2>Baselines, same splits and seeds</h2>", note, _table(s[cols]),
             _img(pl.benchmark_results(s))]
 
 
@@ -208,6 +304,32 @@ def _explain_section(run: Path, path: Path) -> list[str]:
     top = enr[enr["fdr"] < 0.05].sort_values("nes", ascending=False).groupby("moa").head(3)
     parts.append(_table(top[["moa", "pathway", "nes", "pval", "fdr"]].sort_values("moa")))
     return parts
+
+
+def _genes_section(run: Path, path: Path) -> list[str]:
+    """Each MoA's top genes by integrated gradients, as gene symbols with their direction."""
+    top = pd.read_csv(path)
+    top = top[top["rank"] <= 8].sort_values(["moa", "rank"])
+    up = (top["direction"].astype(str) == "up" if "direction" in top
+          else top["attribution"] > 0)
+    top = top.assign(gene=top["gene_symbol"].astype(str) + up.map({True: " ↑", False: " ↓"}))
+    table = top.groupby("moa")["gene"].agg(", ".join).reset_index()
+    table.columns = ["moa", "top 8 genes (↑ up, ↓ down)"]
+    return ["<h2>Top genes per MoA (integrated gradients)</h2><p class='note'>From "
+            "<code>explain/top_genes.csv</code>: the genes with the largest attribution to "
+            "each MoA over its training signatures, with their direction (the sign of the "
+            "attribution; see <code>moaspace explain --help</code> for what it means).</p>",
+            _table(table, max_rows=100)]
+
+
+def _truth_section(run: Path, path: Path) -> list[str]:
+    """The planted-truth check of a simulated release."""
+    table = pd.read_csv(path)
+    hits = int(table["recovered"].astype(bool).sum())
+    return [f"<h2>Planted truth: pathways recovered by the explanation</h2><p>{hits} of "
+            f"{len(table)} MoAs have a planted pathway among their top 5 enriched pathways "
+            "(FDR &lt; 0.05, by NES), as <code>benchmarks/bench_science.py</code> scores "
+            "it.</p>", _table(table)]
 
 
 def _calibration_section(run: Path, path: Path) -> list[str]:
@@ -262,8 +384,8 @@ def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
 
         pred = ad.read_h5ad(pred_path)
     # the calibration shown is that of the predictor the predictions were made with
-    predictor = (pred.uns.get("moa_predict", {}).get("method", "knn") if pred is not None
-                 else "knn")
+    params = pred.uns.get("moa", {}).get("params", {}) if pred is not None else {}
+    predictor = params.get("predictor", "knn")
     val = cal.get("validation", {})
     own = val if predictor == "knn" else val.get(predictor, {})
     # as Calibration.maps / method_for, on the JSON as written
@@ -325,6 +447,18 @@ def _confidence_section(cal: dict, pred_path: Path) -> list[str]:
     if val.get("tas_coverage"):
         out.append(_img(pl.tas_coverage({"validation": val["tas_coverage"]})))
     return out
+
+
+#: (input file, section) of a run directory, in the report's order
+SECTIONS = (("data.h5ad", _data_section), ("predictions.h5ad", _prediction_section),
+            ("metrics.json", _metrics_section), ("benchmark/results.json", _benchmark_section),
+            ("explain/enrichment.csv", _explain_section),
+            ("explain/top_genes.csv", _genes_section), ("planted_truth.csv", _truth_section),
+            ("model/calibration.json", _calibration_section),
+            ("crispr/summary.json", _crispr_section))
+#: the sections of the demo's ``simulated/`` run (what has no real counterpart here)
+SIMULATED_SECTIONS = (("crispr/summary.json", _crispr_section),
+                      ("planted_truth.csv", _truth_section))
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

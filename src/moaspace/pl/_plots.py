@@ -14,13 +14,14 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 __all__ = ["benchmark_results", "confusion", "crispr_map", "embedding_2d", "knockdown_map",
-           "latent_map", "latent_maps", "nes_heatmap", "openset_curve", "per_moa_f1", "reliability_diagram",
-           "tas_coverage"]
+           "latent_map", "latent_maps", "nes_heatmap", "openset_curve", "per_moa_f1",
+           "reliability_diagram", "tas_coverage"]
 
 
 def _palette(n: int):
-    cmap = plt.get_cmap("tab20" if n > 10 else "tab10")
-    return [cmap(i % cmap.N) for i in range(n)]
+    names = ("tab10",) if n <= 10 else ("tab20",) if n <= 20 else ("tab20", "tab20b", "tab20c")
+    colours = [plt.get_cmap(name)(i) for name in names for i in range(plt.get_cmap(name).N)]
+    return [colours[i % len(colours)] for i in range(n)]  # 60 distinct before repeats
 
 
 def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
@@ -108,7 +109,7 @@ def latent_map(
     comp = None if compound is None else np.asarray(compound).astype(str)[keep]
     fig, ax = plt.subplots(figsize=(8.5, 6.5))
     _draw_latent(ax, coords, moa[keep], comp, label_compounds=label_compounds,
-                 method="umap" if transform is None else "pca")
+                 method="umap" if transform is None else "pca", colors=_colours(moa[keep]))
     ax.set_title(title)
     ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5),
               frameon=False)
@@ -116,20 +117,29 @@ def latent_map(
     return fig
 
 
+def _colours(*labels: np.ndarray) -> dict:
+    classes = sorted(set().union(*(set(lab) for lab in labels)))
+    return dict(zip(classes, _palette(len(classes)), strict=True))
+
+
 def _draw_latent(ax, coords: np.ndarray, moa: np.ndarray, comp: np.ndarray | None, *,
-                 label_compounds: int, method: str) -> None:
-    """Points coloured by MoA and, with compounds, their labelled centres, on ``ax``."""
-    classes = sorted(set(moa))
-    colors = dict(zip(classes, _palette(len(classes)), strict=True))
-    for c in classes:
-        m = moa == c
-        ax.scatter(coords[m, 0], coords[m, 1], s=6, alpha=0.55, color=colors[c], label=c,
-                   linewidths=0)
+                 label_compounds: int, method: str, colors: dict,
+                 reference: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Points coloured by MoA and, with compounds, their labelled centres, on ``ax``;
+    ``reference`` (coordinates, MoAs) is drawn first, small and faint."""
+    if reference is not None:
+        ax.scatter(*reference[0].T, s=7, alpha=0.3, linewidths=0,
+                   color=[colors[c] for c in reference[1]])
+    ref = reference is not None
+    for c in sorted(set(moa)):
+        ax.scatter(*coords[moa == c].T, s=22 if ref else 6, alpha=0.9 if ref else 0.55,
+                   color=colors[c], label=c, linewidths=0.5 if ref else 0, edgecolors="black")
     if comp is not None:
         centres = pd.DataFrame(coords).groupby(comp).mean()
         sizes = pd.Series(comp).value_counts()
-        ax.scatter(centres[0], centres[1], s=22, facecolors="none", edgecolors="black",
-                   linewidths=0.6, label="compound centre")
+        if (sizes > 1).any():  # one point per compound: the point is its centre
+            ax.scatter(centres[0], centres[1], s=22, facecolors="none", edgecolors="black",
+                       linewidths=0.6, label="compound centre")
         for cpd in sizes.index[:label_compounds]:
             ax.annotate(cpd, centres.loc[cpd].to_numpy(), fontsize=6, alpha=0.8)
     ax.set_xlabel(f"{method.upper()} 1")
@@ -137,16 +147,13 @@ def _draw_latent(ax, coords: np.ndarray, moa: np.ndarray, comp: np.ndarray | Non
 
 
 def latent_maps(
-    z: np.ndarray, moa, compound=None, *, methods: tuple[str, ...] = ("pca", "umap"),
-    max_points: int = 6000, label_compounds: int = 12, seed: int = 0,
-    title: str = "Latent space (held-out signatures)",
+    z: np.ndarray, moa, compound=None, *, reference: np.ndarray | None = None,
+    reference_moa=None, methods: tuple[str, ...] = ("pca", "umap"), max_points: int = 6000,
+    label_compounds: int = 12, seed: int = 0, title: str = "Latent space (held-out signatures)",
 ):
-    """The same embedding projected several ways, side by side (default PCA and UMAP).
-
-    Each panel is drawn as in :func:`latent_map`, with the same MoA colours. UMAP
-    (umap-learn, cosine metric, imported only here) gives each MoA's local neighbourhood,
-    PCA the global directions; with fewer than 16 points, or without umap-learn (logged),
-    a UMAP panel falls back to PCA and says so.
+    """The same embedding side by side by PCA (global directions) and UMAP (local
+    neighbourhoods; umap-learn, cosine, imported only here), as in :func:`latent_map`.
+    Below 16 points, or without umap-learn (logged), a UMAP panel is PCA and says so.
 
     Parameters
     ----------
@@ -155,13 +162,16 @@ def latent_maps(
     moa : array-like, length n
         MoA of each signature (colour).
     compound : array-like, length n, optional
-        Compound (or drug name) of each signature: labelled centres, as in
-        :func:`latent_map`.
+        Compound (or drug name) of each signature: labelled centres, as in :func:`latent_map`.
+    reference : numpy.ndarray, shape (m, d), optional
+        Reference embedding (e.g. a model's atlas), projected with ``z`` and drawn small and
+        faint behind it; ``z`` is then drawn larger, with black edges.
+    reference_moa : array-like, length m, optional
+        MoA of each reference signature (needed with ``reference``).
     methods : tuple of str, default ("pca", "umap")
         One panel per projection, in order.
     max_points : int, default 6000
-        Above this many signatures a seeded random subsample is drawn (same rows in
-        every panel).
+        Above this many rows (of ``z``, of ``reference``) a seeded subsample is drawn.
     label_compounds : int, default 12
         Number of compound centres labelled in each panel.
     seed : int, default 0
@@ -176,18 +186,25 @@ def latent_maps(
     moa = np.asarray(moa).astype(str)
     keep = _subsample(len(moa), max_points, seed)
     comp = None if compound is None else np.asarray(compound).astype(str)[keep]
+    zq, mq = np.asarray(z)[keep], moa[keep]
+    zr, mr = np.empty((0, zq.shape[1]), zq.dtype), np.empty(0, dtype=str)
+    if reference is not None:
+        pick = _subsample(len(reference), max_points, seed)
+        zr, mr = np.asarray(reference)[pick], np.asarray(reference_moa).astype(str)[pick]
+    colors = _colours(mq, mr)
     fig, axes = plt.subplots(1, len(methods), figsize=(6.2 * len(methods) + 2.5, 6),
                              squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
-        wanted = method if len(keep) >= 16 else "pca"
-        coords, transform = embedding_2d(z[keep], method=wanted, seed=seed)
+        wanted = method if len(zq) + len(zr) >= 16 else "pca"
+        coords, transform = embedding_2d(np.vstack([zr, zq]), method=wanted, seed=seed)
         used = "umap" if transform is None else "pca"
-        _draw_latent(ax, coords, moa[keep], comp, label_compounds=label_compounds,
-                     method=used)
+        _draw_latent(ax, coords[len(zr):], mq, comp, label_compounds=label_compounds,
+                     method=used, colors=colors,
+                     reference=(coords[:len(zr)], mr) if len(zr) else None)
         ax.set_title(used.upper() if used == method else f"{method.upper()} unavailable: "
                      f"{used.upper()}", fontsize=10)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=6, markerscale=2, loc="center right", frameon=False)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=6, markerscale=1.5,
+               loc="center right", frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
     return fig
@@ -509,7 +526,8 @@ def nes_heatmap(enrichment: pd.DataFrame, fdr: float = 0.05, max_pathways: int =
     # room for the row labels (about 0.06 in per character at 7 pt) and the colour bar, so
     # that a few MoAs with long pathway names still leave the heatmap its cells
     width = 2.0 + 0.45 * table.shape[1] + 0.06 * max(len(label) for label in labels)
-    fig, ax = plt.subplots(figsize=(width, 1.5 + 0.28 * table.shape[0]))
+    below = 0.05 * max((len(str(m)) for m in table.columns), default=0)  # rotated MoA names
+    fig, ax = plt.subplots(figsize=(width, 1.5 + below + 0.28 * table.shape[0]))
     vmax = float(np.nanmax(np.abs(table.to_numpy()))) if table.size else 1.0
     im = ax.imshow(table.to_numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, ha="right", fontsize=8)
