@@ -234,23 +234,28 @@ def _views(net: MoaNet, source: RowSource, idx: np.ndarray, block: int = 8192):
 
 
 def view_sums(net: MoaNet, source: RowSource, codes: np.ndarray, rows: np.ndarray,
-              n_classes: int) -> ViewSums:
+              n_classes: int, keep: list | None = None) -> ViewSums:
     """Per-MoA sums of the unit views of rows ``rows`` (``codes``: MoA code of every row
-    of ``source``)."""
+    of ``source``); ``keep``: a list that receives each block's ``(hidden, whitened)``."""
     enc = net.encoder
     sums = ViewSums(n_classes, enc.hidden_dim, enc.n_genes if enc.whiten is not None else None)
     for pos, hidden, whitened in _views(net, source, rows):
         sums.add(hidden, whitened, codes[rows[pos]])
+        if keep is not None:
+            keep.append((hidden, whitened))
     return sums
 
 
 def _fit_view_weights(net: MoaNet, source: RowSource, rows: np.ndarray, sums: ViewSums,
-                      beta: float) -> tuple[float, float]:
-    sample = rows
-    if len(sample) > VIEW_WEIGHT_SAMPLE:
-        sample = np.sort(np.random.default_rng(0).choice(rows, VIEW_WEIGHT_SAMPLE,
-                                                         replace=False))
-    parts = [(h, w) for _, h, w in _views(net, source, sample)]
+                      beta: float, parts: list | None = None) -> tuple[float, float]:
+    """The view weights on ``rows`` (a seeded sample of at most VIEW_WEIGHT_SAMPLE);
+    ``parts``: the views of all ``rows`` when already computed (fewer rows than that)."""
+    if not parts:
+        sample = rows
+        if len(sample) > VIEW_WEIGHT_SAMPLE:
+            sample = np.sort(np.random.default_rng(0).choice(rows, VIEW_WEIGHT_SAMPLE,
+                                                             replace=False))
+        parts = [(h, w) for _, h, w in _views(net, source, sample)]
     s_hidden, s_whitened = view_scores(np.vstack([h for h, _ in parts]),
                                        np.vstack([w for _, w in parts]), sums.centres())
     # float32 round trip: the weights the encoder's buffer will hold, bit for bit
@@ -293,9 +298,11 @@ def fit_predictor(kind: str, net: MoaNet, source: RowSource, codes: np.ndarray,
     rows = np.asarray(rows)
     base = MoaPredictor(kind=kind, n_classes=int(n_classes), k=int(k), weighting=weighting)
     if kind == "hidden_prototype":
-        sums = view_sums(net, source, codes, rows, n_classes)
+        # the weights' sample is every row up to VIEW_WEIGHT_SAMPLE: one pass serves both
+        keep = [] if view_weights is None and len(rows) <= VIEW_WEIGHT_SAMPLE else None
+        sums = view_sums(net, source, codes, rows, n_classes, keep=keep)
         if sums.whitened is not None and view_weights is None:
-            view_weights = _fit_view_weights(net, source, rows, sums, beta)
+            view_weights = _fit_view_weights(net, source, rows, sums, beta, parts=keep)
         return prototype_predictor(base, sums, view_weights)
     emb = base.features(net, source, rows)
     if kind == "knn":
