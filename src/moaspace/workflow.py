@@ -39,6 +39,8 @@ REAL_DEMO_DATA = "moaspace.datasets.lincs_consensus(min_compounds_per_moa=5, mul
 #: the demo's baselines: the README's comparison (the linear ones and raw-signature kNN);
 #: the neural ablations would double its time (``moaspace benchmark`` runs them all)
 DEMO_BENCHMARK_METHODS = ("moaspace", "linear_svm", "lda", "logreg", "pca_lda", "raw_knn")
+#: the simulated world's planted pathways are Reactome's; 50 signatures per MoA suffice there
+SIMULATED_EXPLAIN = {"gene_sets": "reactome", "max_per_moa": 50}
 
 
 def run_pipeline(
@@ -55,7 +57,7 @@ def run_pipeline(
     explain_permutations: int = 500,
     stages: tuple[str, ...] = ("crispr", "explain", "benchmark", "report"),
     world: str | None = None,
-    explain_max_per_moa: int = 200,
+    explain_kwargs: dict | None = None,
 ) -> dict:
     """prepare -> split -> train -> evaluate -> predict (-> crispr -> explain ->
     benchmark -> report); returns the paths written and a summary.
@@ -64,7 +66,7 @@ def run_pipeline(
     every section of the report) defaults to ``"simulated"`` for a release with a
     ``truth`` file (:func:`moaspace.datasets.simulate`), else ``"real"``. With a truth file
     and the ``"explain"`` stage, ``planted_truth.csv`` says which MoA's planted pathways
-    the explanation recovered. ``explain_max_per_moa``: signatures attributed per MoA."""
+    the explanation recovered. ``explain_kwargs`` go to :func:`moaspace.tl.explain`."""
     from moaspace.pp._prepare import prepare, write_h5ad
 
     out_dir = Path(out_dir)
@@ -80,7 +82,9 @@ def run_pipeline(
                benchmark_seeds=benchmark_seeds, benchmark_methods=benchmark_methods,
                explain_permutations=explain_permutations, stages=stages,
                world=world or ("simulated" if paths.get("truth") else "real"), paths=paths,
-               explain_max_per_moa=explain_max_per_moa)
+               # a simulated release plants Reactome pathways: explain with those sets
+               explain_kwargs={**({"gene_sets": "reactome"} if paths.get("truth") else {}),
+                               **(explain_kwargs or {})})
     call = {"function": "moaspace.workflow.run_pipeline", "prepare_kwargs": prepare_kwargs or {},
             "inputs": {k: str(v) for k, v in paths.items()}}
     return _run_stages(adata, out_dir, run, call, timings, written)
@@ -131,7 +135,7 @@ class _Run:
     stages: tuple[str, ...]
     world: str
     paths: dict = field(default_factory=dict)
-    explain_max_per_moa: int = 200
+    explain_kwargs: dict = field(default_factory=dict)
 
 
 def _run_stages(adata, out_dir: Path, run: _Run, call: dict, timings: dict,
@@ -162,7 +166,7 @@ def _run_stages(adata, out_dir: Path, run: _Run, call: dict, timings: dict,
         with _timed(timings, "explain"):
             written["explain"] = _explain_stage(model, adata, out_dir, seed=seed,
                                                 permutations=run.explain_permutations,
-                                                max_per_moa=run.explain_max_per_moa)
+                                                **run.explain_kwargs)
         if run.paths.get("truth"):
             written["planted_truth"] = planted_truth(out_dir / "explain" / "enrichment.csv",
                                                      run.paths["truth"],
@@ -199,19 +203,11 @@ def _train_stage(adata, out_dir: Path, *, seed: int, max_epochs: int,
 
 
 def _evaluate_stage(model, adata, *, seed: int) -> dict:
-    """Test-split metrics; with one signature per compound (consensus data) the compound
-    level is the signature level, and the per-compound metrics are left out (evaluate's
-    same-compound silhouette needs some compound with two signatures)."""
+    """Test-split metrics (with one signature per compound, as in consensus data, the
+    compound level equals the signature level)."""
     from moaspace.tl._evaluate import evaluate
 
-    test = adata.obs[adata.obs["split"].astype(str) == "test"]
-    one_each = not test["pert_id"].duplicated().any()
-    # a compound column absent from obs turns the compound level off
-    metrics = evaluate(model, adata, split="test", seed=seed,
-                       compound_key="_one_signature_per_compound" if one_each else "pert_id")
-    if one_each:
-        metrics["one_signature_per_compound"] = True
-    return metrics
+    return evaluate(model, adata, split="test", seed=seed)
 
 
 def _predict_stage(model, adata, out_dir: Path) -> dict:
@@ -314,13 +310,13 @@ def planted_truth(enrichment_csv: Path, truth_json: Path, out: Path, top: int = 
 
 
 def _explain_stage(model, adata, out_dir: Path, *, seed: int, permutations: int,
-                   max_per_moa: int) -> Path:
+                   **kwargs) -> Path:
     """Gene importance and pathway enrichment of the training signatures' MoAs."""
     from moaspace.tl._explain import explain
 
     train_rows = adata[adata.obs["split"].astype(str) == "train"].copy()
     explain(model, train_rows, out_dir / "explain", permutations=permutations, seed=seed,
-            max_per_moa=max_per_moa)
+            **kwargs)
     return out_dir / "explain"
 
 
@@ -357,8 +353,6 @@ def _own_record(metrics: dict, model, *, scheme: str, seed: int, seconds: float)
               "best_epoch": model.best_epoch, "best_val_f1": model.best_val_f1,
               "source": "the train stage's model (same split, seed and settings)"}
     compound = metrics.get("compound_level")
-    if compound is None and metrics.get("one_signature_per_compound"):
-        compound = metrics
     if compound is not None:
         record.update(compound_macro_f1=compound["macro_f1"],
                       compound_accuracy=compound["accuracy"])
@@ -371,8 +365,6 @@ def _run_summary(call: dict, adata, model, metrics: dict, timings: dict,
                  written: dict, *, world: str) -> dict:
     """The content of ``summary.json``: the call, the data, the scores, times and outputs."""
     compound = metrics.get("compound_level", {}).get("macro_f1")
-    if compound is None and metrics.get("one_signature_per_compound"):
-        compound = metrics["macro_f1"]
     return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "world": world,
@@ -427,7 +419,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", *, seed: int = 0,
     t0 = time.perf_counter()
     sim = run_pipeline(load_demo_paths(), out_dir / "simulated", seed=seed,
                        max_epochs=max_epochs, explain_permutations=explain_permutations,
-                       explain_max_per_moa=100, stages=("crispr", "explain"),
+                       explain_kwargs=SIMULATED_EXPLAIN, stages=("crispr", "explain"),
                        world="simulated")
     logger.info("demo: simulated part done in %.0f s", time.perf_counter() - t0)
     real = lincs_consensus(min_compounds_per_moa=5, multi_moa="drop")
