@@ -213,23 +213,16 @@ def _evaluate_stage(model, adata, *, seed: int) -> dict:
 def _predict_stage(model, adata, out_dir: Path) -> dict:
     """Predict the test signatures and compounds; writes the predictions, both tables and
     each test compound's nearest atlas compounds (``nearest_drugs.csv``)."""
-    from moaspace.model import _predict
-    from moaspace.pp._prepare import write_h5ad
+    from moaspace.model._predict import predict, write_predictions
 
     test = adata[adata.obs["split"].astype(str) == "test"].copy()
-    pred = _predict.predict(model, test, compound_key="pert_id")
-    atlas = model.atlas if hasattr(type(model), "atlas") else model.reference  # older name
-    nearest_drugs(pred, atlas).to_csv(out_dir / "nearest_drugs.csv", index=False)
-    written = {"nearest_drugs": out_dir / "nearest_drugs.csv",
-               "compound_calls": out_dir / "compound_calls.csv"}
-    if hasattr(_predict, "write_predictions"):  # the tables live in uns["moa"]
-        _predict.write_predictions(pred, out_dir / "predictions.h5ad",
-                                   top_k_csv=out_dir / "predictions.top_k.csv",
-                                   compounds_csv=out_dir / "compound_calls.csv")
-        return {**written, "predictions": out_dir / "predictions.h5ad"}
-    pred.uns.pop("moa_compound_calls").to_csv(out_dir / "compound_calls.csv", index=False)
-    pred.uns.pop("moa_top_k").to_csv(out_dir / "predictions.top_k.csv", index=False)
-    return {**written, "predictions": write_h5ad(pred, out_dir / "predictions.h5ad")}
+    pred = predict(model, test)  # compounds by the model's compound key
+    nearest_drugs(pred, model.atlas).to_csv(out_dir / "nearest_drugs.csv", index=False)
+    written = write_predictions(pred, out_dir / "predictions.h5ad",
+                                top_k_csv=out_dir / "predictions.top_k.csv",
+                                compounds_csv=out_dir / "compound_calls.csv")
+    return {"nearest_drugs": out_dir / "nearest_drugs.csv",
+            "compound_calls": out_dir / "compound_calls.csv", "predictions": written["h5ad"]}
 
 
 def _centres(z, obs, key: str = "pert_id"):
