@@ -105,18 +105,22 @@ def predictor_from_atlas(kind: str, atlas: ad.AnnData, net: MoaNet, *, k: int = 
                         weighting=weighting)
 
 
-#: training signatures kept as raw z-scores in the model directory (``raw_atlas.h5ad``)
+#: training signatures kept as raw z-scores in the model directory (``raw_atlas.h5ad``): at
+#: most this many, and at most RAW_ATLAS_BYTES of float32 (it is built in memory, and a
+#: model trained out of core on 12,328 genes must not need the matrix to save)
 MAX_RAW_ATLAS = 50_000
+RAW_ATLAS_BYTES = 48 * 2**20
 
 
 def raw_atlas(adata: ad.AnnData, rows: np.ndarray, keys: dict, *,
               max_signatures: int = MAX_RAW_ATLAS, seed: int = 0) -> ad.AnnData:
     """The raw z-scores of training rows ``rows`` (a seeded subsample of at most
-    ``max_signatures``), with obs ``pert_id`` and ``moa``: the raw-signature reference that
-    ``score_knockdowns`` compares the model with. A backed AnnData is read at the kept rows
-    only."""
+    ``max_signatures`` and at most 48 MiB: 12,800 signatures of 978 genes), with obs
+    ``pert_id`` and ``moa``: the raw-signature reference that ``score_knockdowns`` compares
+    the model with. A backed AnnData is read at the kept rows only."""
     from moaspace.model.data import backed_rows
 
+    max_signatures = min(max_signatures, max(1, RAW_ATLAS_BYTES // (4 * max(1, adata.n_vars))))
     idx = np.asarray(rows)
     if len(idx) > max_signatures:
         idx = np.sort(np.random.default_rng(seed).choice(idx, max_signatures, replace=False))
