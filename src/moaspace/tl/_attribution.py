@@ -1,40 +1,44 @@
-"""Per-MoA gene importance: integrated gradients (captum) of the score ``predict`` calls with.
+"""Per-MoA gene importance: the score ``predict`` calls with, explained per gene.
 
-**The score.** By default (``view="predictor"``) the per-MoA score of the model's own
-predictor, exactly ``predict(model, x).obsm["moa_scores"]``: the softmax (temperature 0.1)
-of the cosines between a signature's prototype layer and the MoA prototypes
-(``hidden_prototype``, the default predictor), or between its unit embedding and the MoA
-centres of the atlas (``prototype``; also the differentiable stand-in for ``knn``, whose vote
-has no gradient). ``view="arcface_head"`` attributes the cosine of the embedding to the
-ArcFace head's MoA directions instead (what explain attributed before issue #27: a view of the
-embedding that no call is made with).
+**The score.** By default (``view="predictor"``) the model's own predictor: for each MoA the
+cosine between a signature's prototype layer and the MoA's prototype (``hidden_prototype``,
+the default predictor), or between its unit embedding and the MoA's centre in the atlas
+(``prototype``; also the differentiable stand-in for ``knn``, whose vote has no gradient).
+Their softmax at temperature 0.1 is exactly ``predict(model, x).obsm["moa_scores"]``
+(:func:`score_module`). ``view="arcface_head"`` explains the cosine of the embedding to the
+ArcFace head's MoA directions instead (what explain attributed before issue #27: a view of
+the embedding that no call is made with).
+
+**Two readings, two questions.**
+
+``signed`` (the direction; the *pattern* of the score, Haufe et al. 2014, NeuroImage
+87:96-110): the covariance, across all the signatures explained, between each gene (as the
+model sees it, clipped) and the MoA's softmax score, divided by the score's standard
+deviation (z-score units per standard deviation of the score). Positive: the gene is **up**
+in the signatures the model scores high for the MoA; negative: **down**. For a linear score
+``w . x`` it is ``Cov(x) w``, the forward model that belongs to the filter ``w``. This is the
+reading to compare with a MoA's known up- and down-regulated genes.
+
+``contribution`` (the weights; integrated gradients, captum): ``(x - b) * mean gradient of
+the MoA's cosine along the straight path from b to x``; summed over genes it is
+``cos(x) - cos(b)`` (the convergence delta reports the error). Positive: the gene's value,
+relative to signatures of other MoAs, raises the MoA's score. These are the weights of a
+*filter*, not directions: the model whitens its input (within-MoA covariance,
+``docs/model.md``), so a gene whose rise is already carried by its co-regulated genes can
+weigh against its MoA although it rises in every one of its signatures (a suppressor
+variable). Their mean absolute value ranks the genes the call relies on. The cosine rather
+than the softmax is integrated because the softmax contrasts MoAs: genes two MoAs share (the
+MAPK cascade of MEK and RAF inhibitors on the simulator) cancel in it (18 of 19 planted
+pathways recovered against 19 of 19 with the cosine, ``docs/benchmarks.md``).
 
 **Baselines.** The paths start at signatures of *other* MoAs from the data being explained
 (``n_baselines`` of them per signature, seeded; expected gradients, Erion et al. 2021), not at
-the all-zero signature: the scores read unit-normalised layers, which are undefined at zero
-and do not change along the first part of a straight path from it, so a zero baseline
-attributes only the differences between a signature's own genes (the attributions of such
-a stretch sum to zero and grow as 1/step near zero), and the genes that dominate a
-signature come out negative. The question answered is "what makes this signature score as
-MoA c rather than as the drugs of other MoAs".
-
-**Two readings of the same integrals.**
-
-``contribution`` (IG proper): ``(x - b) * mean gradient along the path``, summed over genes it
-is ``score(x) - score(b)`` (the convergence delta reports the error). Positive: the gene's
-value, relative to the other-MoA signatures, raises the MoA's score. These are the weights of
-a *filter*: the model first whitens its input (within-MoA covariance, ``docs/model.md``), so
-a gene whose rise is already carried by its co-regulated genes can get a negative
-contribution although it rises in every signature of the MoA (a suppressor variable).
-Their signs are not gene directions.
-
-``signed`` (the *pattern* of the score, Haufe et al. 2014, NeuroImage 87:96-110): the
-covariance, across all the signatures explained, between each gene (as the model sees it,
-clipped) and the MoA's score, divided by the score's standard deviation (z-score units per
-standard deviation of the score). Positive: the gene is **up** in the signatures the model
-scores high for the MoA; negative: **down**. For a linear score ``w . x`` it is ``Cov(x) w``,
-the forward model that belongs to the filter ``w``; it is the reading to compare with a
-MoA's known up- and down-regulated genes.
+the all-zero signature: the cosines read unit-normalised layers, which are undefined at zero
+and barely change along the first part of a straight path from it, so a zero baseline
+attributes mostly how a signature's own genes trade off against each other (along a stretch
+where the normalised layer is constant the attributions sum to zero and grow as 1/step near
+zero). The question answered is "what makes this signature score as MoA c rather than as the
+drugs of other MoAs".
 
 Contributions are averaged per MoA over the signatures the predictor calls correctly
 (``only_correct``), at most ``max_per_moa`` of them (seeded subsample); the pattern uses
@@ -271,7 +275,8 @@ def gene_importance(
     info : pandas.DataFrame
         One row per explained MoA (indexed by MoA) with ``moa``, ``n_signatures``,
         ``mean_abs_delta`` (mean |convergence delta| of IG), ``mean_score`` (mean score of
-        the attributed signatures) and ``mean_baseline_score``; ``info.attrs["score"]`` says
+        the attributed signatures), ``mean_cosine`` and ``mean_baseline_cosine`` (the
+        attributed cosine at the signatures and at their baselines); ``info.attrs["score"]`` says
         what was attributed, ``info.attrs["view"]`` the view.
     contribution : pandas.DataFrame
         Only with ``return_contribution``: same layout, the mean signed IG contribution.
@@ -288,6 +293,10 @@ def gene_importance(
     if moa_key not in adata.obs.columns:
         raise InputError(f"obs has no column {moa_key!r} (the MoA of each signature)")
     scorer, classes, description = score_module(model, view)
+    # IG attributes the per-MoA cosine (the score before the softmax): the softmax is a
+    # contrast between MoAs, so genes two MoAs share (MEK and RAF inhibitors' MAPK cascade on
+    # the simulator) cancel in it; the pattern and the calls use the softmax itself
+    attributed = MoaScore(scorer.cosines, output="cosine").eval()
     x_all = model.align_genes(adata)
     labels = adata.obs[moa_key].astype(str).to_numpy()
     if len(np.unique(labels)) < 2:
@@ -316,7 +325,7 @@ def gene_importance(
             continue
         if len(idx) > max_per_moa:
             idx = np.sort(rng.choice(idx, max_per_moa, replace=False))
-        paths = _attribute_moa(scorer, x_all, idx, np.flatnonzero(labels != moa),
+        paths = _attribute_moa(attributed, x_all, idx, np.flatnonzero(labels != moa),
                                classes.index(moa), n_steps=n_steps, n_baselines=n_baselines,
                                batch_size=batch_size, rng=rng)
         out["signed"][moa] = patterns[:, classes.index(moa)]
@@ -324,12 +333,14 @@ def gene_importance(
         out["contribution"][moa] = paths["contribution"]
         info.append({"moa": moa, "n_signatures": len(idx), "mean_abs_delta": paths["delta"],
                      "mean_score": float(scores[idx, classes.index(moa)].mean()),
-                     "mean_baseline_score": paths["baseline_score"]})
+                     "mean_cosine": paths["score"],
+                     "mean_baseline_cosine": paths["baseline_score"]})
     if not info:
         raise MoaspaceError("no MoA had signatures to explain (none predicted correctly?)")
     frames = [_gene_frame(model, out[k]) for k in ("signed", "absolute", "contribution")]
     info_frame = pd.DataFrame(info).set_index("moa", drop=False).rename_axis(None)
-    info_frame.attrs.update(score=description, view=view, n_steps=n_steps,
+    info_frame.attrs.update(score=description, attributed=f"{view} cosine (pre-softmax)",
+                            view=view, n_steps=n_steps,
                             n_baselines=n_baselines, baseline="signatures of other MoAs")
     if return_contribution:
         return frames[0], frames[1], info_frame, frames[2]
@@ -350,14 +361,14 @@ def _attribute_moa(scorer: MoaScore, x_all: np.ndarray, idx: np.ndarray, others:
     """IG of MoA ``target`` for rows ``idx``, each from ``n_baselines`` rows of ``others``.
 
     Returns the mean signed and absolute IG contributions, the mean |convergence delta| and
-    the mean baseline score.
+    the mean score at the signatures and at the baselines.
     """
     from captum.attr import IntegratedGradients
 
     ig = IntegratedGradients(scorer, multiply_by_inputs=False)  # the mean path gradient
     n_genes = x_all.shape[1]
     sums = {k: np.zeros(n_genes) for k in ("contribution", "absolute")}
-    deltas, base_scores, count = [], [], 0
+    deltas, base_scores, x_scores, count = [], [], [], 0
     for start in range(0, len(idx), batch_size):
         xb = torch.from_numpy(x_all[idx[start:start + batch_size]])
         for _ in range(n_baselines):
@@ -367,6 +378,7 @@ def _attribute_moa(scorer: MoaScore, x_all: np.ndarray, idx: np.ndarray, others:
             with torch.no_grad():
                 at_x, at_b = scorer(xb)[:, target], scorer(bb)[:, target]
             base_scores.append(at_b.numpy())
+            x_scores.append(at_x.numpy())
             deltas.append(np.abs(contrib.sum(1) - (at_x - at_b).double().numpy()))
             sums["contribution"] += contrib.sum(0)
             sums["absolute"] += np.abs(contrib).sum(0)
@@ -374,6 +386,7 @@ def _attribute_moa(scorer: MoaScore, x_all: np.ndarray, idx: np.ndarray, others:
     out = {k: v / count for k, v in sums.items()}
     out["delta"] = float(np.concatenate(deltas).mean())
     out["baseline_score"] = float(np.concatenate(base_scores).mean())
+    out["score"] = float(np.concatenate(x_scores).mean())
     return out
 
 

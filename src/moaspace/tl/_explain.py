@@ -6,15 +6,16 @@ What the output files mean (all genes x MoAs tables are indexed by gene id, with
 
 ``gene_importance_signed.csv``
     The **direction** of each gene for the MoA: positive = the gene is up, negative = down
-    in the signatures the model scores high for the MoA (the pattern of the MoA's score,
-    Haufe et al. 2014; z-score units per standard deviation of the linearised score).
+    in the signatures the model scores high for the MoA (the pattern of the MoA's softmax
+    score, Haufe et al. 2014; z-score units per standard deviation of the score).
     Compare it with a MoA's known up- and down-regulated genes.
 ``gene_contribution.csv``
-    The mean integrated-gradients contribution: positive = the gene's value, relative to
-    signatures of other MoAs, raises the MoA's score. Summed over genes it is the score's
-    gain over those signatures. Not a direction: through the model's input whitening a
-    gene that rises in every signature of a MoA can contribute negatively when its
-    co-regulated genes already carry the rise.
+    The mean integrated-gradients contribution to the MoA's cosine (the predictor's score
+    before the softmax): positive = the gene's value, relative to signatures of other MoAs,
+    raises the MoA's score. Summed over genes it is the cosine's gain over those signatures.
+    Not a direction: through the model's input whitening a gene that rises in every
+    signature of a MoA can contribute negatively when its co-regulated genes already carry
+    the rise.
 ``gene_importance.csv``
     The table the enrichment ranked: with ``ranking="absolute"`` the mean |contribution|
     (how much the gene moves the score, either way), with ``"signed"`` the signed pattern.
@@ -105,8 +106,9 @@ def explain(
     dict
         ``importance`` (the genes x MoAs table enriched), ``signed``, ``contribution``,
         ``enrichment``, ``info`` (per-MoA attribution info) and ``summary`` (the content of
-        ``explain.json``: ``ranking``, ``view``, ``score``, ``baseline``, ``signed_means``,
-        ``gene_sets``, ``permutations``, ``n_moas``, ``seconds_integrated_gradients``,
+        ``explain.json``: ``ranking``, ``view``, ``score``, ``attributed``, ``baseline``,
+        ``signed_means``, ``gene_sets``, ``min_size``, ``median_genes_per_tested_set``,
+        ``permutations``, ``n_moas``, ``seconds_integrated_gradients``,
         ``seconds_gsea``, ``seconds_per_moa``, ``mean_abs_convergence_delta``, ``files``:
         name -> path).
 
@@ -139,6 +141,7 @@ def explain(
     n_moas = len(info)
     summary = {
         "ranking": ranking, "view": view, "score": info.attrs.get("score"),
+        "attributed": info.attrs.get("attributed"),
         "baseline": f"{n_baselines} signatures of other MoAs per signature, {n_steps} steps",
         "signed_means": SIGNED_MEANS,
         "gene_sets": enrichment.attrs.get("gene_sets"), "min_size": min_size,
