@@ -57,7 +57,7 @@ def test_cli_calibrate_rewrites_the_calibration(openset_run, tmp_path):
     root, _, adata, _ = openset_run
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    for name in ("model.pt", "atlas.h5ad", "calibration.json", "config.json"):
+    for name in ("model.pt", "atlas.h5ad", "raw_atlas.h5ad", "calibration.json", "config.json"):
         (model_dir / name).write_bytes((root / "model" / name).read_bytes())
     write_h5ad(adata, tmp_path / "data.h5ad")
     runner = CliRunner()
