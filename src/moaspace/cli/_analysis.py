@@ -146,7 +146,8 @@ def explain(
     split_name: Annotated[
         str | None, typer.Option("--split", help="Only rows of this split (default: all).")
     ] = None,
-    ranking: Annotated[str, typer.Option(help="absolute | signed attribution ranking.")] = (
+    ranking: Annotated[str, typer.Option(
+        help="absolute (mean |IG contribution|) | signed (the direction table) ranking.")] = (
         "absolute"),
     permutations: Annotated[int, typer.Option(help="GSEA permutations.")] = 1000,
     max_per_moa: Annotated[int, typer.Option(help="Signatures explained per MoA.")] = 200,
@@ -216,11 +217,11 @@ def crispr(
     """
     from moaspace.model import MoaModel
     from moaspace.pl import knockdown_map
-    from moaspace.tl._crispr import RAW_REFERENCE, score_knockdowns, write_crispr
+    from moaspace.tl._crispr import score_knockdowns, write_crispr
 
     check_output(out, [model_dir, kd, compoundinfo], directory=True)
     model = MoaModel.load(model_dir)
-    raw = load_h5ad(model_dir / RAW_REFERENCE) if (model_dir / RAW_REFERENCE).exists() else None
+    raw = model.raw_atlas  # raw_atlas.h5ad of the model directory, if it has one
     knockdowns = load_h5ad(kd)
     result = score_knockdowns(model, knockdowns, compoundinfo, raw_reference=raw, k=k,
                               seed=seed)
