@@ -10,9 +10,10 @@ Hallmark set where one fits), side by side in one run:
 * ``raw_class_mean``: the class mean minus the all-drug mean of the z-scores;
 * ``shuffled_null``: the same explanation from models trained on MoA labels shuffled
   across drugs (``--shuffles`` of them), for the MoA name;
-* ``ig_contribution``: the mean integrated-gradients contribution of the same run (what
-  ``gene_importance_signed.csv`` held before issue #27), shown to say why it is no
-  direction.
+* ``ig_contribution``: the mean integrated-gradients contribution of the same run
+  (``gene_contribution.csv``; before issue #27 the signed table held a contribution of this
+  kind, of the ArcFace head's cosine from the all-zero signature), shown to say why a
+  contribution is no direction.
 
 Scores per programme: the median rank of its landmark genes by |value| (1 = first of 978),
 how many have the literature's sign, the median *directional* rank (genes ordered in the
@@ -25,9 +26,9 @@ one-sided Welch p < 0.05); its median directional rank is at most the raw class 
 most programmes (also reported: the NES of the programme's set) and below the shuffled
 null's median for all (also reported: how many shuffled models it beats).
 
-Cost on 2 cores: 1 + ``--shuffles`` trainings of the default model (about 1.5 minutes each
-here, on a shared machine), integrated gradients for 6 MoAs (16 steps x 4 baselines, the
-defaults), GSEA with 1000 permutations; about 12 minutes in all.
+Cost on 2 cores: 1 + ``--shuffles`` trainings of the default model, integrated gradients
+for 6 MoAs (16 steps x 4 baselines, the defaults), GSEA with 1000 permutations: 75 s on an
+idle machine, about 9 minutes on the shared one at load 6-8.
 
 Writes ``benchmarks/results/bench_biology_real.json`` and ``.md``.
 
@@ -258,7 +259,7 @@ def markdown(result: dict) -> str:
              "the programme's direction), genes with the literature's sign, and the "
              "programme's Hallmark set in a signed GSEA prerank (NES, FDR).", "",
              "| MoA (n drugs) | programme | dir | explanation | raw class mean | "
-             f"shuffled null (median of {n_null}) | IG contribution (before #27) |",
+             f"shuffled null (median of {n_null}) | IG contribution (a filter) |",
              "|---|---|---|---|---|---|---|"]
     for row in result["programmes"]:
         def cell(s):
