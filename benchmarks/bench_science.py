@@ -3,8 +3,11 @@
 simulate (default config) -> prepare -> compound split -> train -> explain (IG + GSEA
 prerank on Reactome) and CRISPR knockdown scoring, with their controls in the same run:
 
-* explain: share of MoAs whose planted pathway is among the top-5 enriched (FDR < 0.05),
-  for the trained model and for a model trained on shuffled MoA labels; seconds per MoA;
+* explain: share of MoAs whose planted pathway is among the top-5 enriched (FDR < 0.05;
+  Reactome, the library the simulator plants), for the trained model and for a model trained
+  on shuffled MoA labels; seconds per MoA; and the planted genes' signs: the three heaviest
+  genes of each MoA's first planted pathway, where the raw class mean shows the planted
+  sign among its top 100 genes, against the sign in ``gene_importance_signed.csv``;
 * CRISPR: hit@1 / hit@5 / mean rank of the expected MoA, vs raw-signature kNN and a
   shuffled-link null.
 
@@ -44,6 +47,24 @@ def recovered(enrichment: pd.DataFrame, truth: dict) -> dict[str, bool]:
     return out
 
 
+def planted_signs(signed: pd.DataFrame, adata, truth: dict) -> dict:
+    """Planted genes whose planted sign the data shows (raw class mean, top 100): how many
+    have that sign in the signed table (the check of tests/test_science.py)."""
+    x, moa = np.asarray(adata.X), adata.obs["moa"].astype(str).to_numpy()
+    symbols = adata.var["gene_symbol"].astype(str).to_numpy()
+    table = signed.set_index("gene_symbol")
+    checked, right = 0, 0
+    for name in table.columns:
+        raw = pd.Series(x[moa == name].mean(0) - x.mean(0), index=symbols)
+        program = truth["pathway_programs"][truth["moa_pathways"][name][0]]
+        for gene in sorted(program, key=lambda g: -abs(program[g]))[:3]:
+            planted = np.sign(program[gene])
+            if np.sign(raw[gene]) == planted and raw.abs().rank(ascending=False)[gene] <= 100:
+                checked += 1
+                right += int(np.sign(table.loc[gene, name]) == planted)
+    return {"planted_genes_checked": checked, "planted_genes_right_sign": right}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -72,9 +93,11 @@ def main() -> None:
 
     for name, m, data in (("model", model, adata), ("shuffled_labels", shuffled, shuffled_data)):
         train = data[data.obs["split"] == "train"].copy()
-        e = explain(m, train, work / f"explain_{name}", permutations=args.permutations)
+        e = explain(m, train, work / f"explain_{name}", gene_sets="reactome",
+                    permutations=args.permutations)
         hits = recovered(e["enrichment"], truth)
         result[f"explain_{name}"] = {
+            **(planted_signs(e["signed"], train, truth) if name == "model" else {}),
             "recovered_fraction": float(np.mean(list(hits.values()))),
             "n_moas": len(hits), "seconds_per_moa": e["summary"]["seconds_per_moa"],
             "seconds_integrated_gradients": e["summary"]["seconds_integrated_gradients"],
@@ -93,6 +116,8 @@ def main() -> None:
     print(f"{'  share of MoAs':<48}{em['recovered_fraction']:>10.2f}"
           f"{es['recovered_fraction']:>10.2f}")
     print(f"{'  seconds per MoA (IG + GSEA)':<48}{em['seconds_per_moa']:>10.1f}")
+    print(f"{'  planted genes with their planted sign':<48}"
+          f"{em['planted_genes_right_sign']:>6} of {em['planted_genes_checked']}")
     print(f"{'CRISPR (genes scored: ' + str(c['n_genes_scored']) + ')':<48}{'model':>10}"
           f"{'raw kNN':>10}{'null':>10}")
     for key in ("hit_at_1", "hit_at_5"):
