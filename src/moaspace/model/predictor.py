@@ -36,6 +36,7 @@ from moaspace._core.neighbors import (
     knn_search,
     l2_normalize,
     prototype_scores,
+    prototypes,
 )
 from moaspace.errors import InputError
 from moaspace.model.data import RowSource
@@ -319,11 +320,9 @@ def prototype_predictor(base: MoaPredictor, sums: ViewSums,
 
 
 def embedding_prototypes(emb: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
-    """Unit mean of each MoA's unit embeddings (zero rows for MoAs without rows)."""
-    centres = np.zeros((n_classes, emb.shape[1]), np.float32)
-    r = l2_normalize(emb)
-    np.add.at(centres, codes, r)
-    return l2_normalize(centres)
+    """Unit mean of each MoA's unit embeddings (zero rows for MoAs without rows): the
+    shared :func:`moaspace._core.neighbors.prototypes`, by MoA code."""
+    return prototypes(emb, np.asarray(codes), list(range(n_classes)))[0]
 
 
 def crossfit_cosines(net: MoaNet, source: RowSource, codes: np.ndarray, train_rows: np.ndarray,
