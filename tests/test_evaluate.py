@@ -262,3 +262,62 @@ def test_silhouette_of_one_point_per_label_is_nan_not_an_error():
     z = np.random.default_rng(0).normal(size=(12, 4))
     assert np.isnan(silhouette(z, [f"c{i}" for i in range(12)]))
     assert np.isfinite(silhouette(z, list("aabbccddeeff")))
+
+
+def _with_multi_moa(adata, n_multi: int = 3, n_unlabelled: int = 1):
+    """``adata`` with ``moa_set``; ``n_multi`` test compounds get a second MoA (``moa`` NaN,
+    the first of them an untrained one) and ``n_unlabelled`` lose their MoA."""
+    from moaspace._core.sets import join_moa_set
+
+    data = adata.copy()
+    obs = data.obs
+    cpd = obs["pert_id"].astype(str)
+    test_cpds = sorted(set(cpd[obs["split"].astype(str) == "test"]))
+    multi, unlabelled = test_cpds[:n_multi], test_cpds[n_multi:n_multi + n_unlabelled]
+    moas = sorted(set(obs["moa"].astype(str)))
+    moa = obs["moa"].astype(str).astype(object)
+    moa_set = moa.copy()
+    for i, c in enumerate(multi):
+        rows = (cpd == c).to_numpy()
+        first = moa[rows].iloc[0]
+        second = "never_trained" if i == 0 else next(m for m in moas if m != first)
+        moa_set[rows] = join_moa_set({first, second})
+        moa[rows] = np.nan
+    rows = cpd.isin(unlabelled).to_numpy()
+    moa[rows], moa_set[rows] = np.nan, np.nan
+    obs["moa"], obs["moa_set"] = moa, moa_set
+    return data, cpd.isin(multi).to_numpy(), rows
+
+
+def test_evaluate_with_multi_moa_rows(trained):
+    """Multi-MoA and unlabelled rows leave the single-label metrics as they are on the
+    single-MoA rows alone, and get a multi_moa section of their own."""
+    from moaspace._core.sets import parse_moa_sets
+    from moaspace.tl._evaluate import _jsonable, metrics_markdown
+
+    model, adata = trained
+    data, multi, unlabelled = _with_multi_moa(adata)
+    m = evaluate(model, data)
+    alone = evaluate(model, adata[~multi & ~unlabelled].copy())
+    section = m.pop("multi_moa")
+    assert json.dumps(m, sort_keys=True, default=_jsonable) == json.dumps(
+        alone, sort_keys=True, default=_jsonable)
+    assert "multi_moa" not in alone and m["n"] == int((~multi & ~unlabelled
+                                                     & (data.obs["split"] == "test")).sum())
+    # by hand: the argmax of predict's raw scores (a calibrated model's moa_pred_known)
+    held = predict(model, data[multi], compound_key=None)
+    classes = np.asarray(held.uns["moa"]["classes"])
+    true = parse_moa_sets(data.obs["moa_set"][multi])
+    top1 = classes[held.obsm["moa_scores"].argmax(axis=1)]
+    hit = np.array([c in t for c, t in zip(top1, true, strict=True)])
+    ranking = "moa_proba" if "moa_proba" in held.obsm else "moa_scores"
+    order = np.argsort(-held.obsm[ranking], axis=1, kind="stable")
+    recall = np.mean([len(set(classes[o[:3]]) & t) / 2 for o, t in zip(order, true, strict=True)])
+    assert section["n_signatures"] == int(multi.sum()) and section["n_compounds"] == 3
+    assert section["ranking"] == ranking
+    assert 0 < hit.mean() < 1 and section["top1_in_set"] == pytest.approx(hit.mean())
+    assert section["recall_at_3"] == pytest.approx(recall)
+    if "moa_pred_set" not in held.obs:  # {top-1} against two true MoAs: F1 2/3 or 0
+        assert section["set_f1"] == pytest.approx(2 / 3 * hit.mean())
+    assert set(section["compound_level"]) == {"top1_in_set", "recall_at_3", "set_f1"}
+    assert "| multi-MoA compounds | n |" in metrics_markdown({**m, "multi_moa": section})

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from moaspace._core.neighbors import aggregate_scores
+from moaspace._core.sets import multi_moa_mask, parse_moa_sets, set_metrics, sets_by_group
 from moaspace._utils import atomic_write_text
 from moaspace.errors import InputError
 from moaspace.model._predict import predict, prediction_table
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 def evaluate(
     model, adata, *, split: str = "test", split_key: str | None = None, k: int | None = None,
     moa_key: str | None = None, compound_key: str | None = None, seed: int = 0,
-    predictor: str | None = None, method: str | None = None,
+    predictor: str | None = None, method: str | None = None, moa_set_key: str = "moa_set",
 ) -> dict:
     """Metrics of ``model`` on the held-out rows with ``obs[split_key] == split``.
 
@@ -38,6 +39,12 @@ def evaluate(
     model's predictor; recorded as ``predictor``) and ``k``, then scored at signature
     level, at compound level (mean scores per compound), for the hierarchy of the
     embedding among the held-out signatures, and for retrieval.
+
+    Those single-label metrics read the rows with one MoA in ``obs[moa_key]`` alone
+    (NaN there: a compound with several MoAs, or none): with extra multi-MoA or unlabelled
+    rows they equal those of the single-MoA rows evaluated by themselves. Rows whose
+    ``obs[moa_set_key]`` holds two MoAs or more (``"a|b"``) are scored in ``multi_moa``
+    instead (:mod:`moaspace._core.sets`).
 
     Parameters
     ----------
@@ -66,6 +73,9 @@ def evaluate(
         default None: the model's.
     method : str, optional
         Deprecated name of ``predictor``.
+    moa_set_key : str, default "moa_set"
+        ``obs`` column of every MoA of a compound, sorted and ``|``-joined; without it
+        (or without a row of two MoAs or more) ``multi_moa`` is left out.
 
     Returns
     -------
@@ -80,13 +90,21 @@ def evaluate(
         signature's k nearest held-out neighbours with the same ``moa``/``compound``,
         ``silhouette_moa``, ``silhouette_compound``); ``retrieval``
         (``moa_map_vs_atlas``: mAP of same-MoA atlas signatures; ``compound_map``: mAP
-        of same-compound held-out signatures).
+        of same-compound held-out signatures); ``multi_moa`` (only with multi-MoA rows):
+        ``n_signatures``, ``top1_in_set`` (share of top-1 calls in the true set),
+        ``recall_at_3`` (mean share of the true MoAs among the 3 best-ranked),
+        ``set_f1`` (mean per-row F1 of the predicted set), ``ranking``, ``top1`` and
+        ``pred_set`` (the outputs of ``predict`` they read: ``moa_proba`` when present,
+        else ``moa_scores``; ``moa_pred_known`` when present, else ``moa_pred``;
+        ``moa_pred_set`` when present, else ``"top1"``, the set {top-1}) and, with
+        compounds, ``n_compounds`` and ``compound_level`` (the same three metrics of
+        compounds ranked by their mean scores, set {top-1}).
 
     Raises
     ------
     InputError
         If ``obs`` lacks ``split_key`` or ``moa_key``, no row has
-        ``obs[split_key] == split``, or ``predict`` rejects the input (unknown
+        ``obs[split_key] == split`` (or none of them a single MoA), or ``predict`` rejects the input (unknown
         ``method``, ``k < 1``, genes that cannot be aligned).
     MoaspaceError
         If the model is not trained.
@@ -106,6 +124,37 @@ def evaluate(
     with_compounds = compound_key in adata.obs.columns
     held = predict(model, adata[rows], k=k, predictor=predictor,
                    compound_key=compound_key if with_compounds else None)
+    single = _single_moa_rows(held.obs[moa_key])
+    if not single.any():
+        raise InputError(f"no rows with {split_key} == {split!r} have a single MoA in "
+                         f"obs[{moa_key!r}] (multi-MoA and unlabelled compounds are NaN there)")
+    true_sets = (parse_moa_sets(held.obs[moa_set_key]) if moa_set_key in held.obs.columns
+                 else [frozenset()] * held.n_obs)
+    multi = multi_moa_mask(true_sets)
+    if not single.all():
+        logger.info("evaluate: %d of %d rows have a single MoA (single-label metrics), %d "
+                    "several (obs[%r]: multi-MoA metrics)", int(single.sum()), held.n_obs,
+                    int(multi.sum()), moa_set_key)
+    # the single-label metrics read the single-MoA rows alone: with extra multi-MoA or
+    # unlabelled rows they are those of the single-MoA rows evaluated by themselves
+    out = _single_label_metrics(model, held if single.all() else held[single], split=split,
+                                moa_key=moa_key, compound_key=compound_key, seed=seed)
+    if multi.any():
+        out["multi_moa"] = _multi_moa_metrics(
+            held[multi], [s for s, m in zip(true_sets, multi, strict=True) if m],
+            compound_key=compound_key if with_compounds else None)
+    return out
+
+
+def _single_moa_rows(moa) -> np.ndarray:
+    """Rows with one MoA in ``moa`` (NaN: a compound with several MoAs, or none)."""
+    return (moa.notna() & (moa.astype(str).str.strip() != "")).to_numpy()
+
+
+def _single_label_metrics(model, held, *, split: str, moa_key: str, compound_key: str,
+                          seed: int) -> dict:
+    """The signature, compound, open-set, hierarchy and retrieval metrics of the rows of
+    ``held`` (a :func:`predict` result; every row with one MoA in ``obs[moa_key]``)."""
     k = int(held.uns["moa"]["params"]["k"])  # None: resolved by predict (the calibrated k)
     scores, classes = held.obsm["moa_scores"], held.uns["moa"]["classes"]
     y = held.obs[moa_key].astype(str).to_numpy()
@@ -158,6 +207,39 @@ def evaluate(
     return out
 
 
+def _multi_moa_metrics(held, true_sets: list, *, compound_key: str | None,
+                       key: str = "moa") -> dict:
+    """Top-1 in set, recall@3 and set F1 of the multi-MoA rows of ``held`` (a
+    :func:`predict` result) against ``true_sets``, per signature and per compound.
+
+    Ranking (recall@3): ``obsm[f"{key}_proba"]`` when present, else ``obsm[f"{key}_scores"]``.
+    Top-1: ``obs[f"{key}_pred_known"]`` (a calibrated model's top known MoA: an open-set
+    ``"unknown"`` call is no MoA of a set) when present, else ``obs[f"{key}_pred"]``. Set:
+    ``obs[f"{key}_pred_set"]`` when present, else {top-1}. A compound is ranked by the mean
+    of its signatures' ranking scores, called by the argmax of the mean of their raw scores
+    (as ``compound_calls``), and its set is {that call}.
+    """
+    obs, classes = held.obs, [str(c) for c in held.uns[key]["classes"]]
+    ranking = f"{key}_proba" if f"{key}_proba" in held.obsm else f"{key}_scores"
+    rank = np.asarray(held.obsm[ranking], dtype=np.float64)
+    top1 = f"{key}_pred_known" if f"{key}_pred_known" in obs.columns else f"{key}_pred"
+    set_column = f"{key}_pred_set"
+    pred_sets = obs[set_column].tolist() if set_column in obs.columns else None
+    m = set_metrics(true_sets, rank, classes, pred=obs[top1].astype(str).tolist(),
+                    pred_sets=pred_sets)
+    out = {"n_signatures": m.pop("n"), **m, "ranking": ranking, "top1": top1,
+           "pred_set": set_column if pred_sets is not None else "top1"}
+    if compound_key is not None and compound_key in obs.columns:
+        compounds = obs[compound_key].astype(str).to_numpy()
+        raw = aggregate_scores(np.asarray(held.obsm[f"{key}_scores"]), compounds)
+        cm = set_metrics(sets_by_group(true_sets, compounds).loc[raw.index].tolist(),
+                         aggregate_scores(rank, compounds).loc[raw.index].to_numpy(), classes,
+                         pred=np.asarray(classes, dtype=object)[raw.to_numpy().argmax(axis=1)])
+        out["n_compounds"] = cm.pop("n")
+        out["compound_level"] = cm
+    return out
+
+
 def _compound_calibration(calls, truth, classes, n_bins: int) -> dict:
     """ECE of the compound calls of known MoAs: the raw mean score (before) and the
     calibrated ``moa_pred_score`` (after) against whether the top known MoA is right."""
@@ -189,7 +271,8 @@ def metrics_markdown(metrics: dict) -> str:
     -------
     str
         Markdown ending in a newline: a title with the split and n; accuracy, macro- and
-        weighted-F1 and top-3/5 accuracy per level (signature, compound); calibration and
+        weighted-F1 and top-3/5 accuracy per level (signature, compound); top-1 in set,
+        recall@3 and set F1 of multi-MoA compounds (with ``multi_moa``); calibration and
         unknown calls (with ``open_set``); the hierarchy; and per-MoA precision, recall,
         F1 and support (MoA names HTML- and pipe-escaped).
     """
@@ -201,6 +284,7 @@ def metrics_markdown(metrics: dict) -> str:
             lines.append(f"| {name} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | "
                          f"{m['weighted_f1']:.3f} | {m['top3_accuracy']:.3f} | "
                          f"{m['top5_accuracy']:.3f} |")
+    lines += _multi_moa_markdown(metrics.get("multi_moa"))
     o = metrics.get("open_set")
     if o:
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
@@ -228,6 +312,24 @@ def metrics_markdown(metrics: dict) -> str:
         lines.append(f"| {_md_cell(moa)} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
                      f"{m['support']} |")
     return "\n".join(lines) + "\n"
+
+
+def _multi_moa_markdown(multi: dict | None) -> list[str]:
+    """Lines of the multi-MoA table (none without ``multi``)."""
+    if not multi:
+        return []
+    fmt = lambda v: "–" if v is None or not np.isfinite(v) else f"{v:.3f}"  # noqa: E731
+    lines = ["", "| multi-MoA compounds | n | top-1 in set | recall@3 | set F1 |",
+             "|---|---|---|---|---|"]
+    for name, n, m in (("signature", multi["n_signatures"], multi),
+                       ("compound", multi.get("n_compounds"), multi.get("compound_level"))):
+        if m:
+            lines.append(f"| {name} | {n} | {fmt(m['top1_in_set'])} | "
+                         f"{fmt(m['recall_at_3'])} | {fmt(m['set_f1'])} |")
+    lines.append(f"\nRanked by `{multi['ranking']}`; top-1 `{multi['top1']}`; set "
+                 + ("{top-1}" if multi["pred_set"] == "top1" else f"`{multi['pred_set']}`")
+                 + " (compounds: mean scores, set {top-1}).")
+    return lines
 
 
 def _md_cell(text) -> str:
