@@ -213,3 +213,134 @@ def test_shared_moa_table_csv_and_xlsx(shared_data):
     assert len(csv) == len(xlsx) > 2500
     assert csv.loc["BRD-K85606544", "moa"] == "EGFR-i"
     assert (csv["moa"].sort_index() == xlsx["moa"].sort_index()).all()
+
+
+# --- groups: multi-MoA, rare-MoA, unlabelled (#28) ------------------------------------
+
+def _labels_with(p, tmp_path, extra: list[tuple[str, str]]):
+    """The tiny release's MoA table plus rows (pert_id, MoA cell)."""
+    table = pd.read_csv(p["moa_labels"])
+    more = pd.DataFrame([(pid, "x", moa) for pid, moa in extra], columns=table.columns)
+    path = tmp_path / "labels_multi.csv"
+    pd.concat([table, more]).to_csv(path, index=False)
+    return path
+
+
+def _text(values: pd.Series) -> list:
+    """Values as text with missing ones as None (NaN != NaN in list comparisons)."""
+    values = values.astype(object)
+    return [None if pd.isna(v) else str(v) for v in values]
+
+
+def _run(p, labels, **kwargs):
+    return prepare(p["gctx"], p["siginfo"], p["geneinfo"], p["compoundinfo"], labels,
+                   progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("extra", [
+    [("BRD-K00000009", "MTOR inhibitor|HDAC inhibitor")],
+    [("BRD-K00000009", "MTOR inhibitor"), ("BRD-K00000009", " HDAC inhibitor")],
+])
+def test_multi_moa_kept_and_single_part_unchanged(tiny_lincs, tmp_path, extra):
+    """Default multi_moa="keep": the multi-MoA compound joins with moa NaN and its sorted
+    set; the single-MoA compounds and their moa are exactly what "drop" (and the release
+    without the compound) gives."""
+    p = tiny_lincs["paths"]
+    labels = _labels_with(p, tmp_path, extra)
+    kept = _run(p, labels, min_compounds_per_moa=2)
+    dropped = _run(p, labels, min_compounds_per_moa=2, multi_moa="drop")
+    before = _run(p, p["moa_labels"], min_compounds_per_moa=2)
+    multi = kept.obs["pert_id"] == "BRD-K00000009"
+    assert multi.sum() > 0 and kept.obs.loc[multi, "moa"].isna().all()
+    assert (kept.obs.loc[multi, "moa_set"] == "HDAC inhibitor|MTOR inhibitor").all()
+    single = kept[~multi.to_numpy()]
+    for other in (dropped, before):
+        assert list(single.obs_names) == list(other.obs_names)
+        assert single.obs["moa"].tolist() == other.obs["moa"].tolist()
+        np.testing.assert_array_equal(single.X, other.X)
+    assert (single.obs["moa"] == single.obs["moa_set"]).all()
+    groups = kept.uns["moaspace"]["prepare"]["groups"].set_index("group")
+    assert groups.loc["multi-MoA", "compounds_kept"] == 1
+    assert groups.loc["multi-MoA", "signatures_kept"] == multi.sum()
+    gd = dropped.uns["moaspace"]["prepare"]["groups"].set_index("group")
+    assert gd.loc["multi-MoA", "compounds_dropped"] == 1
+    assert gd.loc["multi-MoA", "dropped_by"] == "multi_moa='drop': 1"
+    steps = dropped.uns["moaspace"]["prepare"]["filters"].set_index("step")
+    assert steps.loc["compound has one MoA (multi_moa='drop')", "removed_signatures"] == multi.sum()
+
+
+def test_keep_unlabelled_and_rare_moas(tiny_lincs):
+    """'mystery' has no MoA (kept with keep_unlabelled, moa and moa_set NaN); EGFR inhibitor
+    has 2 compounds, rare at min_compounds_per_moa=3 (kept with keep_rare_moas); 'rarely'
+    (5 signatures) fails min_sigs_per_compound whatever the flags."""
+    p = tiny_lincs["paths"]
+    base = _run(p, p["moa_labels"], min_compounds_per_moa=3)
+    assert "EGFR inhibitor" not in set(base.obs["moa"])
+    both = _run(p, p["moa_labels"], min_compounds_per_moa=3, keep_unlabelled=True,
+                keep_rare_moas=True)
+    names = both.obs["cmap_name"]
+    unlabelled = (names == "mystery").to_numpy()
+    assert unlabelled.any() and both.obs.loc[unlabelled, ["moa", "moa_set"]].isna().all().all()
+    assert set(both.obs.loc[~unlabelled, "moa"]) == {"MTOR inhibitor", "HDAC inhibitor",
+                                                     "EGFR inhibitor"}
+    assert "rarely" not in set(names)
+    # the groups' signatures add up and say who dropped what
+    g = both.uns["moaspace"]["prepare"]["groups"].set_index("group")
+    assert g["signatures_kept"].sum() == both.n_obs
+    assert g.loc["unlabelled", "compounds_kept"] == 1
+    assert g.loc["rare-MoA", "compounds_kept"] == 2
+    assert g.loc["rare-MoA", "dropped_by"] == "min_sigs_per_compound: 1"
+    g = base.uns["moaspace"]["prepare"]["groups"].set_index("group")
+    assert g.loc["unlabelled", "dropped_by"] == "keep_unlabelled=False: 1"
+    assert g.loc["rare-MoA", "dropped_by"] == ("keep_rare_moas=False: 2; "
+                                               "min_sigs_per_compound: 1")
+    assert g.loc["single-MoA", "compounds_kept"] == 6 and g["compounds_dropped"].sum() == 4
+    # single-MoA rows are those of the default run
+    common = both.obs["moa"].isin(["MTOR inhibitor", "HDAC inhibitor"]).to_numpy()
+    assert list(both.obs_names[common]) == list(base.obs_names)
+    with pytest.raises(InputError, match="multi_moa must be"):
+        _run(p, p["moa_labels"], multi_moa="split")
+
+
+def test_missing_moa_survives_h5ad_and_compoundinfo_sets(tiny_lincs, tmp_path):
+    p = tiny_lincs["paths"]
+    ci = pd.read_csv(p["compoundinfo"], sep="\t")
+    extra = ci[ci["pert_id"] == "BRD-K00000009"].assign(moa="EGFR inhibitor|MTOR inhibitor")
+    pd.concat([ci, extra]).to_csv(p["compoundinfo"], sep="\t", index=False)
+    a = _run(p, None, min_compounds_per_moa=2, keep_unlabelled=True)
+    multi = (a.obs["pert_id"] == "BRD-K00000009").to_numpy()
+    assert (a.obs.loc[multi, "moa_set"] == "EGFR inhibitor|MTOR inhibitor").all()
+    back = read_h5ad(write_h5ad(a, tmp_path / "a.h5ad"))
+    assert back.obs["moa"].isna().sum() == multi.sum() == a.obs["moa"].isna().sum()
+    assert _text(back.obs["moa_set"]) == _text(a.obs["moa_set"])
+    pd.testing.assert_frame_equal(back.uns["moaspace"]["prepare"]["groups"],
+                                  a.uns["moaspace"]["prepare"]["groups"])
+
+
+def test_read_moa_table_keep_sets(tmp_path):
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"BRD-ID": ["A", "A", "B", "C", "D", "D"],
+                  "MOA": ["x", "y", " b | a", "a", "c", "c|d"]}).to_csv(path, index=False)
+    got = read_moa_table(path, multi_moa="keep")
+    assert got["moa_set"].to_dict() == {"A": "x|y", "B": "a|b", "C": "a", "D": "c|d"}
+    assert got["moa"].isna().tolist() == [True, True, False, True]
+    with pytest.raises(InputError, match="more than one MoA.*'A'"):
+        read_moa_table(path)
+    assert got.index.tolist() == ["A", "B", "C", "D"]
+
+
+def test_real_consensus_keep_matches_the_loader():
+    """prepare on the shipped consensus files with the default multi_moa="keep" gives the
+    loader's drugs: the 519 single-MoA drugs of the benchmark plus the multi-MoA ones."""
+    import moaspace as ms
+
+    paths = ms.datasets.lincs_consensus_paths()
+    ref = prepare(paths["matrix"], moa_labels=paths["moa_labels"], min_sigs_per_compound=1,
+                  min_compounds_per_moa=5, times=None, progress=False)
+    loader = ms.datasets.lincs_consensus(min_compounds_per_moa=5)
+    assert list(ref.obs_names) == list(loader.obs_names)
+    assert ref.obs["moa"].notna().sum() == 519 and ref.obs["moa"].nunique() == 44
+    assert _text(ref.obs["moa"]) == _text(loader.obs["moa"])
+    # the same sets (the Hub writes one set unsorted)
+    sets = [set(s.split("|")) for s in ref.obs["moa_set"]]
+    assert sets == [set(str(s).split("|")) for s in loader.obs["moa_set"]]

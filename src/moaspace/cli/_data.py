@@ -40,7 +40,17 @@ def prepare(
              "all for knockdowns (LINCS measures them at 96 h and later).")] = "auto",
     min_tas: Annotated[float | None, typer.Option(help="Minimum TAS (none by default).")] = None,
     min_sigs_per_compound: Annotated[int, typer.Option(help="Compounds need >= N sigs.")] = 10,
-    min_compounds_per_moa: Annotated[int, typer.Option(help="MoAs need >= M compounds.")] = 10,
+    min_compounds_per_moa: Annotated[int, typer.Option(
+        help="MoAs need >= M single-MoA compounds (else rare).")] = 10,
+    multi_moa: Annotated[str, typer.Option(
+        help="Compounds with several MoAs: 'keep' (obs moa missing, moa_set 'a|b') or "
+             "'drop'.")] = "keep",
+    keep_rare_moas: Annotated[bool, typer.Option(
+        "--keep-rare-moas/--drop-rare-moas",
+        help="Keep compounds of MoAs with fewer than M compounds, with their MoA.")] = False,
+    keep_unlabelled: Annotated[bool, typer.Option(
+        "--keep-unlabelled/--drop-unlabelled",
+        help="Keep compounds without a MoA (obs moa and moa_set missing).")] = False,
     all_quality: Annotated[
         bool, typer.Option("--all-quality", help="Keep signatures with is_hiq == 0 too.")
     ] = False,
@@ -84,6 +94,9 @@ def prepare(
         min_sigs_per_compound=min_sigs_per_compound,
         min_compounds_per_moa=min_compounds_per_moa,
         genes=genes,
+        multi_moa=multi_moa,
+        keep_rare_moas=keep_rare_moas,
+        keep_unlabelled=keep_unlabelled,
     )
     adata = run_prepare(
         gctx, siginfo, geneinfo,
@@ -99,6 +112,11 @@ def prepare(
         rows.append(("knocked-down genes", adata.obs["target_gene"].nunique()))
     else:
         rows.append(("MoAs", adata.obs["moa"].nunique()))
+        groups = adata.uns["moaspace"]["prepare"]["groups"]
+        for _, g in groups.iterrows():
+            rows.append((f"{g['group']} compounds", f"{g['compounds_kept']} kept "
+                         f"({g['signatures_kept']} signatures), {g['compounds_dropped']} "
+                         "dropped"))
     rows.append(("cell lines", adata.obs["cell_iname"].nunique()))
     print_summary("prepare", rows)
 

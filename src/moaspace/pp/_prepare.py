@@ -28,6 +28,7 @@ from moaspace.io.labels import read_moa_table
 from moaspace.io.lincs import landmark_gene_ids, read_compoundinfo, read_geneinfo, read_siginfo
 from moaspace.io.matrix import open_matrix
 from moaspace.io.query import read_query
+from moaspace.pp._moa_groups import MULTI_MOA, label_compounds
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ KNOCKDOWN_TYPES = ("trt_xpr", "trt_sh", "trt_sh.cgs", "trt_oe")
 #: ``obs["cell_iname"]`` of signatures prepared without siginfo (one per compound)
 CONSENSUS_CELL = "consensus"
 OBS_COLUMNS = (
-    "sig_id", "pert_id", "cmap_name", "moa", "cell_iname", "pert_dose", "pert_dose_unit",
+    "sig_id", "pert_id", "cmap_name", "moa", "moa_set", "cell_iname", "pert_dose", "pert_dose_unit",
     "pert_idose", "pert_time", "tas", "pert_type", "is_hiq", "target_gene",
 )
 
@@ -46,7 +47,9 @@ class PrepareConfig:
     """Filters applied by :func:`prepare` (defaults follow the reference study).
 
     In the order applied: perturbation type, quality, time, TAS; then, for compounds,
-    MoA label, signatures per compound and compounds per MoA.
+    MoA label, single MoA (``multi_moa="drop"`` only), signatures per compound and
+    compounds per MoA. Compounds fall in four groups (``docs/data_labels.md``):
+    single-MoA, multi-MoA, rare-MoA and unlabelled; the defaults keep the first two.
 
     Parameters
     ----------
@@ -63,7 +66,17 @@ class PrepareConfig:
     min_sigs_per_compound : int, default 10
         Compounds with fewer remaining signatures are dropped.
     min_compounds_per_moa : int, default 10
-        MoAs with fewer remaining compounds are dropped.
+        MoAs with fewer remaining single-MoA compounds are rare: their compounds are
+        dropped (unless ``keep_rare_moas``). Multi-MoA compounds are not counted.
+    multi_moa : {"keep", "drop"}, default "keep"
+        Compounds with several MoAs (a MoA table cell ``a|b``, or several rows): kept with
+        ``obs["moa"]`` missing and ``obs["moa_set"]`` the sorted ``|``-joined set
+        (whatever the size of their MoAs), or dropped.
+    keep_rare_moas : bool, default False
+        Keep the compounds of rare MoAs, with their MoA (more, smaller classes).
+    keep_unlabelled : bool, default False
+        Keep compounds without a MoA in the table (``moa`` and ``moa_set`` missing); they
+        still need ``min_sigs_per_compound`` signatures.
     genes : {"landmark", "all"}, default "landmark"
         The landmark genes, or every geneinfo gene present in the matrix.
     max_missing_sig_report : int, default 10
@@ -72,7 +85,7 @@ class PrepareConfig:
     Raises
     ------
     InputError
-        If ``genes`` is neither ``"landmark"`` nor ``"all"``.
+        If ``genes`` is neither ``"landmark"`` nor ``"all"``, or ``multi_moa`` is invalid.
     """
 
     pert_type: Sequence[str] = ("trt_cp",)
@@ -83,6 +96,9 @@ class PrepareConfig:
     min_compounds_per_moa: int = 10
     genes: str = "landmark"
     max_missing_sig_report: int = 10
+    multi_moa: str = "keep"
+    keep_rare_moas: bool = False
+    keep_unlabelled: bool = False
 
     def __post_init__(self):
         if isinstance(self.pert_type, str):
@@ -90,6 +106,9 @@ class PrepareConfig:
         self.pert_type = tuple(self.pert_type)
         if self.genes not in ("landmark", "all"):
             raise InputError(f"genes must be 'landmark' or 'all', got {self.genes!r}")
+        if self.multi_moa not in MULTI_MOA:
+            raise InputError(f"multi_moa must be one of {list(MULTI_MOA)}, got "
+                             f"{self.multi_moa!r}")
         if self.times is not None:
             self.times = tuple(float(t) for t in self.times)
 
@@ -101,6 +120,7 @@ class PrepareConfig:
 @dataclass
 class FilterLog:
     steps: list[dict] = field(default_factory=list)
+    groups: pd.DataFrame | None = None  # what each group of compounds contributed
 
     def record(self, step: str, before: pd.DataFrame, after: pd.DataFrame, moa: bool) -> None:
         entry = {
@@ -122,21 +142,6 @@ class FilterLog:
                 f"no signatures left after filter '{step}' "
                 f"({len(before)} before it); relax that filter"
             )
-
-
-def _single_moa_compounds(compoundinfo: pd.DataFrame) -> pd.DataFrame:
-    """One MoA per compound from compoundinfo; compounds with several MoAs are dropped."""
-    frame = compoundinfo.dropna(subset=["moa"])
-    frame = frame[frame["moa"].astype(str).str.strip() != ""]
-    moas = frame.groupby("pert_id")["moa"].agg(lambda s: sorted(set(map(str, s))))
-    single = moas[moas.map(len) == 1].map(lambda v: v[0])
-    if (moas.map(len) > 1).any():
-        logger.info(
-            "compoundinfo: %d compounds with several MoAs ignored (ambiguous label)",
-            int((moas.map(len) > 1).sum()),
-        )
-    out = pd.DataFrame({"pert_id": single.index, "moa": single.values})
-    return out.set_index("pert_id", drop=False)
 
 
 def _select_genes(
@@ -262,12 +267,12 @@ def prepare(
         ``geneinfo_beta.txt``; None: the bundled table of the 978 landmark genes
         (with ``genes="all"`` the matrix's other genes are kept without symbols).
     compoundinfo : str or os.PathLike, optional
-        ``compoundinfo_beta.txt``; for compounds the MoA comes from its ``moa`` column
-        (compounds with several MoAs left out) unless ``moa_labels`` is given. Also a
-        source of ``cmap_name``.
+        ``compoundinfo_beta.txt``; for compounds the MoAs come from its ``moa`` column
+        (all rows of a compound) unless ``moa_labels`` is given. Also a source of
+        ``cmap_name``.
     moa_labels : str or os.PathLike, optional
-        A compound -> MoA table (:func:`moaspace.io.read_moa_table`); takes precedence
-        over compoundinfo.
+        A compound -> MoA table (:func:`moaspace.io.read_moa_table`, read with
+        ``multi_moa="keep"``); takes precedence over compoundinfo.
     config : PrepareConfig, optional
         Filters; default None: ``PrepareConfig()``.
     progress : bool, default True
@@ -280,13 +285,16 @@ def prepare(
     anndata.AnnData
         ``X``: float32 z-scores, signatures x genes (genes in geneinfo order). ``obs``,
         indexed by ``sig_id``: those of ``sig_id``, ``pert_id``, ``cmap_name``, ``moa``,
-        ``cell_iname``, ``pert_dose``, ``pert_dose_unit``, ``pert_idose``, ``pert_time``,
-        ``tas``, ``pert_type``, ``is_hiq`` and ``target_gene`` that exist
+        ``moa_set``, ``cell_iname``, ``pert_dose``, ``pert_dose_unit``, ``pert_idose``,
+        ``pert_time``, ``tas``, ``pert_type``, ``is_hiq`` and ``target_gene`` that exist
         (``pert_dose``, ``pert_time``, ``tas`` and ``is_hiq`` numeric; text missing as
-        ``""``). ``var``, indexed by gene id: ``gene_symbol`` and ``feature_space``.
-        ``uns["moaspace"]["prepare"]``: ``version``, ``config``, ``files`` (the input
-        paths) and ``filters`` (one row per filter: ``step``, ``removed_signatures``,
-        ``signatures``, ``compounds`` and, from the MoA filter on, ``moas``).
+        ``""``, except compounds' ``moa`` and ``moa_set``: NaN, see
+        :class:`PrepareConfig`). ``var``, indexed by gene id: ``gene_symbol`` and
+        ``feature_space``. ``uns["moaspace"]["prepare"]``: ``version``, ``config``,
+        ``files`` (the input paths), ``filters`` (one row per filter: ``step``,
+        ``removed_signatures``, ``signatures``, ``compounds`` and, from the MoA filter on,
+        ``moas``, the single-MoA classes) and, for compounds, ``groups`` (one row per
+        group: signatures and compounds in, kept and dropped, and ``dropped_by``).
 
     Raises
     ------
@@ -307,7 +315,7 @@ def prepare(
         config = PrepareConfig(**{**asdict(config), **overrides})
     gctx = Path(gctx)
     cinfo = read_compoundinfo(compoundinfo) if compoundinfo is not None else None
-    labels = read_moa_table(moa_labels) if moa_labels is not None else None
+    labels = read_moa_table(moa_labels, multi_moa="keep") if moa_labels is not None else None
     known_genes = (read_geneinfo(geneinfo).index if geneinfo is not None
                    else bundled_geneinfo().index)
     matrix = open_matrix(gctx, gene_ids=known_genes)
@@ -347,6 +355,8 @@ def prepare(
             "filters": pd.DataFrame(log.steps).astype({"step": str}),
         }
     }
+    if log.groups is not None:
+        adata.uns["moaspace"]["prepare"]["groups"] = log.groups
     return adata
 
 
@@ -473,45 +483,9 @@ def _label_signatures(frame, sig, cinfo, labels, config, log, compoundinfo, moa_
         frame["target_gene"] = target.astype(str)
         frame["moa"] = pd.NA
         return frame
-    if labels is not None:
-        moa_map = labels["moa"]
-        source = str(moa_labels)
-    elif cinfo is not None:
-        moa_map = _single_moa_compounds(cinfo)["moa"]
-        source = f"{compoundinfo} (moa column)"
-    else:
-        raise InputError("compounds need MoA labels: pass moa_labels or compoundinfo")
-    if labels is not None:
-        unknown_ids = labels.index.difference(sig["pert_id"].astype(str).unique())
-        if len(unknown_ids) == len(labels):
-            raise InputError(
-                f"{moa_labels}: none of its {len(labels)} compound ids are pert_ids of "
-                f"{siginfo} (e.g. {preview(labels.index, 5)})"
-            )
-        if len(unknown_ids):
-            logger.info("%d compounds of the MoA table have no signatures", len(unknown_ids))
-    frame["moa"] = frame["pert_id"].astype(str).map(moa_map)
-    before = frame
-    frame = frame[frame["moa"].notna()]
-    log.record(f"compound has a MoA ({Path(source).name})", before, frame, moa=True)
-
-    before = frame
-    counts = frame["pert_id"].value_counts()
-    keep = counts.index[counts >= config.min_sigs_per_compound]
-    frame = frame[frame["pert_id"].isin(keep)]
-    log.record(f">= {config.min_sigs_per_compound} signatures per compound", before, frame,
-               moa=True)
-
-    before = frame
-    per_moa = frame.groupby("moa")["pert_id"].nunique()
-    keep_moa = per_moa.index[per_moa >= config.min_compounds_per_moa]
-    frame = frame[frame["moa"].isin(keep_moa)]
-    log.record(f">= {config.min_compounds_per_moa} compounds per MoA", before, frame, moa=True)
-    if frame["moa"].nunique() < 2:
-        raise InputError(
-            f"only one MoA ({frame['moa'].iloc[0]!r}) left after filtering: a classifier "
-            "needs at least two; lower --min-compounds-per-moa or check the MoA table"
-        )
+    frame, log.groups = label_compounds(
+        frame, sig, cinfo, labels, config, log,
+        {"moa_labels": moa_labels, "compoundinfo": compoundinfo, "siginfo": siginfo})
     return frame
 
 
@@ -525,7 +499,11 @@ def _obs_frame(frame: pd.DataFrame) -> pd.DataFrame:
             obs[column] = pd.to_numeric(obs[column], errors="coerce")
     for column in obs.columns:
         if obs[column].dtype == object:
+            missing = obs[column].isna().to_numpy()
             obs[column] = obs[column].astype("string").fillna("").astype(str)
+            if column in ("moa_set",) or (column == "moa" and "moa_set" in obs.columns):
+                # compounds: a missing MoA stays missing (NaN), as the obs contract says
+                obs[column] = obs[column].where(~missing, np.nan)
     return obs
 
 
