@@ -319,5 +319,5 @@ def test_evaluate_with_multi_moa_rows(trained):
     assert section["recall_at_3"] == pytest.approx(recall)
     if "moa_pred_set" not in held.obs:  # {top-1} against two true MoAs: F1 2/3 or 0
         assert section["set_f1"] == pytest.approx(2 / 3 * hit.mean())
-    assert set(section["compound_level"]) == {"top1_in_set", "recall_at_3", "set_f1"}
+    assert set(section["compound_level"]) == {"top1_in_set", "recall_at_3", "set_f1", "pred_set"}
     assert "| multi-MoA compounds | n |" in metrics_markdown({**m, "multi_moa": section})

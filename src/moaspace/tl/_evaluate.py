@@ -98,7 +98,8 @@ def evaluate(
         else ``moa_scores``; ``moa_pred_known`` when present, else ``moa_pred``;
         ``moa_pred_set`` when present, else ``"top1"``, the set {top-1}) and, with
         compounds, ``n_compounds`` and ``compound_level`` (the same three metrics of
-        compounds ranked by their mean scores, set {top-1}).
+        compounds ranked by their mean scores, and its ``pred_set``: the compound table's
+        ``moa_pred_set`` when present, else ``"top1"``).
 
     Raises
     ------
@@ -217,7 +218,8 @@ def _multi_moa_metrics(held, true_sets: list, *, compound_key: str | None,
     ``"unknown"`` call is no MoA of a set) when present, else ``obs[f"{key}_pred"]``. Set:
     ``obs[f"{key}_pred_set"]`` when present, else {top-1}. A compound is ranked by the mean
     of its signatures' ranking scores, called by the argmax of the mean of their raw scores
-    (as ``compound_calls``), and its set is {that call}.
+    (as ``compound_calls``), and its set is the ``compound_calls`` table's
+    ``{key}_pred_set`` when present, else {that call}.
     """
     obs, classes = held.obs, [str(c) for c in held.uns[key]["classes"]]
     ranking = f"{key}_proba" if f"{key}_proba" in held.obsm else f"{key}_scores"
@@ -232,11 +234,15 @@ def _multi_moa_metrics(held, true_sets: list, *, compound_key: str | None,
     if compound_key is not None and compound_key in obs.columns:
         compounds = obs[compound_key].astype(str).to_numpy()
         raw = aggregate_scores(np.asarray(held.obsm[f"{key}_scores"]), compounds)
+        calls = prediction_table(held, "compound_calls", key)
+        sets = (calls[set_column].reindex(raw.index).tolist()
+                if calls is not None and set_column in calls.columns else None)
         cm = set_metrics(sets_by_group(true_sets, compounds).loc[raw.index].tolist(),
                          aggregate_scores(rank, compounds).loc[raw.index].to_numpy(), classes,
-                         pred=np.asarray(classes, dtype=object)[raw.to_numpy().argmax(axis=1)])
+                         pred=np.asarray(classes, dtype=object)[raw.to_numpy().argmax(axis=1)],
+                         pred_sets=sets)
         out["n_compounds"] = cm.pop("n")
-        out["compound_level"] = cm
+        out["compound_level"] = {**cm, "pred_set": set_column if sets is not None else "top1"}
     return out
 
 
@@ -326,9 +332,12 @@ def _multi_moa_markdown(multi: dict | None) -> list[str]:
         if m:
             lines.append(f"| {name} | {n} | {fmt(m['top1_in_set'])} | "
                          f"{fmt(m['recall_at_3'])} | {fmt(m['set_f1'])} |")
+    named = lambda source: "{top-1}" if source == "top1" else f"`{source}`"  # noqa: E731
     lines.append(f"\nRanked by `{multi['ranking']}`; top-1 `{multi['top1']}`; set "
-                 + ("{top-1}" if multi["pred_set"] == "top1" else f"`{multi['pred_set']}`")
-                 + " (compounds: mean scores, set {top-1}).")
+                 f"{named(multi['pred_set'])}" + (
+                     f" (compounds: mean scores, set "
+                     f"{named(multi['compound_level'].get('pred_set', 'top1'))})"
+                     if multi.get("compound_level") else "") + ".")
     return lines
 
 
