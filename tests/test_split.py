@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import anndata as ad
 import numpy as np
 import pytest
 
@@ -156,10 +157,16 @@ def test_errors(adata):
     with pytest.raises(InputError, match="holdout_cells"):
         split(adata, "compound", holdout_cells=["A549"])
     nolabel = adata.copy()
-    nolabel.obs["moa"] = nolabel.obs["moa"].astype(object)
-    nolabel.obs.iloc[0, nolabel.obs.columns.get_loc("moa")] = np.nan
-    with pytest.raises(InputError, match="no MoA"):
+    nolabel.obs["moa"] = np.nan
+    with pytest.raises(InputError, match="none of the .* signatures has a MoA label"):
         split(nolabel, "compound")
+    # a row without moa whose compound has one elsewhere follows its compound
+    one = adata.copy()
+    one.obs["moa"] = one.obs["moa"].astype(object)
+    one.obs.iloc[0, one.obs.columns.get_loc("moa")] = np.nan
+    split(one, "moa", seed=0)
+    same = one.obs["pert_id"] == one.obs["pert_id"].iloc[0]
+    assert one.obs.loc[same, "split"].nunique() == 1
 
 
 def test_split_survives_h5ad_round_trip(adata, tmp_path):
@@ -192,3 +199,114 @@ def test_cv_folds_test_every_compound_once_without_leaks(adata):
     assert any((a != b).any() for a, b in zip(folds, cv_folds(adata, 4, seed=2), strict=True))
     with pytest.raises(InputError, match="at least 2 folds"):
         cv_folds(adata, 1)
+
+
+# --- multi-MoA and unlabelled compounds (#28) -----------------------------------------
+
+def _with_extras(base, n_multi: int = 8, n_unlabelled: int = 6, moa_set: bool = True):
+    """``base`` with multi-MoA and unlabelled compounds inserted in the middle of its rows
+    (same cell lines): ``(augmented, mask of base rows)``; none: ``base`` with ``moa_set``."""
+    if n_multi + n_unlabelled == 0:
+        base = base.copy()
+        base.obs["moa_set"] = base.obs["moa"].astype(object)
+        return base, np.ones(base.n_obs, dtype=bool)
+    extra = make_synthetic(n_moas=2, compounds_per_moa=(n_multi + n_unlabelled) // 2,
+                           n_genes=base.n_vars, cells=tuple(sorted(set(base.obs["cell_iname"]))),
+                           sigs_per_compound_cell=2, seed=9)
+    extra.var_names = base.var_names
+    moas = sorted(set(base.obs["moa"].astype(str)))
+    cpds = sorted(set(extra.obs["pert_id"]))
+    role = {c: ("multi" if i < n_multi else "unlabelled") for i, c in enumerate(cpds)}
+    obs = extra.obs
+    obs["pert_id"] = [f"X-{role[c]}-{c}" for c in obs["pert_id"]]
+    obs["sig_id"] = [f"X{s}" for s in obs["sig_id"]]
+    extra.obs_names = obs["sig_id"].to_numpy()
+    pair = {c: "|".join(sorted({moas[i % len(moas)], moas[(i + 1) % len(moas)]}))
+            for i, c in enumerate(sorted(set(obs["pert_id"])))}
+    obs["moa"] = np.nan
+    obs["moa_set"] = [pair[c] if "-multi-" in c else np.nan for c in obs["pert_id"]]
+    base = base.copy()
+    base.obs["moa"] = base.obs["moa"].astype(object)
+    if moa_set:
+        base.obs["moa_set"] = base.obs["moa"]
+    else:
+        del extra.obs["moa_set"]
+    half = base.n_obs // 2
+    out = ad.concat([base[:half], extra, base[half:]], merge="same")
+    return out, ~out.obs_names.str.startswith("X")
+
+
+@pytest.mark.parametrize(("scheme", "kwargs"), [
+    ("compound", {}), ("moa", {"moa_fraction": 0.4}), ("cell", {}),
+    ("cell", {"val_by": "compound"}), ("compound+cell", {"holdout_cells": "PC3"}),
+    ("random", {}),
+])
+def test_extras_leave_the_single_moa_split_unchanged(adata, scheme, kwargs):
+    """The single-MoA compounds get the same labels, for the same seed, with or without
+    multi-MoA and unlabelled compounds beside them (their own random stream)."""
+    aug, base_rows = _with_extras(adata)
+    ref = split(_with_extras(adata, 0, 0)[0], scheme, seed=5, copy=True, **kwargs)
+    got = split(aug, scheme, seed=5, copy=True, **kwargs)
+    assert got.obs["split"][base_rows].tolist() == ref.obs["split"].tolist()
+    plain = split(adata, scheme, seed=5, copy=True, **kwargs)  # no moa_set column at all
+    assert plain.obs["split"].tolist() == ref.obs["split"].tolist()
+    rec, rec0 = got.uns["moaspace"]["split"], ref.uns["moaspace"]["split"]
+    for field in ("test_only_moas", "holdout_cells", "val_cells", "val_by"):
+        assert rec.get(field) == rec0.get(field), field
+    assert rec["n_compounds_by_group"] == {"single": 50, "multi": 8, "unlabelled": 6}
+    s = got.obs["split"].astype(str)
+    pert = got.obs["pert_id"].astype(str)
+    multi, unlabelled = pert.str.contains("-multi-"), pert.str.contains("-unlabelled-")
+    if scheme in ("compound", "moa"):
+        assert check_split(got)["shared_compounds"] == 0
+        assert check_split(got)["train_val_shared_compounds"] == 0
+        assert {"train", "test"} <= set(s[multi])
+    if scheme == "moa":
+        held = set(rec["test_only_moas"])
+        novel = got.obs["moa_set"][multi].map(lambda v: bool(held & set(v.split("|"))))
+        assert (s[multi][novel] == "test").all() and novel.any()
+    if scheme in ("cell", "compound+cell"):
+        assert check_split(got)["shared_cells"] == 0
+        held = set(rec["holdout_cells"]) | set(rec.get("val_cells", []))
+        in_held = got.obs["cell_iname"].isin(held)
+        assert (s[unlabelled & in_held] == "unused").all()
+        assert (s[unlabelled & ~in_held] == "train").all()
+    else:
+        assert (s[unlabelled] == "train").all()
+
+
+def test_multi_split_is_deterministic_and_order_free(adata):
+    aug, _ = _with_extras(adata)
+    a = split(aug, "compound", seed=2, copy=True)
+    perm = np.random.default_rng(1).permutation(aug.n_obs)
+    b = split(aug[perm].copy(), "compound", seed=2)
+    assert (b.obs["split"] == a.obs.loc[b.obs_names, "split"]).all()
+    c = split(aug, "compound", seed=3, copy=True)
+    multi = aug.obs["pert_id"].str.contains("-multi-").to_numpy()
+    assert (a.obs["split"][multi] != c.obs["split"][multi]).any()
+
+
+def test_without_moa_set_column_missing_moa_is_unlabelled(adata):
+    aug, base_rows = _with_extras(adata, moa_set=False)
+    assert "moa_set" not in aug.obs
+    got = split(aug, "compound", seed=0, copy=True)
+    assert (got.obs["split"][~base_rows] == "train").all()
+    assert got.uns["moaspace"]["split"]["n_compounds_by_group"]["unlabelled"] == 14
+
+
+def test_cv_folds_with_extras(adata):
+    aug, base_rows = _with_extras(adata)
+    ref = cv_folds(_with_extras(adata, 0, 0)[0], 4, seed=1)
+    got = cv_folds(aug, 4, seed=1)
+    pert = aug.obs["pert_id"].astype(str).to_numpy()
+    multi = np.char.find(pert.astype(str), "-multi-") >= 0
+    unlabelled = np.char.find(pert.astype(str), "-unlabelled-") >= 0
+    tested = np.zeros(aug.n_obs, dtype=int)
+    for r, g in zip(ref, got, strict=True):
+        np.testing.assert_array_equal(g[base_rows], r)
+        assert (g[unlabelled] == "train").all()
+        tested += g == "test"
+        parts = {p: set(pert[multi & (g == p)]) for p in ("train", "val", "test")}
+        assert not parts["train"] & parts["test"] and not parts["val"] & parts["test"]
+    assert (tested[multi] == 1).all() and (tested[unlabelled] == 0).all()
+    assert any((g[multi] == "val").any() for g in got)

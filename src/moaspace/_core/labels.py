@@ -19,9 +19,10 @@ NO_CALL = "no call"
 
 def majority_moa(obs: pd.DataFrame) -> pd.Series:
     """One MoA per compound of ``obs`` (columns ``pert_id`` and ``moa``): the most frequent
-    one where a compound's signatures carry several (``prepare`` drops such compounds from
-    compoundinfo; data built elsewhere may still hold them)."""
-    frame = obs[["pert_id", "moa"]].astype(str)
+    one where a compound's signatures carry several (``prepare`` gives such compounds
+    ``moa`` NaN; data built elsewhere may still hold them). Rows whose ``moa`` is missing
+    (multi-MoA and unlabelled compounds) are left out, so are compounds with none."""
+    frame = obs.loc[obs["moa"].notna().to_numpy(), ["pert_id", "moa"]].astype(str)
     counts = frame.value_counts().reset_index(name="n")
     counts = counts.sort_values(["pert_id", "n", "moa"], ascending=[True, False, True])
     first = counts.drop_duplicates("pert_id").set_index("pert_id")["moa"]

@@ -19,6 +19,9 @@ belongs to one group:
 The filters run in this order: a MoA (unless ``keep_unlabelled``), a single MoA (only with
 ``multi_moa="drop"``), signatures per compound (every group), compounds per MoA (unless
 ``keep_rare_moas``). :func:`group_table` says what each group contributed.
+
+:func:`label_groups`, :func:`single_obs` and :func:`unlabelled_part` are the groups as
+:func:`moaspace.pp.split` and :func:`moaspace.pp.cv_folds` see them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moaspace._core.labels import majority_moa
 from moaspace._utils import preview
 from moaspace.errors import InputError
 from moaspace.io.labels import MOA_SEP, moa_set_string
@@ -167,3 +171,46 @@ def group_table(entering: pd.DataFrame, kept: pd.DataFrame, common: set, config
                     row["compounds_kept"], row["signatures_kept"], row["compounds_dropped"],
                     row["signatures_dropped"], f" ({row['dropped_by']})" if dropped else "")
     return pd.DataFrame(rows).astype({"group": str, "dropped_by": str})
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _present(values: pd.Series) -> np.ndarray:
+    return (values.notna() & (values.astype(str).str.strip() != "")).to_numpy()
+
+
+def label_groups(obs: pd.DataFrame) -> np.ndarray:
+    """Per row, the group of its compound: ``"single"`` (a row of the compound has
+    ``moa``), ``"multi"`` (else a row has ``moa_set``) or ``"unlabelled"``."""
+    pert = obs["pert_id"].astype(str)
+    has_moa = pd.Series(_present(obs["moa"]), index=obs.index).groupby(pert).transform("any")
+    has_set = (pd.Series(_present(obs["moa_set"]), index=obs.index).groupby(pert)
+               .transform("any") if "moa_set" in obs.columns else False)
+    return np.select([has_moa.to_numpy(), np.asarray(has_set & ~has_moa, dtype=bool)],
+                     ["single", "multi"], default="unlabelled")
+
+
+def single_obs(obs: pd.DataFrame, single: np.ndarray) -> pd.DataFrame:
+    """The rows of single-MoA compounds; a row without ``moa`` takes its compound's."""
+    sub = obs[single]
+    missing = ~_present(sub["moa"])
+    if missing.any():
+        sub = sub.copy()
+        moa_of = majority_moa(sub[~missing])
+        sub["moa"] = sub["moa"].astype(object)
+        sub.loc[missing, "moa"] = sub.loc[missing, "pert_id"].astype(str).map(moa_of).to_numpy()
+    return sub
+
+
+def unlabelled_part(obs: pd.DataFrame, record: dict) -> np.ndarray:
+    """Labels of the unlabelled compounds' rows: ``train``, or ``unused`` in the held-out
+    (test or validation) cell lines."""
+    labels = np.full(len(obs), "train", dtype=object)
+    held = list(record.get("holdout_cells", [])) + list(record.get("val_cells", []))
+    if held:
+        labels[np.isin(obs["cell_iname"].astype(str).to_numpy(), held)] = "unused"
+    logger.info("%d signatures of %d unlabelled compounds (no MoA, no moa_set): %d train, "
+                "%d unused (in held-out cell lines)", len(obs), obs["pert_id"].nunique(),
+                int((labels == "train").sum()), int((labels == "unused").sum()))
+    return labels

@@ -25,6 +25,17 @@ Every scheme writes ``obs[key]`` with the categories
 The parameters and counts are recorded in ``adata.uns["moaspace"]["split"]``.
 Randomness comes only from ``seed``; ids are sorted before shuffling, so the
 result does not depend on the row order of ``adata``.
+
+Compounds without a single MoA (``obs["moa"]`` missing; ``docs/data_labels.md``):
+
+- *multi-MoA* compounds (``obs["moa_set"]`` present) are split like the others, as one
+  stratum of their own (:data:`MULTI_STRATUM`), drawn from a second random stream
+  (``default_rng([seed, 1])``): the single-MoA compounds get exactly the assignment they
+  get without them. Scheme ``moa``: a multi-MoA compound with a held-out MoA in its set
+  is test (novel for at least one of its MoAs); the others are split by compound.
+- *unlabelled* compounds (neither, or no ``moa_set`` column) cannot be scored: they are
+  ``train``, except in held-out cell lines (test or validation lines of the cell
+  schemes), where they are ``unused`` (training on them would show the model the line).
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from moaspace._core.labels import majority_moa, stratified_pick
 from moaspace._utils import preview
 from moaspace._version import __version__
 from moaspace.errors import InputError
+from moaspace.pp._moa_groups import label_groups, single_obs, unlabelled_part
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +60,10 @@ SCHEMES = ("compound", "cell", "compound+cell", "moa", "random")
 SPLIT_VALUES = ("train", "val", "test", "unused")
 #: cell lines the reference study holds out in its cell-line split, in order of preference
 REFERENCE_HOLDOUT_CELLS = ("A549", "NCIH508", "MDAMB231", "LNCAP")
+#: the stratum of the multi-MoA compounds in the stratified picks
+MULTI_STRATUM = "multi"
+#: the key of the multi-MoA compounds' random stream after the seed
+MULTI_STREAM = 1
 
 
 def _require_columns(adata: ad.AnnData, columns: Sequence[str], scheme: str) -> None:
@@ -136,7 +152,9 @@ def split(
     ----------
     adata
         Signatures x genes with obs columns ``pert_id`` and ``moa`` (and
-        ``cell_iname`` for the cell schemes).
+        ``cell_iname`` for the cell schemes; ``moa_set`` optional). Rows with ``moa``
+        missing are multi-MoA (``moa_set`` present) or unlabelled; they are assigned as
+        the module docstring says, without changing the single-MoA assignment.
     scheme
         ``compound``: held-out compounds, chosen within each MoA so every MoA
         with >= 2 compounds keeps compounds on both sides.
@@ -177,7 +195,8 @@ def split(
 
     Returns
     -------
-    The AnnData with ``obs[key]`` and ``uns["moaspace"]["split"]`` set: with
+    The AnnData with ``obs[key]`` and ``uns["moaspace"]["split"]`` set (with
+    ``n_compounds_by_group``: single, multi and unlabelled compounds): with
     ``copy=True`` a new AnnData (the input is untouched); with ``copy=False``
     ``adata`` itself, edited in place.
     """
@@ -186,16 +205,18 @@ def split(
     if copy:
         adata = adata.copy()
     obs = adata.obs
-    if obs["moa"].isna().any() or (obs["moa"].astype(str).str.strip() == "").any():
-        n = int(obs["moa"].isna().sum() + (obs["moa"].astype(str).str.strip() == "").sum())
-        raise InputError(f"{n} signatures have no MoA label (obs['moa']); drop them first")
-
+    group = label_groups(obs)
+    single = group == "single"
+    if not single.any():
+        raise InputError(f"none of the {adata.n_obs} signatures has a MoA label (obs['moa']); "
+                         "a split needs compounds with a single MoA")
+    sub = single_obs(obs, single)
     # the draws from rng follow one fixed order: test part, then validation
     state = _Assignment(
-        obs=obs,
-        pert=obs["pert_id"].astype(str).to_numpy(),
-        moa_of=majority_moa(obs),
-        labels=np.full(adata.n_obs, "train", dtype=object),
+        obs=sub,
+        pert=sub["pert_id"].astype(str).to_numpy(),
+        moa_of=majority_moa(sub),
+        labels=np.full(len(sub), "train", dtype=object),
         rng=np.random.default_rng(seed),
         record={
             "scheme": scheme, "seed": int(seed), "test_size": float(test_size),
@@ -203,6 +224,34 @@ def split(
             "version": __version__,
         },
     )
+    _hold_out(state, scheme, cells, test_size=test_size, moa_fraction=moa_fraction)
+    _carve_validation(state, scheme, val_by=val_by, val_size=val_size, test_size=test_size)
+    labels = np.full(adata.n_obs, "train", dtype=object)
+    labels[single] = state.labels
+    if (group == "multi").any():
+        labels[group == "multi"] = _split_multi(obs[group == "multi"], state.record, scheme,
+                                                test_size=test_size, val_size=val_size,
+                                                seed=seed)
+    if (group == "unlabelled").any():
+        labels[group == "unlabelled"] = unlabelled_part(obs[group == "unlabelled"],
+                                                         state.record)
+    pert = obs["pert_id"].astype(str).to_numpy()
+    counts, n_cpds = _record_counts(state, scheme, labels, pert)
+    state.record["n_compounds_by_group"] = {
+        g: int(pd.unique(pert[group == g]).size) for g in ("single", "multi", "unlabelled")}
+    obs[key] = pd.Categorical(labels, categories=list(SPLIT_VALUES))
+    adata.uns.setdefault("moaspace", {})
+    adata.uns["moaspace"]["split"] = state.record
+    logger.info(
+        "split %r (seed %d): %s signatures; %s compounds",
+        scheme, seed, counts, n_cpds,
+    )
+    return adata
+
+
+def _hold_out(state: _Assignment, scheme: str, cells, *, test_size: float,
+              moa_fraction: float) -> None:
+    """The test part of the single-MoA compounds, by scheme."""
     if scheme == "compound":
         _hold_out_compounds(state, state.moa_of, test_size)
     elif scheme == "moa":
@@ -211,16 +260,33 @@ def split(
         _hold_out_cells(state, scheme, cells, test_size)
     else:
         _hold_out_random_signatures(state, test_size)
-    _carve_validation(state, scheme, val_by=val_by, val_size=val_size, test_size=test_size)
-    counts, n_cpds = _record_counts(state, scheme)
-    obs[key] = pd.Categorical(state.labels, categories=list(SPLIT_VALUES))
-    adata.uns.setdefault("moaspace", {})
-    adata.uns["moaspace"]["split"] = state.record
-    logger.info(
-        "split %r (seed %d): %s signatures; %s compounds",
-        scheme, seed, counts, n_cpds,
-    )
-    return adata
+
+
+def _split_multi(obs: pd.DataFrame, record: dict, scheme: str, *, test_size: float,
+                 val_size: float, seed: int) -> np.ndarray:
+    """Labels of the multi-MoA compounds' rows: the scheme of the single-MoA part (its
+    hold-out cell lines, held-out MoAs and validation cell lines) applied to one stratum,
+    :data:`MULTI_STRATUM`, with the random stream ``default_rng([seed, MULTI_STREAM])``."""
+    pert = obs["pert_id"].astype(str).to_numpy()
+    strata = pd.Series(MULTI_STRATUM, index=pd.Index(sorted(set(pert))))
+    m = _Assignment(obs=obs, pert=pert, moa_of=strata,
+                    labels=np.full(len(obs), "train", dtype=object),
+                    rng=np.random.default_rng([seed, MULTI_STREAM]), record={})
+    if scheme == "moa":
+        held = set(record["test_only_moas"])
+        sets = obs["moa_set"].astype(object).groupby(pert).first()
+        novel = [c for c, v in sets.items() if held & set(str(v).split("|"))]
+        m.labels[np.isin(pert, novel)] = "test"
+        _hold_out_compounds(m, strata.drop(novel), test_size)
+    elif scheme in ("cell", "compound+cell"):
+        _apply_cells(m, scheme, record["holdout_cells"], test_size)
+    elif scheme == "random":
+        _hold_out_random_signatures(m, test_size, warn=False)
+    else:
+        _hold_out_compounds(m, strata, test_size)
+    _carve_validation(m, scheme, val_by=record["val_by"], val_size=val_size,
+                      test_size=test_size, fixed_cells=record.get("val_cells"))
+    return m.labels
 
 
 def _check_split_args(adata: ad.AnnData, scheme: str, *, holdout_cells, test_size: float,
@@ -279,7 +345,7 @@ def _hold_out_cells(state: _Assignment, scheme: str, cells: list[str] | None,
                     test_size: float) -> None:
     """Schemes ``cell`` (the held-out cell lines are test) and ``compound+cell`` (held-out
     compounds in held-out cell lines are test; the cross terms are unused)."""
-    obs, labels = state.obs, state.labels
+    obs = state.obs
     cell_arr = obs["cell_iname"].astype(str).to_numpy()
     present = sorted(set(cell_arr))
     if cells is None:
@@ -292,8 +358,15 @@ def _hold_out_cells(state: _Assignment, scheme: str, cells: list[str] | None,
         )
     if len(set(cells)) == len(present):
         raise InputError("holding out every cell line leaves nothing to train on")
-    in_cells = np.isin(cell_arr, cells)
     state.record["holdout_cells"] = list(cells)
+    _apply_cells(state, scheme, cells, test_size)
+
+
+def _apply_cells(state: _Assignment, scheme: str, cells: list[str], test_size: float) -> None:
+    """Label the rows of the hold-out ``cells`` (and, for ``compound+cell``, of compounds
+    picked from ``state.moa_of``) test, and the cross terms unused."""
+    labels = state.labels
+    in_cells = np.isin(state.obs["cell_iname"].astype(str).to_numpy(), cells)
     if scheme == "cell":
         labels[in_cells] = "test"
     else:
@@ -303,11 +376,14 @@ def _hold_out_cells(state: _Assignment, scheme: str, cells: list[str] | None,
         labels[held ^ in_cells] = "unused"
 
 
-def _hold_out_random_signatures(state: _Assignment, test_size: float) -> None:
+def _hold_out_random_signatures(state: _Assignment, test_size: float, warn: bool = True
+                                ) -> None:
     """Scheme ``random``: ``test_size`` of the signatures, whatever their compound (leaky)."""
     n_obs = len(state.labels)
     n_test = round(test_size * n_obs)
     state.labels[state.rng.permutation(n_obs)[:n_test]] = "test"
+    if not warn:
+        return
     logger.warning(
         "split scheme 'random' puts signatures of the same compound in train and test: "
         "its scores overestimate performance on new compounds (recorded as leaky)"
@@ -315,14 +391,16 @@ def _hold_out_random_signatures(state: _Assignment, test_size: float) -> None:
 
 
 def _carve_validation(state: _Assignment, scheme: str, *, val_by: str, val_size: float,
-                      test_size: float) -> None:
+                      test_size: float, fixed_cells: list[str] | None = None) -> None:
     """Label part of the training side ``val``: whole training cell lines (scheme ``cell``
-    with validation by cell line) or compounds stratified by MoA."""
+    with validation by cell line; ``fixed_cells``, else drawn) or compounds stratified by
+    MoA."""
     labels, pert = state.labels, state.pert
     train_mask = labels == "train"
     if scheme == "cell" and val_by in ("auto", "cell") and val_size > 0:
         cell_arr = state.obs["cell_iname"].astype(str).to_numpy()
-        val_cells = _validation_cells(cell_arr[train_mask], val_size * len(labels), state.rng)
+        val_cells = (list(fixed_cells) if fixed_cells is not None else
+                     _validation_cells(cell_arr[train_mask], val_size * len(labels), state.rng))
         if val_cells is not None:
             # validation: whole training cell lines, as the test part holds out a cell line
             labels[train_mask & np.isin(cell_arr, val_cells)] = "val"
@@ -340,10 +418,11 @@ def _carve_validation(state: _Assignment, scheme: str, *, val_by: str, val_size:
     state.record["val_by"] = "compound"
 
 
-def _record_counts(state: _Assignment, scheme: str) -> tuple[dict, dict]:
+def _record_counts(state: _Assignment, scheme: str, labels: np.ndarray, pert: np.ndarray
+                   ) -> tuple[dict, dict]:
     """Check that train and test are not empty and record the signatures and compounds
-    per part; returns both counts."""
-    labels, pert, record = state.labels, state.pert, state.record
+    per part (all rows: ``labels`` and ``pert``); returns both counts."""
+    record = state.record
     counts = {v: int((labels == v).sum()) for v in SPLIT_VALUES}
     if counts["train"] == 0 or counts["test"] == 0:
         raise InputError(
@@ -384,10 +463,17 @@ def cv_folds(
     compounds) need this: one 20% test split holds a handful of compounds per MoA.
     Randomness comes only from ``seed``.
 
+    Multi-MoA compounds (``moa`` missing, ``moa_set`` present) are dealt round-robin to
+    the folds after the single-MoA ones, and join validation (``val_size`` of them, from
+    the other folds), from the stream ``default_rng([seed, 1])``: the single-MoA
+    compounds' folds and validation are those without them. Unlabelled compounds are
+    ``train`` in every fold.
+
     Parameters
     ----------
     adata : anndata.AnnData
-        Signatures with ``obs["moa"]`` and ``obs["pert_id"]``.
+        Signatures with ``obs["moa"]`` and ``obs["pert_id"]`` (``obs["moa_set"]``
+        optional).
     n_folds : int, default 5
         Number of folds (at least 2).
     seed : int, default 0
@@ -406,9 +492,13 @@ def cv_folds(
     if not 0 <= val_size < 1 - 1 / n_folds:
         raise InputError(f"val_size must be in [0, {1 - 1 / n_folds:.2f}), got {val_size}")
     _require_columns(adata, ["pert_id", "moa"], f"cv{n_folds}")
-    moa_of = majority_moa(adata.obs)
+    group = label_groups(adata.obs)
+    single = group == "single"
+    sub = single_obs(adata.obs, single) if single.any() else adata.obs[single]
+    moa_of = majority_moa(sub)
     if len(moa_of) < n_folds:
-        raise InputError(f"{len(moa_of)} compounds cannot fill {n_folds} folds")
+        raise InputError(f"{len(moa_of)} compounds with a single MoA cannot fill {n_folds} "
+                         "folds")
     rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
     offset = 0
@@ -419,14 +509,22 @@ def cv_folds(
         for i, cpd in enumerate(ids):
             fold_of[cpd] = (offset + i) % n_folds
         offset += len(ids)
+    # multi-MoA compounds: one more stratum, dealt on from there with their own stream
+    multi_rng = np.random.default_rng([seed, MULTI_STREAM])
     pert = adata.obs["pert_id"].astype(str).to_numpy()
-    fold = np.array([fold_of[p] for p in pert])
+    multi_of = pd.Series(MULTI_STRATUM, index=pd.Index(sorted(set(pert[group == "multi"]))))
+    for i, cpd in enumerate(multi_rng.permutation(multi_of.index.to_numpy())):
+        fold_of[str(cpd)] = (offset + i) % n_folds
+    fold = np.array([fold_of.get(p, -1) for p in pert])  # -1: unlabelled, always train
     val_fraction = val_size / (1 - 1 / n_folds)
     out = []
     for k in range(n_folds):
         labels = np.where(fold == k, "test", "train").astype(object)
         train_cpds = moa_of[[fold_of[c] != k for c in moa_of.index]]
         val_cpds = stratified_pick(train_cpds, val_fraction, rng, min_keep=1, min_pick=3)
+        train_multi = multi_of[[fold_of[c] != k for c in multi_of.index]]
+        val_cpds |= stratified_pick(train_multi, val_fraction, multi_rng, min_keep=1,
+                                    min_pick=3)
         labels[(labels == "train") & np.isin(pert, list(val_cpds))] = "val"
         out.append(labels)
     return out
