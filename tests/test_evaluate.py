@@ -321,3 +321,77 @@ def test_evaluate_with_multi_moa_rows(trained):
         assert section["set_f1"] == pytest.approx(2 / 3 * hit.mean())
     assert set(section["compound_level"]) == {"top1_in_set", "recall_at_3", "set_f1", "pred_set"}
     assert "| multi-MoA compounds | n |" in metrics_markdown({**m, "multi_moa": section})
+
+
+def _extra_multi_moa_compounds(base, n: int = 4, seed: int = 0):
+    """``base`` (with ``moa_set``) and ``n`` new compounds after it, each a mix of two MoAs'
+    signatures (``moa`` NaN, ``moa_set`` ``"a|b"``; the last adds a MoA no single-MoA
+    compound has)."""
+    import pandas as pd
+
+    from moaspace._core.sets import join_moa_set
+
+    rng = np.random.default_rng(seed)
+    base = base.copy()
+    base.obs["moa"] = base.obs["moa"].astype(str).astype(object)
+    base.obs["moa_set"] = base.obs["moa"]
+    moas = sorted(set(base.obs["moa"]))
+    parts = []
+    for i in range(n):
+        a, b = moas[i % len(moas)], moas[(i + 1) % len(moas)]
+        rows_a = np.flatnonzero((base.obs["moa"] == a).to_numpy())[:8]
+        rows_b = np.flatnonzero((base.obs["moa"] == b).to_numpy())[:8]
+        x = 0.5 * (np.asarray(base.X[rows_a]) + np.asarray(base.X[rows_b]))
+        x = x + 0.3 * rng.normal(size=x.shape)
+        names = [f"multi{i}_{j}" for j in range(len(x))]
+        moa_set = join_moa_set({a, b} | ({"only_in_sets"} if i == n - 1 else set()))
+        obs = pd.DataFrame({c: base.obs[c].to_numpy()[rows_a] for c in base.obs.columns},
+                           index=names)
+        obs["pert_id"], obs["moa"], obs["moa_set"] = f"multi{i}", np.nan, moa_set
+        parts.append(ad.AnnData(x.astype(np.float32), obs=obs, var=base.var.copy()))
+    return base, ad.concat([base, *parts], merge="same")
+
+
+def test_benchmark_multi_moa_metrics_leave_single_label_numbers_alone(monkeypatch):
+    """With multi-MoA compounds in the data, the single-label records are those of the data
+    without them (same folds for the single-MoA compounds); the multi-MoA test rows get
+    multi_* metrics, logreg_ovr fits on the MoA sets, moaspace trains on single-MoA rows."""
+    from moaspace.benchmark._run import paired_differences, summarize
+    from moaspace.pp import _split
+
+    base, full = _extra_multi_moa_compounds(
+        make_synthetic(n_moas=4, compounds_per_moa=6, n_genes=48, seed=4))
+    real = _split.cv_folds
+
+    def folds(adata, n_folds, *, seed=0, **kwargs):  # the extra compounds: one fold each
+        extra = (adata.obs["pert_id"].astype(str).str.extract(r"^multi(\d+)$")[0]
+                 .dropna().astype(int).to_numpy())
+        return [np.concatenate([labels, np.where(extra % n_folds == k, "test", "train")])
+                for k, labels in enumerate(real(base, n_folds, seed=seed, **kwargs))]
+
+    monkeypatch.setattr(_split, "cv_folds", folds)
+    options = {"cv": 3, "seeds": (0, 1), "n_components": 10}
+    alone = run_benchmark(base, methods=("raw_knn", "pca_lda"), **options)
+    mixed = run_benchmark(full, methods=("raw_knn", "pca_lda", "logreg_ovr", "moaspace"),
+                          max_epochs=1, model_kwargs=TINY, **options)
+    single_keys = ("macro_f1", "accuracy", "weighted_f1", "top3_accuracy", "top5_accuracy",
+                   "n_test", "compound_macro_f1", "compound_accuracy", "compound_map",
+                   "same_compound_share")
+    for a in alone:
+        m = next(r for r in mixed if (r["method"], r["seed"]) == (a["method"], a["seed"]))
+        assert {k: a.get(k) for k in single_keys} == {k: m.get(k) for k in single_keys}
+        assert "multi_top1_in_set" not in a
+    n_multi = int(full.obs["moa"].isna().sum())
+    for r in mixed:
+        assert r["n_multi_test"] == n_multi and r["n_test"] == base.n_obs
+        for key in ("multi_top1_in_set", "multi_recall_at_3", "multi_set_f1"):
+            assert 0 <= r[key] <= 1, (r["method"], key)
+        assert r["multi_recall_at_3"] > 0  # 4 classes + 1: the top 3 holds a true MoA
+    ovr = [r for r in mixed if r["method"] == "logreg_ovr"]
+    assert all(0 <= r["macro_f1"] <= 1 for r in ovr)
+    assert "multi_top1_in_set_mean" in summarize(mixed)
+    assert len(paired_differences(mixed, "multi_recall_at_3")) == 3
+    md = results_markdown(mixed)
+    assert "| method | top-1 in set | recall@3 | set F1 |" in md
+    assert "Multi-MoA, paired per seed" in md and "| logreg_ovr | " in md
+    assert "top-1 in set" not in results_markdown(alone)

@@ -7,11 +7,16 @@
 * ``lda``: shrinkage LDA (``lsqr``, Ledoit-Wolf ``shrinkage="auto"``) on all genes:
   the strongest baseline on the real consensus signatures and under correlated noise;
 * ``linear_svm``: a linear support-vector machine (one-vs-rest, ``C=0.001``) on all
-  genes clipped at +-10; its scores are the softmax of the decision values.
+  genes clipped at +-10; its scores are the softmax of the decision values;
+* ``logreg_ovr``: the multi-label baseline: one logistic regression per MoA (one vs
+  rest) on standardised PCA components, fitted on MoA *sets*, so that a compound with
+  several MoAs is a positive of each; its scores are the per-MoA probabilities and its
+  set output the MoAs of probability >= 0.5 (the top MoA at least).
 
 Every baseline exposes ``fit(X, y)`` and ``predict_scores(X) -> (scores, classes)``
-so the benchmark treats them and the neural models alike. Nothing is fitted on
-test data.
+so the benchmark treats them and the neural models alike; the single-label ones take
+one MoA per row, those of ``MULTILABEL`` a MoA set per row and also have
+``predict_sets(X)``. Nothing is fitted on test data.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, MultiLabelBinarizer, StandardScaler
 from sklearn.svm import LinearSVC
 
 from moaspace._core.neighbors import knn_predict
+from moaspace._core.sets import join_moa_set, parse_moa_sets
+from moaspace.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +91,47 @@ class DecisionBaseline(SklearnBaseline):
         return softmax(values, axis=1).astype(np.float32), self.classes_
 
 
+class MultiLabelBaseline:
+    """A multi-label scikit-learn estimator (fitted on a 0/1 matrix, one column per MoA,
+    with per-column ``predict_proba``) over MoA sets.
+
+    ``fit(X, y)`` takes one MoA set per row (sets, or ``|``-joined strings as in
+    ``obs["moa_set"]``); ``predict_scores`` gives the per-MoA probabilities (they need not
+    sum to 1) and ``predict_sets`` the MoAs at or above ``threshold``, with the top MoA
+    always in (every labelled compound has one at least).
+    """
+
+    def __init__(self, estimator, threshold: float = 0.5):
+        self.estimator, self.threshold = estimator, threshold
+
+    def fit(self, X, y) -> MultiLabelBaseline:
+        sets = parse_moa_sets(y)
+        empty = [i for i, s in enumerate(sets) if not s]
+        if empty:
+            raise InputError(f"{len(empty)} training rows have no MoA (rows {empty[:5]})")
+        self.binarizer_ = MultiLabelBinarizer()
+        Y = self.binarizer_.fit_transform(sets)
+        if Y.shape[1] < 2:
+            raise InputError("a multi-label baseline needs two MoAs at least, got "
+                             f"{list(self.binarizer_.classes_)}")
+        self.estimator.fit(X, Y)
+        self.classes_ = [str(c) for c in self.binarizer_.classes_]
+        return self
+
+    def predict_scores(self, X):
+        return np.asarray(self.estimator.predict_proba(X), dtype=np.float32), self.classes_
+
+    def predict_sets(self, X, scores: np.ndarray | None = None) -> list[str]:
+        """The ``|``-joined predicted set of each row (``scores``: those of
+        ``predict_scores(X)``, to skip a second prediction)."""
+        if scores is None:
+            scores, _ = self.predict_scores(X)
+        chosen = scores >= self.threshold
+        chosen[np.arange(len(scores)), scores.argmax(axis=1)] = True
+        names = np.asarray(self.classes_, dtype=object)
+        return [join_moa_set(names[row]) for row in chosen]
+
+
 def _clip(x, bound: float = 10.0):
     return np.clip(x, -bound, bound)
 
@@ -94,21 +143,22 @@ def make_baseline(name: str, *, seed: int = 0, k: int = 10, n_components: int = 
     ----------
     name : str
         One of ``CLASSICAL``: ``"raw_knn"``, ``"pca_knn"``, ``"pca_lda"``, ``"logreg"``,
-        ``"lda"`` or ``"linear_svm"``.
+        ``"lda"``, ``"linear_svm"`` or ``"logreg_ovr"`` (multi-label, ``MULTILABEL``).
     seed : int, default 0
         Random state of the PCA, logistic regression and linear SVM.
     k : int, default 10
         Neighbours of the kNN baselines (distance-weighted cosine vote).
     n_components : int, default 100
-        PCA components of ``pca_knn``, ``pca_lda`` and ``logreg`` (``pca_knn`` caps it at
-        n_samples - 1 and n_genes).
+        PCA components of ``pca_knn``, ``pca_lda``, ``logreg`` and ``logreg_ovr``
+        (``pca_knn`` caps it at n_samples - 1 and n_genes).
 
     Returns
     -------
-    KnnBaseline or SklearnBaseline or DecisionBaseline
+    KnnBaseline or SklearnBaseline or DecisionBaseline or MultiLabelBaseline
         An unfitted baseline with ``fit(X, y)`` (returns itself) and
         ``predict_scores(X) -> (scores, classes)``: scores of shape (n, n_classes) and
-        the class names of their columns.
+        the class names of their columns. ``y`` is one MoA per row, or for
+        ``MultiLabelBaseline`` one MoA set per row (which also has ``predict_sets``).
 
     Raises
     ------
@@ -137,7 +187,15 @@ def make_baseline(name: str, *, seed: int = 0, k: int = 10, n_components: int = 
             FunctionTransformer(_clip),
             LinearSVC(C=0.001, max_iter=5000, random_state=seed),
         ))
+    if name == "logreg_ovr":
+        return MultiLabelBaseline(make_pipeline(
+            PCA(n_components=n_components, random_state=seed),
+            StandardScaler(),
+            OneVsRestClassifier(LogisticRegression(C=0.1, max_iter=2000, random_state=seed)),
+        ))
     raise ValueError(f"unknown baseline {name!r}")
 
 
-CLASSICAL = ("raw_knn", "pca_knn", "pca_lda", "logreg", "lda", "linear_svm")
+#: baselines fitted on MoA sets (``obs["moa_set"]``: multi-MoA compounds included)
+MULTILABEL = ("logreg_ovr",)
+CLASSICAL = ("raw_knn", "pca_knn", "pca_lda", "logreg", "lda", "linear_svm", *MULTILABEL)

@@ -13,6 +13,8 @@ Methods:
   ``average_best=5``);
 * ``raw_knn``, ``pca_knn``, ``pca_lda``, ``logreg``, ``lda``, ``linear_svm``: see
   :mod:`moaspace.benchmark._baselines`;
+* ``logreg_ovr``: the multi-label baseline, one-vs-rest logistic regression fitted on
+  the MoA sets (``obs["moa_set"]``) of single- and multi-MoA training compounds;
 * ``mlp_softmax``: the same encoder trained as a softmax classifier;
 * ``arcface_moa_only``: our model without the compound loss (both ablations
   call MoAs and early-stop as ``moaspace`` does, with the same input candidates and
@@ -37,6 +39,15 @@ average precision of retrieving a signature's same-compound signatures (other
 doses, times, cell lines) by cosine, and ``same_compound_share``, the share of
 its 10 nearest test neighbours from the same compound. That is what the
 compound loss is for, and where ``moaspace`` and ``arcface_moa_only`` differ.
+
+Compounds with several MoAs (``obs["moa"]`` NaN, ``obs["moa_set"]`` ``"a|b"``) and
+unlabelled rows take no part in the single-label fits and metrics: the single-label
+methods fit, and every method is scored on, the rows with one ``moa`` (so the numbers
+are those of the data without the other rows). Multi-MoA test signatures are scored
+apart (``multi_*`` keys, :mod:`moaspace._core.sets`): the top-1 call (argmax of the
+scores) in the true set, recall@3 of the ranking (``moaspace``: ``moa_proba`` when
+``predict`` writes it) and set F1 of the predicted set (``logreg_ovr``'s own;
+``moaspace``'s ``moa_pred_set`` when written; else {top-1}).
 """
 
 from __future__ import annotations
@@ -54,7 +65,8 @@ import pandas as pd
 
 from moaspace._core.neighbors import aggregate_scores
 from moaspace._utils import atomic_write_text, save_figure
-from moaspace.benchmark._baselines import CLASSICAL, make_baseline
+from moaspace.benchmark._baselines import CLASSICAL, MULTILABEL, make_baseline
+from moaspace.benchmark._multi import MULTI_METRICS, multi_markdown, multi_score, truth_of
 from moaspace.errors import InputError
 from moaspace.model._predict import predict
 from moaspace.tl._metrics import classification_metrics, neighbour_label_shares, retrieval_map
@@ -80,6 +92,7 @@ NEURAL = {
 NEURAL_K = {"reference": 1}
 NEURAL_BATCH = {"reference": 512}
 METHODS = ("moaspace", "raw_knn", "pca_knn", "pca_lda", "logreg", "lda", "linear_svm",
+           "logreg_ovr",
            "mlp_softmax", "arcface_moa_only", "moaspace_unwhitened", "reference")
 
 
@@ -121,13 +134,22 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
 
     part = data.obs["split"].astype(str).to_numpy()
     fit_rows, test_rows = np.isin(part, ["train", "val"]), part == "test"
+    truth = truth_of(data.obs)
+    # single-label methods fit the rows with one MoA; multi-label ones every labelled row
+    fit_rows_one = fit_rows & truth["single"]
     t0 = time.perf_counter()
+    rank = pred_sets = None
     if method in CLASSICAL:
-        X_fit, X_test = _dense(data.X[fit_rows]), _dense(data.X[test_rows])
-        y_fit = data.obs["moa"].astype(str).to_numpy()[fit_rows]
+        X_test = _dense(data.X[test_rows])
         model = make_baseline(method, seed=seed, k=k, n_components=n_components)
-        model.fit(X_fit, y_fit)
+        if method in MULTILABEL:
+            rows = fit_rows & np.array([bool(s) for s in truth["sets"]])
+            model.fit(_dense(data.X[rows]), [truth["sets"][i] for i in np.flatnonzero(rows)])
+        else:
+            model.fit(_dense(data.X[fit_rows_one]), truth["y"][fit_rows_one])
         scores, classes = model.predict_scores(X_test)
+        if method in MULTILABEL:
+            pred_sets = model.predict_sets(X_test, scores)
         # raw_knn's space is the z-scores themselves: the CMap-style reference
         # for how much compound structure the signatures carry on their own
         space = X_test if method == "raw_knn" else None
@@ -135,7 +157,8 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
     else:
         own = (model_kwargs or {}) if method == "moaspace" else {}
         kwargs = {**NEURAL[method], **own}
-        model = MoaModel(data, **kwargs)
+        other = fit_rows & ~fit_rows_one  # multi-MoA or unlabelled: not trained on
+        model = MoaModel(data[~other].copy() if other.any() else data, **kwargs)
         model.train(max_epochs=max_epochs, batch_size=NEURAL_BATCH.get(method, 256),
                     seed=seed, progress_bar=False)
         # the raw per-class scores of `moaspace predict` (no open-set calls: every
@@ -143,6 +166,9 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
         pred = predict(model, data[test_rows], k=NEURAL_K.get(method, k),
                        compound_key=None, open_set=False)
         scores, classes = pred.obsm["moa_scores"], list(pred.uns["moa"]["classes"])
+        rank = pred.obsm["moa_proba"] if "moa_proba" in pred.obsm else None
+        if "moa_pred_set" in pred.obs:
+            pred_sets = pred.obs["moa_pred_set"].tolist()
         extra = {"best_epoch": model.best_epoch, "best_val_f1": model.best_val_f1,
                  "averaged_epochs": model.train_info["averaged_epochs"],
                  "final_val_f1": model.train_info["final_val_f1"],
@@ -152,7 +178,9 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
                       if key in model.train_info})
         space = np.asarray(pred.obsm["X_moa"])
     return {"scores": np.asarray(scores, np.float32), "classes": [str(c) for c in classes],
-            "space": space, "extra": extra, "seconds": time.perf_counter() - t0}
+            "space": space, "extra": extra, "seconds": time.perf_counter() - t0,
+            "rank": None if rank is None else np.asarray(rank, np.float32),
+            "pred_sets": pred_sets}
 
 
 def _on_classes(scores: np.ndarray, classes: list[str], every: list[str]) -> np.ndarray:
@@ -191,7 +219,8 @@ def run_benchmark(
     Parameters
     ----------
     adata : anndata.AnnData
-        Prepared signatures with ``obs["moa"]`` and ``obs["pert_id"]``.
+        Prepared signatures with ``obs["moa"]`` and ``obs["pert_id"]``; optionally
+        ``obs["moa_set"]`` (every MoA, ``|``-joined; ``moa`` NaN where there are several).
     scheme : str, default "compound"
         Split scheme of :func:`moaspace.pp.split` (``moaspace.pp.SCHEMES``); not used
         with ``cv``.
@@ -226,6 +255,10 @@ def run_benchmark(
         (``best_epoch``, ``best_val_f1``, ``averaged_epochs``, ``final_val_f1``,
         ``epochs_run``, ``max_epochs``, ``predictor``, ...); with ``cv`` every record has
         ``n_folds`` and ``folds`` (that info per fold) instead.
+        The single-label metrics (and ``n_test``) are those of the test rows with one
+        ``obs["moa"]``; when the test part holds compounds with several MoAs
+        (``obs["moa_set"]``), ``n_multi_test`` (their signatures), ``multi_top1_in_set``,
+        ``multi_recall_at_3`` and ``multi_set_f1`` (:mod:`moaspace._core.sets`).
 
     Raises
     ------
@@ -262,17 +295,22 @@ def _holdout_records(adata, scheme, seed, methods, holdout_cells, options, bar) 
     test_rows = data.obs["split"].astype(str).to_numpy() == "test"
     if not test_rows.any():
         raise InputError(f"split {scheme!r} (seed {seed}) has no test signatures")
-    y_test = data.obs["moa"].astype(str).to_numpy()[test_rows]
-    cpd_test = data.obs["pert_id"].astype(str).to_numpy()[test_rows]
+    truth = truth_of(data.obs[test_rows])
+    one = truth["single"]  # the test rows of the single-label metrics
+    if not one.any():
+        raise InputError(f"split {scheme!r} (seed {seed}) has no single-MoA test signatures")
+    cpd_test = data.obs["pert_id"].astype(str).to_numpy()[test_rows][one]
     records = []
     for method in methods:
         logger.info("benchmark: %s, scheme %s, seed %d", method, scheme, seed)
         got = _fit_predict(method, data, seed, **options)
         extra = dict(got["extra"])
         if got["space"] is not None:  # the hierarchy is not timed
-            extra.update(_hierarchy(got["space"], cpd_test, seed))
-        records.append(_score(method, scheme, seed, y_test, got["scores"], got["classes"],
-                              cpd_test, got["seconds"], extra))
+            extra.update(_hierarchy(got["space"][one], cpd_test, seed))
+        extra.update(multi_score(truth["sets"], truth["multi"], got["scores"], got["classes"],
+                                  got["rank"], got["pred_sets"]))
+        records.append(_score(method, scheme, seed, truth["y"][one], got["scores"][one],
+                              got["classes"], cpd_test, got["seconds"], extra))
         logger.info("  macro-F1 %.3f accuracy %.3f (%.0f s)", records[-1]["macro_f1"],
                     records[-1]["accuracy"], got["seconds"])
         bar.update()
@@ -283,14 +321,16 @@ def _cv_records(adata, n_folds, seed, methods, options, bar) -> list[dict]:
     from moaspace.pp._split import cv_folds
 
     folds = cv_folds(adata, n_folds, seed=seed)
-    y = adata.obs["moa"].astype(str).to_numpy()
+    truth = truth_of(adata.obs)
+    y, one = truth["y"], truth["single"]
     cpd = adata.obs["pert_id"].astype(str).to_numpy()
-    every = sorted(set(y))
+    every = sorted(set(y[one]).union(*truth["sets"]))  # MoAs of multi-MoA compounds too
     scheme = f"cv{n_folds}"
     records = []
     for method in methods:
         logger.info("benchmark: %s, %d-fold cross-validation, seed %d", method, n_folds, seed)
         scores = np.full((adata.n_obs, len(every)), -np.inf, dtype=np.float32)
+        rank, pred_sets = None, None
         seconds, hierarchy, extras = 0.0, [], []
         for labels in folds:
             data = adata.copy()
@@ -298,18 +338,30 @@ def _cv_records(adata, n_folds, seed, methods, options, bar) -> list[dict]:
             test_rows = labels == "test"
             got = _fit_predict(method, data, seed, **options)
             scores[test_rows] = _on_classes(got["scores"], got["classes"], every)
+            if got["rank"] is not None:
+                rank = np.full_like(scores, -np.inf) if rank is None else rank
+                rank[test_rows] = _on_classes(got["rank"], got["classes"], every)
+            if got["pred_sets"] is not None:
+                pred_sets = np.full(adata.n_obs, "", dtype=object) if pred_sets is None \
+                    else pred_sets
+                pred_sets[test_rows] = got["pred_sets"]
             seconds += got["seconds"]
             extras.append(got["extra"])
             if got["space"] is not None:
-                hierarchy.append(_hierarchy(got["space"], cpd[test_rows], seed))
+                hierarchy.append(_hierarchy(got["space"][one[test_rows]],
+                                            cpd[test_rows & one], seed))
             bar.update()
         extra = {"n_folds": n_folds, "folds": extras}
         for key in ("compound_map", "same_compound_share"):
             values = [h[key] for h in hierarchy if key in h and np.isfinite(h[key])]
             if values:
                 extra[key] = float(np.mean(values))
-        scores[~np.isfinite(scores)] = np.float32(-1e30)  # ranks last, keeps metrics finite
-        records.append(_score(method, scheme, seed, y, scores, every, cpd, seconds, extra))
+        for pooled in (scores, rank):
+            if pooled is not None:  # ranks last, keeps metrics finite
+                pooled[~np.isfinite(pooled)] = np.float32(-1e30)
+        extra.update(multi_score(truth["sets"], truth["multi"], scores, every, rank, pred_sets))
+        records.append(_score(method, scheme, seed, y[one], scores[one], every, cpd[one],
+                              seconds, extra))
         logger.info("  pooled macro-F1 %.3f accuracy %.3f (%.0f s)", records[-1]["macro_f1"],
                     records[-1]["accuracy"], seconds)
     return records
@@ -328,13 +380,14 @@ def summarize(records: list[dict]) -> pd.DataFrame:
     pandas.DataFrame
         One row per (scheme, method): ``scheme``, ``method``, ``<metric>_mean`` and
         ``<metric>_std`` (sample sd, NaN for one seed) for each of ``macro_f1``,
-        ``accuracy``, ``top5_accuracy``, ``compound_macro_f1``, ``compound_map`` and
-        ``seconds`` present in the records, and ``n_seeds``; sorted by scheme, then by
-        ``macro_f1_mean`` (largest first).
+        ``accuracy``, ``top5_accuracy``, ``compound_macro_f1``, ``compound_map``,
+        ``seconds`` and the multi-MoA ``n_multi_test``, ``multi_top1_in_set``,
+        ``multi_recall_at_3`` and ``multi_set_f1`` present in the records, and ``n_seeds``;
+        sorted by scheme, then by ``macro_f1_mean`` (largest first).
     """
     frame = pd.DataFrame(records)
     metrics = [c for c in ("macro_f1", "accuracy", "top5_accuracy", "compound_macro_f1",
-                           "compound_map", "seconds") if c in frame]
+                           "compound_map", "seconds", *MULTI_METRICS) if c in frame]
     agg = frame.groupby(["scheme", "method"])[metrics].agg(["mean", "std"])
     agg.columns = [f"{a}_{b}" for a, b in agg.columns]
     agg["n_seeds"] = frame.groupby(["scheme", "method"]).size()
@@ -358,7 +411,7 @@ def paired_differences(records: list[dict], metric: str = "macro_f1",
     records : list of dict
         Records of :func:`run_benchmark`.
     metric : str, default "macro_f1"
-        Record key compared.
+        Record key compared (e.g. ``multi_top1_in_set``, ``multi_recall_at_3``).
     ours : str, default "moaspace"
         Method subtracted from.
 
@@ -368,11 +421,11 @@ def paired_differences(records: list[dict], metric: str = "macro_f1",
         One row per (scheme, other method) with ``scheme``, ``method``, ``n_seeds``
         (seeds where both have ``metric``), ``mean``, ``sd`` (NaN for one seed),
         ``higher`` and ``beyond_spread`` (False for one seed); empty when ``ours`` has
-        no record.
+        no record or no record has ``metric``.
     """
     frame = pd.DataFrame(records)
     rows = []
-    if frame.empty or ours not in set(frame["method"]):
+    if frame.empty or metric not in frame or ours not in set(frame["method"]):
         return pd.DataFrame(rows)
     for scheme, block in frame.groupby("scheme", sort=False):
         wide = block.pivot_table(index="seed", columns="method", values=metric)
@@ -405,8 +458,9 @@ def results_markdown(records: list[dict]) -> str:
         Per scheme: mean ± sd of macro-F1, accuracy, top-5 accuracy, compound macro-F1,
         same-compound mAP (when a record has it) and seconds per method; with more than
         one seed, the paired per-seed differences of ``moaspace`` minus each method
-        (:func:`paired_differences`, macro-F1 and same-compound mAP). Then notes on
-        how the methods were fitted and scored.
+        (:func:`paired_differences`, macro-F1 and same-compound mAP); with multi-MoA
+        test signatures, their top-1 in set, recall@3 and set F1 per method and the paired
+        differences of the first two. Then notes on how the methods were fitted and scored.
     """
     from moaspace.model.model import ModelConfig
 
@@ -450,6 +504,8 @@ def results_markdown(records: list[dict]) -> str:
                 lines.append(f"| {row['method']} | {row['mean']:+.3f} ± {row['sd']:.3f} | "
                              f"{row['higher']}/{row['n_seeds']} |")
             lines.append("")
+        lines += multi_markdown(block, *(paired_differences(records, m) for m in
+                                         ("multi_top1_in_set", "multi_recall_at_3")))
     lines.append("Classical baselines are fitted on train + val; neural models train on train and "
                  "early-stop on validation macro-F1 (held-out compounds; held-out training cell "
                  "lines for the `cell` scheme), with the same epoch budget for all (`reference` "
