@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -11,7 +12,9 @@ import pandas as pd
 import pytest
 
 from moaspace.datasets._simulate import (
+    DEMO_CONFIG,
     FILE_NAMES,
+    MOA_TRUTH_FILE,
     SYNTHETIC_GENE_ID_START,
     SimulationConfig,
     load_demo_paths,
@@ -30,6 +33,7 @@ from moaspace.io import (
     read_gmt,
     read_siginfo,
 )
+from moaspace.io.labels import moa_set_string
 from moaspace.pp._prepare import prepare
 
 SIGINFO_COLUMNS = (
@@ -115,9 +119,10 @@ def _row_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_files_exist_with_lincs_columns(small):
     paths, _ = small
-    assert set(paths) == set(FILE_NAMES)
+    assert set(paths) == {*FILE_NAMES, "moa_truth"}
     for key, path in paths.items():
-        assert path.name == FILE_NAMES[key] and path.is_file() and path.stat().st_size > 0
+        name = FILE_NAMES.get(key, MOA_TRUTH_FILE)
+        assert path.name == name and path.is_file() and path.stat().st_size > 0
     sig = pd.read_csv(paths["siginfo"], sep="\t")
     assert set(SIGINFO_COLUMNS) <= set(sig.columns)
     gene = pd.read_csv(paths["geneinfo"], sep="\t", dtype={"gene_id": str})
@@ -550,3 +555,129 @@ def test_demo_data_passes_default_filters():
     )
     assert kd.n_obs > 20
     assert re.fullmatch(r"\d+", str(truth["seed"]))
+
+
+# --------------------------------------------------------------------------- multi-MoA, unlabelled
+
+MULTI = SimulationConfig(seed=2, n_compounds=120, n_moas=5, n_cells=4, sigs_per_compound=(6, 12),
+                         n_null_knockdowns=1)
+
+
+def test_default_world_is_still_the_shipped_demo(tmp_path):
+    """The multi-MoA regime is off by default and draws from its own stream: the default
+    options write the demo release (made before it existed) byte for byte."""
+    paths = simulate(tmp_path / "demo", DEMO_CONFIG)
+    shipped = load_demo_paths()
+    for key in FILE_NAMES:
+        assert _sha(paths[key]) == _sha(shipped[key]), key
+    truth = pd.read_csv(paths["moa_truth"])
+    labels = pd.read_csv(shipped["moa_labels"])
+    assert set(truth.loc[truth["labelled"] == 1, "pert_id"]) == set(labels["BRD-ID"])
+    assert (truth["n_moas"] == 1).all()
+
+
+def test_multi_moa_regime_mixes_two_moas_and_leaves_the_rest(tmp_path):
+    cfg = dataclasses.replace(MULTI, multi_moa_fraction=0.3, frac_unlabeled=0.4)
+    world0, d0 = _compound_directions(MULTI)
+    world, d = _compound_directions(cfg)
+    multi = (world.cpd["moa2"] != "").to_numpy()
+    assert 0.15 < multi.mean() < 0.45
+    # everything but the multi-MoA compounds' directions is the default world's
+    np.testing.assert_array_equal(d[~multi], d0[~multi])
+    cols = ["pert_id", "moa", "efficacy", "active", "log10_ec50_um"]
+    pd.testing.assert_frame_equal(world.cpd[cols], world0.cpd[cols])
+    assert world.design_cp.equals(world0.design_cp)
+    # a multi-MoA compound moves along both MoAs' directions
+    moa_dir = world.programs.T @ world.moa_coef.T + world.moa_idio.T
+    moa_dir = (moa_dir / np.linalg.norm(moa_dir, axis=0)).T
+    index = {m.name: i for i, m in enumerate(world.moas)}
+    first = world.cpd["moa_index"].to_numpy()[multi]
+    second = world.cpd["moa2"][multi].map(index).to_numpy()
+    unit = d[multi]
+    cos1 = (unit * moa_dir[first]).sum(1)
+    cos2 = (unit * moa_dir[second]).sum(1)
+    assert np.median(cos1) > 0.3 and np.median(cos2) > 0.3
+    np.testing.assert_allclose(cos1, world.cpd["moa_cosine"][multi], atol=1e-6)
+    assert np.median((d0[multi] * moa_dir[second]).sum(1)) < 0.2
+
+    paths = simulate(tmp_path / "sim", cfg)
+    labels = pd.read_csv(paths["moa_labels"]).set_index("BRD-ID")["MOA"]
+    truth = pd.read_csv(paths["moa_truth"]).set_index("pert_id")
+    cpd = world.cpd.set_index("pert_id")
+    assert truth.index.tolist() == cpd.index.tolist()
+    assert (truth["labelled"] == cpd["labeled"].astype(int)).all()
+    assert 0.3 < 1 - truth["labelled"].mean() < 0.5
+    assert set(labels.index) == set(truth.index[truth["labelled"] == 1])
+    assert (labels == truth.loc[labels.index, "moa_set"]).all()
+    assert (truth["n_moas"] == np.where(cpd["moa2"] != "", 2, 1)).all()
+    expect = [moa_set_string([a, b]) for a, b in zip(cpd["moa"], cpd["moa2"], strict=True)]
+    assert truth["moa_set"].tolist() == expect
+    assert (labels.str.contains("|", regex=False)).sum() > 5
+    compounds = json.loads(paths["truth"].read_text())["compounds"]
+    multi_ids = cpd.index[cpd["moa2"] != ""]
+    assert all(len(compounds[c]["moa_set"]) == 2 and "moa_set" not in compounds[o]
+               for c, o in zip(multi_ids, cpd.index[cpd["moa2"] == ""], strict=False))
+    # signatures: compounds that are not multi-MoA keep theirs bit for bit; every
+    # multi-MoA or unlabelled compound has several, over several cell lines
+    base = simulate_adata(MULTI)[0]
+    got = read_gctx(paths["gctx"])
+    same = ~got.obs_names.map(dict(zip(world.design_cp["sig_id"],
+                                       multi[world.design_cp["cpd"]], strict=True))).astype(bool)
+    np.testing.assert_array_equal(got.X[same], base.X[same])
+    assert not np.allclose(got.X[~same], base.X[~same])
+    design = world.design_cp.assign(multi=multi[world.design_cp["cpd"]],
+                                    unlabelled=~cpd["labeled"].to_numpy()[world.design_cp["cpd"]])
+    per = design[design["multi"] | design["unlabelled"]].groupby("cpd")
+    assert per.size().min() >= 6 and per["cell"].nunique().median() >= 3
+    with pytest.raises(InputError, match="multi_moa_fraction"):
+        SimulationConfig(multi_moa_fraction=1.5)
+
+
+def test_simulate_prepare_split_chain_with_multi_and_unlabelled(tmp_path):
+    """`moaspace simulate --multi-moa-fraction 0.15 --unlabelled-fraction 0.4`, `prepare
+    --keep-unlabelled` and `split`: the data hold the three groups and split runs."""
+    from typer.testing import CliRunner
+
+    from moaspace.cli import app
+    from moaspace.pp._prepare import read_h5ad
+
+    runner = CliRunner()
+    sim = tmp_path / "sim"
+    r = runner.invoke(app, ["simulate", "--out", str(sim), "--seed", "2", "--n-compounds",
+                            "150", "--n-cells", "4", "--multi-moa-fraction", "0.15",
+                            "--unlabelled-fraction", "0.4"])
+    assert r.exit_code == 0, r.output
+    assert (sim / MOA_TRUTH_FILE).is_file()
+    data = tmp_path / "data.h5ad"
+    r = runner.invoke(app, ["prepare", "--gctx", str(sim / FILE_NAMES["gctx"]),
+                            "--siginfo", str(sim / FILE_NAMES["siginfo"]),
+                            "--moa-labels", str(sim / FILE_NAMES["moa_labels"]),
+                            "--min-sigs-per-compound", "4", "--min-compounds-per-moa", "3",
+                            "--keep-unlabelled", "--out", str(data)])
+    assert r.exit_code == 0, r.output
+    assert "multi-MoA compounds" in r.output and "unlabelled compounds" in r.output
+    obs = read_h5ad(data).obs
+    single = obs["moa"].notna()
+    multi = obs["moa"].isna() & obs["moa_set"].notna()
+    unlabelled = obs["moa_set"].isna()
+    assert single.any() and multi.any() and unlabelled.any()
+    truth = pd.read_csv(sim / MOA_TRUTH_FILE).set_index("pert_id")
+    assert (truth.loc[obs.loc[unlabelled, "pert_id"], "labelled"] == 0).all()
+    assert (truth.loc[obs.loc[multi, "pert_id"], "n_moas"] == 2).all()
+    out = tmp_path / "split.h5ad"
+    r = runner.invoke(app, ["split", str(data), "--out", str(out), "--seed", "0"])
+    assert r.exit_code == 0, r.output
+    back = read_h5ad(out)
+    s = back.obs["split"].astype(str)
+    assert set(s[multi.to_numpy()]) >= {"train", "test"}
+    assert (s[unlabelled.to_numpy()] == "train").all()
+    assert back.uns["moaspace"]["split"]["n_compounds_by_group"]["unlabelled"] > 0
+
+
+def test_cli_unlabelled_default_is_the_config_default():
+    import inspect
+
+    from moaspace.cli._data import simulate as simulate_cmd
+
+    default = inspect.signature(simulate_cmd).parameters["unlabelled_fraction"].default
+    assert default == SimulationConfig().frac_unlabeled

@@ -141,6 +141,12 @@ def simulate(
     saturation: Annotated[float | None, typer.Option(
         help="Saturating responses: response -> S * tanh(response / S) (default: off).")
     ] = None,
+    multi_moa_fraction: Annotated[float, typer.Option(
+        help="Share of compounds with a second MoA (mixed signature; 'a|b' in the MoA "
+             "table). 0: none, the default world.", min=0.0, max=1.0)] = 0.0,
+    unlabelled_fraction: Annotated[float, typer.Option(
+        help="Share of compounds left out of the MoA table and compoundinfo (true MoAs in "
+             "moa_truth.csv). 0.08: the default world.", min=0.0, max=0.99)] = 0.08,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Write into a non-empty --out (replacing a release there).")
     ] = False,
@@ -154,6 +160,10 @@ def simulate(
     The correlated-noise regime (docs/simulator.md):
 
         moaspace simulate --out sim_corr --seed 0 --noise-modules 20 --saturation 3
+
+    Multi-MoA and unlabelled compounds (docs/data_labels.md):
+
+        moaspace simulate --out sim_multi --multi-moa-fraction 0.15 --unlabelled-fraction 0.4
     """
     from moaspace.datasets._simulate import SimulationConfig
     from moaspace.datasets._simulate import simulate as run_simulate
@@ -165,7 +175,8 @@ def simulate(
 
     kwargs = {"seed": seed, "genes": genes, "compound_series": compound_series,
               "series_weight": series_weight, "noise_modules": noise_modules,
-              "module_noise": module_noise, "saturation": saturation}
+              "module_noise": module_noise, "saturation": saturation,
+              "multi_moa_fraction": multi_moa_fraction, "frac_unlabeled": unlabelled_fraction}
     if n_compounds is not None:
         kwargs["n_compounds"] = n_compounds
     if n_cells is not None:

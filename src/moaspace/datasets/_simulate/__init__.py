@@ -3,8 +3,9 @@
 The files written by :func:`simulate` have the names, columns and layout of the
 real release (``level5_beta_trt_cp.gctx``, ``level5_beta_trt_xpr.gctx``,
 ``siginfo_beta.txt``, ``geneinfo_beta.txt``, ``compoundinfo_beta.txt``) plus a
-compound -> MoA table (``moa_labels.csv``, columns of the Huang et al. table)
-and ``truth.json`` with the planted ground truth.
+compound -> MoA table (``moa_labels.csv``, columns of the Huang et al. table),
+``truth.json`` with the planted ground truth and ``moa_truth.csv`` with every
+compound's true MoAs and whether the MoA table lists them (``docs/data_labels.md``).
 
 The generative model is hierarchical (see ``docs/simulator.md`` for the
 equations)::
@@ -55,7 +56,12 @@ from moaspace.datasets._simulate.config import (
 )
 from moaspace.datasets._simulate.difficulty import raw_knn_difficulty
 from moaspace.datasets._simulate.world import SimulatedWorld, simulate_world
-from moaspace.datasets._simulate.writers import load_demo_paths, simulate, simulate_adata
+from moaspace.datasets._simulate.writers import (
+    MOA_TRUTH_FILE,
+    load_demo_paths,
+    simulate,
+    simulate_adata,
+)
 
 __all__ = [
     "CELL_LINES",
@@ -63,6 +69,7 @@ __all__ = [
     "FILE_NAMES",
     "LOG10_EC50",
     "MOA_CATALOGUE",
+    "MOA_TRUTH_FILE",
     "P_INACTIVE",
     "STANDARD_DOSES",
     "STRENGTH",

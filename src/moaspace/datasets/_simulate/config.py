@@ -119,6 +119,14 @@ class SimulationConfig:
     (saturating responses). Both draw from their own random streams, so the default
     world is unchanged. See ``docs/simulator.md``.
 
+    ``multi_moa_fraction`` > 0 gives that share of the compounds a second MoA (off by
+    default; own random stream, so every other draw is unchanged): the compound's direction
+    is ``w1 * d1 + w2 * d2`` with ``w1, w2 ~ U(0.5, 0.7)``, ``d1`` its direction in its
+    first MoA and ``d2`` one drawn as for a member of the second (potency, efficacy,
+    cytotoxicity and lineage stay those of the first MoA); the MoA table and compoundinfo
+    list both MoAs as ``a|b``. ``frac_unlabeled`` is the share left out of the MoA table
+    (``moa_truth.csv`` and ``truth.json`` keep their MoAs); see ``docs/data_labels.md``.
+
     Parameters
     ----------
     seed : int, default 0
@@ -130,7 +138,11 @@ class SimulationConfig:
     sigs_per_compound : tuple of int, default (5, 60)
         Range of signatures per compound (over doses, times and cell lines).
     frac_unlabeled : float, default 0.08
-        Share of compounds without a MoA in the MoA table (their truth is in ``truth.json``).
+        Share of compounds without a MoA in the MoA table and compoundinfo (their signatures
+        are those of their true MoA, which ``truth.json`` and ``moa_truth.csv`` give). CLI
+        ``--unlabelled-fraction``.
+    multi_moa_fraction : float, default 0.0
+        Share of compounds with a second MoA (above).
     moa_size_skew : float, default 0.6
         Power-law exponent of the MoA sizes (0: equal sizes).
     n_null_knockdowns : int, default 12
@@ -169,6 +181,7 @@ class SimulationConfig:
     genes: str = "landmark"
     sigs_per_compound: tuple[int, int] = (5, 60)
     frac_unlabeled: float = 0.08
+    multi_moa_fraction: float = 0.0
     moa_size_skew: float = 0.6
     n_null_knockdowns: int = 12
     guides_per_gene: tuple[int, int] = (2, 3)
@@ -224,6 +237,9 @@ class SimulationConfig:
             raise InputError(f"n_cells must be between 1 and {len(CELL_LINES)}, got {self.n_cells}")
         if not 0 <= self.frac_unlabeled < 1:
             raise InputError(f"frac_unlabeled must be in [0, 1), got {self.frac_unlabeled}")
+        if not 0 <= self.multi_moa_fraction <= 1:
+            raise InputError(f"multi_moa_fraction must be in [0, 1], got "
+                             f"{self.multi_moa_fraction}")
         if self.effect_scale < 0 or self.noise_scale <= 0:
             raise InputError("effect_scale must be >= 0 and noise_scale > 0")
         if self.compound_series < 0:
@@ -237,7 +253,11 @@ class SimulationConfig:
             raise InputError(f"saturation must be > 0 (or None: off), got {self.saturation}")
 
     def to_dict(self) -> dict:
+        """The fields as JSON types; regimes added later are left out while off (at their
+        default), so the default world's ``truth.json`` is that of earlier versions."""
         out = dataclasses.asdict(self)
+        if not self.multi_moa_fraction:
+            del out["multi_moa_fraction"]
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)

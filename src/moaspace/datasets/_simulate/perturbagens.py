@@ -22,11 +22,13 @@ from moaspace.datasets._simulate.streams import (
     _S_CPD,
     _S_IDS,
     _S_KD,
+    _S_MULTI,
     _S_SERIES,
     _rng,
     _unique_ints,
     _unit,
 )
+from moaspace.io.labels import moa_set_string
 
 _SYMBOL = re.compile(r"^[A-Z][A-Z0-9-]*[A-Z0-9]$|^[A-Z]$")
 
@@ -196,7 +198,53 @@ def _compounds(cfg, moas, moa_coef, moa_idio, programs, n_lm):
     if series_of is not None:
         frame["series"] = series_of
     _compound_identity(cfg, frame, moas)
+    _second_moas(cfg, moas, moa_coef, moa_idio, programs, focused, frame, coef, idio)
     return frame, coef, idio
+
+
+def _second_moas(cfg, moas, moa_coef, moa_idio, programs, focused, frame, coef, idio) -> None:
+    """Multi-MoA compounds (``multi_moa_fraction``; nothing with 0): a second MoA, mixed
+    into the compound's direction (rows of ``coef`` and ``idio``), and the columns
+    ``moa2`` (``""`` for none), ``moa_set`` (sorted ``|``-joined), ``moa_weights``
+    (``(w1, w2)``, ``(1, 0)`` for none) and, for labelled ones, a target of the second MoA.
+
+    The direction becomes ``w1 * d1 + w2 * d2``: ``d1`` the compound's own (unit) direction
+    in its first MoA, ``d2`` one drawn as for a member of the second MoA (no chemical
+    series), ``w1, w2 ~ U(0.5, 0.7)``, not renormalised (each MoA's programme at 50-70%
+    of a single-MoA compound's response). ``moa_cosine`` becomes the cosine to the first
+    MoA after the mix. Own random stream: every other draw of the world is unchanged.
+    """
+    n_moa = len(moas)
+    if cfg.multi_moa_fraction <= 0 or n_moa < 2:
+        return
+    rng = _rng(cfg.seed, _S_MULTI)
+    n = len(frame)
+    chosen = np.nonzero(rng.random(n) < cfg.multi_moa_fraction)[0]
+    second = np.full(n, -1)
+    weights = np.tile([1.0, 0.0], (n, 1))
+    targets = [list(t) for t in frame["targets"]]
+    n_pw, n_lm = programs.shape
+    for c in chosen:
+        m = int(frame.at[c, "moa_index"])
+        m2 = int(rng.choice([j for j in range(n_moa) if j != m]))
+        c2, z2 = np.zeros(n_pw), np.zeros(n_lm)
+        _compound_direction(cfg, rng, moas[m2].strength, m2, moa_coef, moa_idio, programs,
+                            focused, None, c2, z2)
+        w = rng.uniform(0.5, 0.7, 2)
+        coef[c] = w[0] * coef[c] + w[1] * c2
+        idio[c] = w[0] * idio[c] + w[1] * z2
+        d = programs.T @ coef[c] + idio[c]
+        d1 = programs.T @ moa_coef[m] + moa_idio[m]
+        frame.at[c, "moa_cosine"] = float(d @ d1 / np.linalg.norm(d) / np.linalg.norm(d1))
+        second[c], weights[c] = m2, w
+        if frame.at[c, "labeled"] and moas[m2].targets:
+            extra = str(rng.choice(moas[m2].targets))
+            targets[c] = sorted(dict.fromkeys([*targets[c], extra]))
+    frame["moa2"] = [moas[j].name if j >= 0 else "" for j in second]
+    frame["moa_set"] = [moa_set_string([a, b]) for a, b in zip(frame["moa"], frame["moa2"],
+                                                                 strict=True)]
+    frame["moa_weights"] = [tuple(map(float, w)) for w in weights]
+    frame["targets"] = targets
 
 
 def _compound_identity(cfg, frame: pd.DataFrame, moas: list[MoaSpec]) -> None:

@@ -15,6 +15,7 @@ from moaspace.errors import InputError
 _S_PATHWAY, _S_MOA, _S_CPD, _S_CELL, _S_DESIGN, _S_KD, _S_TECH, _S_INFER = range(1, 9)
 _S_BLOCK_CP, _S_BLOCK_KD, _S_XI, _S_KDXI, _S_IDS, _S_CHEM, _S_SERIES = range(11, 18)
 _S_MODULES, _S_MODULE_NOISE = 18, 19
+_S_MULTI = 20
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:

@@ -1,7 +1,7 @@
 """The simulated release in LINCS formats: the gctx matrices, siginfo, geneinfo,
-compoundinfo, the compound -> MoA table and ``truth.json`` (:func:`simulate`), the same
-data in memory (:func:`simulate_adata`) and the embedded demo release
-(:func:`load_demo_paths`)."""
+compoundinfo, the compound -> MoA table, ``truth.json`` and ``moa_truth.csv``
+(:func:`simulate`), the same data in memory (:func:`simulate_adata`) and the embedded
+demo release (:func:`load_demo_paths`)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,17 @@ from moaspace.io.gctx import write_gctx
 
 logger = logging.getLogger(__package__)
 
-__all__ = ["load_demo_paths", "simulate", "simulate_adata"]
+__all__ = ["MOA_TRUTH_FILE", "load_demo_paths", "simulate", "simulate_adata"]
+
+#: every compound's true MoAs and whether the MoA table lists them (key ``moa_truth``
+#: of :func:`simulate`; not part of the embedded demo release)
+MOA_TRUTH_FILE = "moa_truth.csv"
+
+
+def _moa_sets(world: SimulatedWorld) -> np.ndarray:
+    """Every compound's MoAs as written for users (``a|b`` for multi-MoA compounds)."""
+    cpd = world.cpd
+    return (cpd["moa_set"] if "moa_set" in cpd.columns else cpd["moa"]).to_numpy()
 
 
 # --------------------------------------------------------------------------- tables
@@ -129,8 +139,9 @@ def _geneinfo(world: SimulatedWorld) -> pd.DataFrame:
 
 def _compoundinfo(world: SimulatedWorld) -> pd.DataFrame:
     rows = []
-    for _, c in world.cpd.iterrows():
-        moa = c["moa"] if c["labeled"] else ""
+    moa_sets = _moa_sets(world)
+    for i, c in world.cpd.iterrows():
+        moa = moa_sets[i] if c["labeled"] else ""
         for target in c["targets"] or [""]:
             rows.append(
                 {
@@ -147,14 +158,27 @@ def _compoundinfo(world: SimulatedWorld) -> pd.DataFrame:
 
 
 def _moa_labels(world: SimulatedWorld) -> pd.DataFrame:
-    lab = world.cpd[world.cpd["labeled"]]
+    labeled = world.cpd["labeled"].to_numpy()
+    lab = world.cpd[labeled]
     return pd.DataFrame(
         {
             "BRD-ID": lab["pert_id"].to_numpy(),
             "Drug name": lab["cmap_name"].to_numpy(),
-            "MOA": lab["moa"].to_numpy(),
+            "MOA": _moa_sets(world)[labeled],
         }
     )
+
+
+def _moa_truth(world: SimulatedWorld) -> pd.DataFrame:
+    """``moa_truth.csv``: ``pert_id``, ``moa_set`` (true MoAs, ``|``-joined, sorted),
+    ``labelled`` (1: in the MoA table and compoundinfo, 0: left out), ``n_moas``."""
+    moa_sets = _moa_sets(world)
+    return pd.DataFrame({
+        "pert_id": world.cpd["pert_id"].to_numpy(),
+        "moa_set": moa_sets,
+        "labelled": world.cpd["labeled"].astype(int).to_numpy(),
+        "n_moas": [len(str(m).split("|")) for m in moa_sets],
+    })
 
 
 def _truth(world: SimulatedWorld) -> dict:
@@ -185,6 +209,9 @@ def _truth(world: SimulatedWorld) -> dict:
         }
         if "series" in c:
             compounds[c["pert_id"]]["series"] = int(c["series"])
+        if c.get("moa2"):  # multi-MoA compounds only
+            compounds[c["pert_id"]]["moa_set"] = str(c["moa_set"]).split("|")
+            compounds[c["pert_id"]]["moa_weights"] = [round(w, 4) for w in c["moa_weights"]]
     kd = world.kd_genes
     return {
         "simulator": "moaspace.datasets._simulate",
@@ -241,7 +268,8 @@ def simulate(
 
     Keys (see :data:`FILE_NAMES`): ``gctx`` (``level5_beta_trt_cp.gctx``),
     ``siginfo``, ``geneinfo``, ``compoundinfo``, ``moa_labels``, ``gctx_xpr``
-    and ``truth``. The first five are the arguments of
+    and ``truth``, and ``moa_truth`` (:data:`MOA_TRUTH_FILE`: every compound's true
+    ``moa_set`` and ``labelled``, 0 for those the MoA table leaves out). The first five are the arguments of
     :func:`moaspace.pp._prepare.prepare`, e.g.
     ``prepare(**{k: paths[k] for k in ("gctx", "siginfo", "geneinfo", "compoundinfo",
     "moa_labels")})``. Signatures are generated and written block by block.
@@ -272,6 +300,8 @@ def simulate(
     _write_table(_compoundinfo(world), paths["compoundinfo"], "\t")
     _write_table(_moa_labels(world), paths["moa_labels"], ",")
     atomic_write_text(paths["truth"], json.dumps(_truth(world), indent=1, sort_keys=True) + "\n")
+    paths["moa_truth"] = out / MOA_TRUTH_FILE
+    _write_table(_moa_truth(world), paths["moa_truth"], ",")
     for path in paths.values():  # temp files are created 0600; outputs are ordinary files
         path.chmod(0o644)
     logger.info("simulation written in %.1f s", time.perf_counter() - t0)
@@ -288,10 +318,11 @@ def simulate_adata(
     to the gctx values), ``obs`` indexed by ``sig_id`` with the columns
     :func:`~moaspace.pp._prepare.prepare` writes (``sig_id, pert_id,
     cmap_name, moa, cell_iname, pert_dose, pert_dose_unit, pert_idose,
-    pert_time, tas, pert_type, is_hiq``; ``target_gene`` for knockdowns) and
-    ``var`` indexed by gene id with ``gene_symbol`` and ``feature_space``.
-    Unlabelled compounds have ``moa == ""`` (their true MoA is in
-    ``truth["compounds"]``). ``truth`` is the content of ``truth.json``.
+    pert_time, tas, pert_type, is_hiq``, and ``moa_set``; ``target_gene`` for knockdowns)
+    and ``var`` indexed by gene id with ``gene_symbol`` and ``feature_space``.
+    Unlabelled compounds have ``moa == moa_set == ""`` (their true MoA is in
+    ``truth["compounds"]``); multi-MoA compounds ``moa == ""`` and ``moa_set`` ``a|b``.
+    ``truth`` is the content of ``truth.json``.
 
     Parameters
     ----------
@@ -316,14 +347,13 @@ def simulate_adata(
     x = lazy.materialize()
     sig = _siginfo(world, {kind: lazy.qc})
     if pert_type == "trt_cp":
-        moa_map = dict(
-            zip(
-                world.cpd["pert_id"],
-                np.where(world.cpd["labeled"], world.cpd["moa"], ""),
-                strict=True,
-            )
-        )
+        labeled = world.cpd["labeled"].to_numpy()
+        moa_sets = np.where(labeled, _moa_sets(world), "")
+        single = np.char.find(moa_sets.astype(str), "|") < 0
+        moa_map = dict(zip(world.cpd["pert_id"], np.where(single, moa_sets, ""), strict=True))
         sig["moa"] = sig["pert_id"].map(moa_map)
+        sig["moa_set"] = sig["pert_id"].map(dict(zip(world.cpd["pert_id"], moa_sets,
+                                                     strict=True)))
     else:
         sig["moa"] = ""
         sig["target_gene"] = sig["cmap_name"]
@@ -341,8 +371,7 @@ def simulate_adata(
         "pert_type",
         "is_hiq",
     ]
-    if pert_type == "trt_xpr":
-        columns.append("target_gene")
+    columns.append("target_gene" if pert_type == "trt_xpr" else "moa_set")
     obs = sig[columns].copy()
     for column in ("pert_dose", "pert_time", "tas"):
         obs[column] = obs[column].astype(float)
