@@ -302,6 +302,15 @@ def test_keep_unlabelled_and_rare_moas(tiny_lincs):
         _run(p, p["moa_labels"], multi_moa="split")
 
 
+def test_only_multi_moa_compounds_is_an_error(tiny_lincs, tmp_path):
+    p = tiny_lincs["paths"]
+    path = tmp_path / "all_multi.csv"
+    pd.DataFrame({"pert_id": [f"BRD-K0000000{i}" for i in range(1, 9)],
+                  "moa": "MTOR inhibitor|HDAC inhibitor"}).to_csv(path, index=False)
+    with pytest.raises(InputError, match="no single MoA left"):
+        _run(p, path, min_compounds_per_moa=2)
+
+
 def test_missing_moa_survives_h5ad_and_compoundinfo_sets(tiny_lincs, tmp_path):
     p = tiny_lincs["paths"]
     ci = pd.read_csv(p["compoundinfo"], sep="\t")

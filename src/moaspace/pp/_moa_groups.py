@@ -116,10 +116,11 @@ def label_compounds(frame: pd.DataFrame, sig: pd.DataFrame, cinfo, labels, confi
         log.record(f">= {config.min_compounds_per_moa} compounds per MoA", before, frame,
                    moa=True)
     if frame["moa"].nunique() < 2:
+        left = frame["moa"].dropna().unique().tolist()
         raise InputError(
-            f"only one MoA ({frame['moa'].dropna().iloc[0]!r}) left after filtering: a "
-            "classifier needs at least two; lower --min-compounds-per-moa or check the MoA "
-            "table"
+            f"{'only one MoA (' + repr(left[0]) + ')' if left else 'no single MoA'} left after "
+            "filtering: a classifier needs at least two; lower --min-compounds-per-moa or "
+            "check the MoA table"
         )
     return frame, group_table(entering, frame, set(common), config)
 
