@@ -106,6 +106,11 @@ def prepare(
         progress=not state["quiet"],
     )
     write_h5ad(adata, out)
+    print_summary("prepare", _prepare_rows(adata, out, knockdown))
+
+
+def _prepare_rows(adata, out: Path, knockdown: bool) -> list[tuple]:
+    """The summary of ``prepare``: sizes, and for compounds what each group gave."""
     rows = [("output", out), ("signatures", adata.n_obs), ("genes", adata.n_vars),
             ("compounds", adata.obs["pert_id"].nunique())]
     if knockdown:
@@ -118,7 +123,7 @@ def prepare(
                          f"({g['signatures_kept']} signatures), {g['compounds_dropped']} "
                          "dropped"))
     rows.append(("cell lines", adata.obs["cell_iname"].nunique()))
-    print_summary("prepare", rows)
+    return rows
 
 
 @handle_errors
