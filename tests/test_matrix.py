@@ -114,7 +114,7 @@ def test_prepare_without_siginfo_gives_one_signature_per_compound(tmp_path):
         frame.T.to_csv(fh, sep="\t")  # genes in rows, this time
     table.to_csv(labels, sep="\t", index=False)
     adata = prepare(matrix, moa_labels=labels, min_sigs_per_compound=1,
-                    min_compounds_per_moa=5, progress=False)
+                    min_compounds_per_moa=5, progress=False, multi_moa="drop")
     # DB00000 (two MoAs) and DB00001 (none) are dropped; moa 0 keeps 4 compounds < 5
     assert sorted(adata.obs["moa"].unique()) == ["moa 1", "moa 2", "moa 3"]
     assert adata.n_obs == 18 and adata.n_vars == 978
@@ -143,7 +143,10 @@ def test_cli_prepare_matrix_then_cv_benchmark(tmp_path):
                               "--times", "all", "--out", str(out)])
     assert res.exit_code == 0, res.output
     adata = read_h5ad(out)
-    assert adata.n_obs == 30 and adata.obs["moa"].nunique() == 4
+    # DB00000 (two MoAs) is kept by default, with its MoA set and no single MoA
+    assert adata.n_obs == 31 and adata.obs["moa"].nunique() == 4
+    assert adata.obs["moa"].isna().sum() == 1 and "|" in adata.obs.loc[
+        adata.obs["moa"].isna(), "moa_set"].iloc[0]
     bench = tmp_path / "bench"
     res = runner.invoke(app, ["benchmark", str(out), "--out", str(bench), "--cv", "3",
                               "--seeds", "0,1", "--methods", "lda,linear_svm,raw_knn"])
@@ -151,7 +154,8 @@ def test_cli_prepare_matrix_then_cv_benchmark(tmp_path):
     records = pd.read_json(bench / "results.json")
     assert set(records["scheme"]) == {"cv3"} and len(records) == 6
     # every compound predicted once per seed: pooled over the folds
-    assert (records["n_test"] == adata.n_obs).all()
+    # every single-MoA signature is tested once (the multi-MoA one has set metrics only)
+    assert (records["n_test"] == adata.obs["moa"].notna().sum()).all()
     # four well-separated MoAs: the linear baselines find them
     assert records.loc[records["method"] == "lda", "macro_f1"].min() > 0.8
     assert "Paired per seed" not in (bench / "results.md").read_text()  # no moaspace here

@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from moaspace._core.strength import signature_strength
 from moaspace._utils import preview
 from moaspace.errors import InputError
 from moaspace.model.data import InMemoryRows
@@ -132,9 +133,12 @@ def calibrate_after_training(model, result) -> None:
     else:
         hidden_cos = train_prototypes.cosines(train_prototypes.features(net, data.x, val))
         scored_by = "prototypes of the training rows"
+    strength = np.concatenate([
+        signature_strength(data.x.rows(val[i:i + 8192]).numpy(), model.config.clip)
+        for i in range(0, len(val), 8192)])
     model._fit_calibration(model._embed_source(data.x, val)[0],
                           obs[model.keys["moa"]].astype(str).to_numpy(), model._tas(obs),
-                          groups=groups, hidden_cos=hidden_cos)
+                          groups=groups, hidden_cos=hidden_cos, strength=strength)
     model.calibration.validation["scored_by"] = scored_by
     if model.config.refit_prototypes:
         # the MoA centres from every labelled signature the network may see, as the

@@ -157,6 +157,17 @@ class ModelConfig:
         After calibrating on the validation compounds, recompute the MoA prototypes
         over train + val signatures (the network is not retrained), as the classical
         baselines are fitted on both. Default True; older models load with False.
+    use_multi_moa
+        Train the MoA loss on compounds with several MoAs (``obs["moa"]`` missing,
+        ``obs["moa_set"]`` listing them): every listed MoA that is a class is a positive
+        (:meth:`moaspace.model.arcface.ArcFace.multi_positive_loss`). Default True.
+        Their signatures feed the compound loss too; MoA prototypes and the atlas stay
+        single-MoA.
+    use_unlabelled
+        Train the compound loss on compounds without a MoA (and on multi-MoA compounds
+        none of whose MoAs is a class) that have at least two training signatures: the
+        same compound in another cell line or at another dose should land nearby.
+        Default True.
     val_max_reference
         At most this many training rows (a seeded sample) are the reference of the
         per-epoch validation score. Default 30,000: keeps each epoch's scoring cheap.
@@ -195,6 +206,8 @@ class ModelConfig:
     whitening_shrinkage: float = 0.5
     linear_view_weight: float = 0.5
     refit_prototypes: bool = True
+    use_multi_moa: bool = True
+    use_unlabelled: bool = True
     val_max_reference: int = 30_000
     val_max_queries: int = 20_000
     extra: dict = field(default_factory=dict)

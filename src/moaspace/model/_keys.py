@@ -29,12 +29,16 @@ class ModelKeys:
     ----------
     moa, compound, cell, split : str
         Columns of the MoA label, the compound id, the cell line and the split.
+    moa_set : str
+        Column of the ``|``-separated MoA sets of multi-MoA compounds (``moa`` missing
+        there); optional in the data.
     """
 
     moa: str = "moa"
     compound: str = "pert_id"
     cell: str = "cell_iname"
     split: str = "split"
+    moa_set: str = "moa_set"
 
     @classmethod
     def from_dict(cls, keys: dict) -> ModelKeys:

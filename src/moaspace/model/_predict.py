@@ -20,6 +20,7 @@ from moaspace._core.neighbors import (
 )
 from moaspace.errors import InputError, MoaspaceError
 from moaspace.model.calibration import Atlas, OpenSetCalls, Query
+from moaspace.model.calibration._classwise import set_labels, sets_at
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def predict(
     tas_key: str = "tas",
     key_added: str = "moa",
     method: str | None = None,
+    min_strength: float | None = None,
 ):
     """Embed ``adata`` with a trained model and call MoAs with its predictor.
 
@@ -70,8 +72,15 @@ def predict(
     ``obs["moa_pred_known"]`` the top known MoA. ``open_set`` (default: on
     when the model is calibrated) sets ``moa_pred`` to ``"unknown"`` above the
     calibrated threshold; ``min_tas`` (default: the calibration's, usually
-    off) sets it to ``"no call"`` for signatures with ``obs[tas_key]`` below it.
-    ``obsm["moa_scores"]`` stays the raw per-class scores (same argmax).
+    off) sets it to ``"no call"`` for signatures with ``obs[tas_key]`` below it, and
+    ``min_strength`` (default: the calibration's, chosen on validation; 0: off) for
+    signatures whose z-score strength ``obs["moa_strength"]`` (root mean square of the
+    clipped z-scores) is below it: weak signatures get no MoA rather than the most inert
+    class's. ``obsm["moa_scores"]`` stays the raw per-class scores (same argmax);
+    ``obsm["moa_proba"]`` holds calibrated per-MoA probabilities (is this MoA one of the
+    compound's?) and ``obs["moa_pred_set"]`` the prediction set: the top call and every
+    MoA whose probability reaches the calibrated set threshold, ``|``-separated ("" for
+    'unknown' and 'no call'); the compound table has its own ``moa_pred_set``.
 
     Parameters
     ----------
@@ -101,6 +110,8 @@ def predict(
         ``"no call"`` below this TAS (default: the calibration's, usually off).
     tas_key : str, default "tas"
         ``obs`` column of the TAS.
+    min_strength : float, optional
+        ``"no call"`` below this signature strength (default: the calibration's; 0: off).
     key_added : str, default "moa"
         Prefix of every output (``obsm[f"X_{key_added}"]``, ``obs[f"{key_added}_pred"]``,
         ``uns[key_added]``, ...).
@@ -138,6 +149,7 @@ def predict(
                   hidden_centres=None if prototype_layer is None else prototype_layer.centres)
     scores, atlas = _class_scores(fitted, z, hidden, sims, idx, atlas)
     query = Query(z=z, scores=scores, sims=sims, idx=idx, hidden=hidden)
+    strength = model.signature_strength(adata)
     info = {"predictor": method, "k": k, "weighting": weighting,
             "calibrated": cal is not None, "compound_key": compound_key or ""}
     if cal is None:
@@ -148,14 +160,18 @@ def predict(
     else:
         calls = cal.open_set_calls(
             query, atlas, method, k, weighting, open_set=open_set is not False, min_tas=min_tas,
-            tas=adata.obs[tas_key] if tas_key in adata.obs.columns else None, tas_key=tas_key)
+            tas=adata.obs[tas_key] if tas_key in adata.obs.columns else None, tas_key=tas_key,
+            strength=strength, min_strength=min_strength)
         info.update(calls.info)
     names = output_names(key_added)
     _write_calls(adata, atlas_ad, query, classes, calls, info, top_k=top_k, key_added=key_added)
+    adata.obs[names["strength"]] = strength
+    _write_sets(adata, scores, classes, calls.labels, cal, method, names)
     if compounds_q is not None:
         table = _compound_level(adata, scores, classes, compounds_q, calls.labels, cal=cal,
                                 method=method, unknown_column=names["unknown"],
                                 score_column=names["score"])
+        _compound_sets(table, scores, classes, compounds_q, calls.labels, cal, method)
         adata.uns[key_added]["compound_calls"] = table.reset_index(drop=True)
     return adata
 
@@ -223,6 +239,8 @@ def output_names(key_added: str = "moa") -> dict[str, str]:
     return {"embedding": f"X_{key_added}", "scores": f"{key_added}_scores",
             "pred": f"{key_added}_pred", "score": f"{key_added}_pred_score",
             "known": f"{key_added}_pred_known", "unknown": f"{key_added}_unknown_score",
+            "proba": f"{key_added}_proba", "set": f"{key_added}_pred_set",
+            "strength": f"{key_added}_strength",
             "nearest": ("nearest_compounds" if key_added == "moa"
                         else f"{key_added}_nearest_compounds")}
 
@@ -364,6 +382,48 @@ def _write_calls(adata, atlas, query: Query, classes: list[str], calls: OpenSetC
     top = top_k_table(scores, classes, top_k, index=adata.obs_names.astype(str))
     top.index = top.index.astype(str)
     adata.uns[key_added] = {"params": info, "classes": list(classes), "top_k": top}
+
+
+def _write_sets(adata, scores: np.ndarray, classes: list[str], labels: np.ndarray, cal,
+                method: str, names: dict) -> None:
+    """``obsm[proba]``: calibrated per-MoA probabilities (where the calibration has a
+    per-MoA map); ``obs[set]``: the prediction set, the top call and every MoA whose
+    probability reaches the calibrated set threshold ("" for 'unknown' and 'no call';
+    the top call alone without a per-MoA map)."""
+    abstain = np.isin(np.asarray(labels, dtype=object), [UNKNOWN, NO_CALL])
+    fitted = None if cal is None else cal.class_probabilities(scores, method)
+    if fitted is None:
+        sets = np.zeros(scores.shape, dtype=bool)
+        sets[np.arange(len(scores)), scores.argmax(axis=1)] = True
+    else:
+        proba, threshold = fitted
+        adata.obsm[names["proba"]] = proba
+        sets = sets_at(proba, scores, threshold)
+    adata.obs[names["set"]] = set_labels(sets, classes, abstain).astype(str)
+
+
+def _compound_sets(table: pd.DataFrame, scores: np.ndarray, classes: list[str],
+                   compounds_q: np.ndarray, labels: np.ndarray, cal, method: str) -> None:
+    """``moa_pred_set`` of the compound table: the compound-level per-MoA map on the mean
+    scores of its voting signatures, else the signature map; "" where the compound is
+    'unknown' or 'no call'."""
+    voting = np.asarray(labels, dtype=object) != NO_CALL
+    means = aggregate_scores(np.asarray(scores)[voting],
+                             np.asarray(compounds_q).astype(str)[voting], how="mean")
+    means = means.reindex(table.index.astype(str)).to_numpy()
+    silent = np.isnan(means).all(axis=1)
+    means = np.nan_to_num(means, nan=0.0)
+    fitted = None
+    if cal is not None:
+        fitted = (cal.class_probabilities(means, method, level="compound")
+                  or cal.class_probabilities(means, method))
+    if fitted is None:
+        sets = np.zeros(means.shape, dtype=bool)
+        sets[np.arange(len(means)), means.argmax(axis=1)] = True
+    else:
+        sets = sets_at(fitted[0], means, fitted[1])
+    abstain = silent | table["moa_pred"].isin([UNKNOWN, NO_CALL]).to_numpy()
+    table["moa_pred_set"] = set_labels(sets, classes, abstain).astype(str)
 
 
 def _compound_level(adata, scores: np.ndarray, classes: list[str], compounds_q: np.ndarray,

@@ -109,6 +109,43 @@ class ArcFace(nn.Module):
         logits = cos + one_hot * (phi - cos_t)[:, None]
         return self.scale * logits
 
+    def _with_margin(self, cos: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+        """``cos(theta + m)`` of cosines ``cos`` (any shape broadcasting with ``margins``),
+        with the monotonic extension beyond ``pi - m``."""
+        cos = cos.clamp(-1.0, 1.0)
+        sin = torch.sqrt((1.0 - cos * cos).clamp_min(_EPS))
+        phi = cos * torch.cos(margins) - sin * torch.sin(margins)
+        if self.easy_margin:
+            return torch.where(cos > 0, phi, cos)
+        return torch.where(cos > torch.cos(math.pi - margins), phi, cos - margins * torch.sin(margins))
+
+    def multi_positive_loss(self, embeddings: torch.Tensor, positives: torch.Tensor
+                            ) -> torch.Tensor:
+        """Per-row ArcFace loss of rows with several true classes (``positives``: bool
+        ``(n, n_classes)``, at least one True per row).
+
+        Each positive ``p`` is a cross-entropy term with the margin on ``p`` and the
+        row's *other* positives left out of the denominator, and a row's loss is the
+        mean over its positives: the row is pulled towards every MoA it has, and no
+        positive is pushed away as another's negative. With one positive it is the
+        ordinary ArcFace cross-entropy.
+
+        Parameters
+        ----------
+        embeddings : torch.Tensor
+            ``(n, embedding_dim)`` rows (normalised here).
+        positives : torch.Tensor
+            Bool ``(n, n_classes)``: each row's MoAs.
+        """
+        positives = positives.bool()
+        cos = self.cosine(embeddings)
+        pos_logit = self.scale * self._with_margin(cos, self.margins[None, :])
+        neg = (self.scale * cos).masked_fill(positives, float("-inf"))
+        neg_lse = torch.logsumexp(neg, dim=1, keepdim=True)  # -inf when every class is positive
+        per = torch.logaddexp(pos_logit, neg_lse) - pos_logit
+        per = per.masked_fill(~positives, 0.0)
+        return per.sum(dim=1) / positives.sum(dim=1).clamp_min(1)
+
 
 def count_margins(counts, margin: float, power: float = 0.25) -> torch.Tensor:
     """Per-class margins proportional to ``n ** -power`` (LDAM) for the class sizes ``counts``,

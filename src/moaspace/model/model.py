@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from moaspace._core.strength import signature_strength
 from moaspace.errors import InputError, MoaspaceError
 from moaspace.model._atlas import (
     atlas_anndata,
@@ -60,9 +61,11 @@ from moaspace.model.train import (
     TrainResult,
     data_fingerprint,
     log_training,
+    loss_compounds,
     quiet_lightning,
     run_options,
     run_training,
+    single_moa_rows,
     warn_if_not_zscores,
 )
 
@@ -104,6 +107,9 @@ class MoaModel:
         than memory.
     moa_key, compound_key, cell_key, split_key
         obs column names.
+    moa_set_key
+        obs column of the ``|``-separated MoA sets of multi-MoA compounds (their
+        ``moa_key`` missing); default ``f"{moa_key}_set"``. Optional in the data.
     **hyperparams
         Fields of :class:`ModelConfig` (e.g. ``embedding_dim=128``,
         ``loss="softmax"``, ``input_dropout=0.3``).
@@ -111,10 +117,10 @@ class MoaModel:
 
     def __init__(self, adata: ad.AnnData | None, *, moa_key: str = "moa",
                  compound_key: str = "pert_id", cell_key: str = "cell_iname",
-                 split_key: str = "split", **hyperparams):
+                 split_key: str = "split", moa_set_key: str | None = None, **hyperparams):
         self.config = ModelConfig.from_kwargs(hyperparams)
         self.keys = {"moa": moa_key, "compound": compound_key, "cell": cell_key,
-                     "split": split_key}
+                     "split": split_key, "moa_set": moa_set_key or f"{moa_key}_set"}
         self.adata = adata
         self.net: MoaNet | None = None
         self.history: list[dict] = []
@@ -135,8 +141,9 @@ class MoaModel:
         self._split = split_labels(adata, self.key_registry)
         obs = adata.obs
         train = self._split == "train"
-        self.moas = sorted(obs.loc[train, moa_key].astype(str).unique().tolist())
-        self.compounds = sorted(obs.loc[train, compound_key].astype(str).unique().tolist())
+        single = train & single_moa_rows(obs, moa_key)
+        self.moas = sorted(obs.loc[single, moa_key].astype(str).unique().tolist())
+        self.compounds = loss_compounds(obs, train, self.keys, self.moas, self.config)
         if len(self.moas) < 2:
             raise InputError(
                 f"the training split has {len(self.moas)} MoA(s); a classifier needs at least two"
@@ -490,6 +497,24 @@ class MoaModel:
         return self.atlas
 
     # ------------------------------------------------------------ calibration
+    def signature_strength(self, adata: ad.AnnData, batch_size: int = 8192) -> np.ndarray:
+        """z-score strength of each signature over the model's genes, clipped as the
+        network clips (:func:`moaspace._core.strength.signature_strength`): what
+        ``no call`` reads.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            Signatures (aligned to the model's genes as ``embed`` aligns them).
+        batch_size : int, default 8192
+            Rows aligned at a time.
+        """
+        out = np.empty(adata.n_obs, dtype=np.float64)
+        for start in range(0, adata.n_obs, batch_size):
+            block = self.align_genes(adata[start:start + batch_size])
+            out[start:start + batch_size] = signature_strength(block, self.config.clip)
+        return out
+
     def _tas(self, obs: pd.DataFrame, tas_key: str = "tas") -> np.ndarray | None:
         if tas_key not in obs.columns:
             return None
@@ -524,7 +549,9 @@ class MoaModel:
         pseudo-unknowns, ``hidden_prototype`` included when the model has hidden
         prototypes) and its threshold for ``target_false_unknown``, and
         stores ``min_tas`` (no call below it; None: off; the TAS column is
-        ``obs[tas_key]``, used for the accuracy-vs-TAS curve). ``save()`` writes it
+        ``obs[tas_key]``, used for the accuracy-vs-TAS curve) and chooses
+        ``min_strength``, the ``no call`` cut-off on the z-scores' own strength
+        (:mod:`moaspace.model.calibration._strength`). ``save()`` writes it
         to ``calibration.json``. See :mod:`moaspace.model.calibration`.
         """
         self._require_net()
@@ -539,7 +566,7 @@ class MoaModel:
             self._tas(sub.obs, tas_key),
             groups=compounds.to_numpy(), hidden_cos=hidden_cos,
             target_false_unknown=target_false_unknown, method=method, score=score,
-            min_tas=min_tas)
+            min_tas=min_tas, strength=self.signature_strength(sub))
 
     # ------------------------------------------------------------ persistence
     def save(self, model_dir: str | os.PathLike, overwrite: bool = False) -> Path:

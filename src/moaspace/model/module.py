@@ -114,27 +114,64 @@ class MoaNet(nn.Module):
         """Unit-norm embeddings (for ``softmax``: the normalised penultimate layer)."""
         return self.encoder(x)
 
-    def loss(self, x: torch.Tensor, moa: torch.Tensor, compound: torch.Tensor) -> dict:
-        """Loss terms for a batch of inputs ``x`` with ``moa`` and ``compound`` label codes;
-        ``loss`` is the sum that is optimised."""
+    def loss(self, x: torch.Tensor, moa: torch.Tensor, compound: torch.Tensor,
+             moa_sets: torch.Tensor | None = None) -> dict:
+        """Loss terms for a batch of inputs ``x`` with ``moa`` and ``compound`` label codes
+        (-1: none); ``moa_sets``: optional bool ``(n, n_moas)`` MoA sets of multi-MoA rows
+        (all False elsewhere). ``loss`` is the sum that is optimised.
+
+        A row without a MoA code or set adds to the compound loss only; a row without a
+        compound code to the MoA loss only. A batch of single-MoA rows that all have a
+        compound computes exactly what it did before multi-MoA and unlabelled rows.
+        """
         c = self.config
+        single = moa >= 0
+        multi = (moa_sets.any(dim=1) & ~single) if moa_sets is not None else None
+        everything = bool(single.all()) and (multi is None or not bool(multi.any()))
+        if not everything and not bool(single.any()) and self.loss_name in ("softmax", "supcon"):
+            zero = sum(p.sum() for p in self.parameters()) * 0.0  # keeps a gradient path
+            return {"loss": zero, "loss_moa": zero.detach()}
         if self.loss_name == "softmax":
-            raw = self.encoder.forward_raw(x)
-            loss = F.cross_entropy(self.moa_head(raw).float(), moa)
+            raw = self.encoder.forward_raw(x[single])
+            loss = F.cross_entropy(self.moa_head(raw).float(), moa[single])
             return {"loss": loss, "loss_moa": loss.detach()}
         z = self.encoder(x)
         if self.loss_name == "supcon":
-            loss = supcon_loss(z, moa, c["supcon_temperature"])
+            loss = supcon_loss(z[single], moa[single], c["supcon_temperature"])
             return {"loss": loss, "loss_moa": loss.detach()}
-        loss_moa = F.cross_entropy(self.moa_head(z, moa), moa)
+        if everything:
+            loss_moa = F.cross_entropy(self.moa_head(z, moa), moa)
+        else:
+            loss_moa = self._partial_moa_loss(z, moa, single, multi, moa_sets)
         out = {"loss_moa": loss_moa.detach()}
         loss = loss_moa
         if self.compound_head is not None and c["compound_weight"] > 0:
-            loss_cpd = F.cross_entropy(self.compound_head(z, compound), compound)
+            has = compound >= 0
+            if bool(has.all()):
+                loss_cpd = F.cross_entropy(self.compound_head(z, compound), compound)
+            elif bool(has.any()):
+                loss_cpd = F.cross_entropy(self.compound_head(z[has], compound[has]),
+                                           compound[has])
+            else:
+                loss_cpd = z.sum() * 0.0
             loss = loss + c["compound_weight"] * loss_cpd
             out["loss_compound"] = loss_cpd.detach()
         out["loss"] = loss
         return out
+
+    def _partial_moa_loss(self, z, moa, single, multi, moa_sets) -> torch.Tensor:
+        """Mean ArcFace MoA loss over the rows with a MoA: single-MoA rows by their code,
+        multi-MoA rows by :meth:`ArcFace.multi_positive_loss`; zero (with a gradient
+        path) for a batch without any."""
+        total = z.sum() * 0.0
+        n = int(single.sum())
+        if n:
+            total = total + F.cross_entropy(self.moa_head(z[single], moa[single]), moa[single],
+                                            reduction="sum")
+        if multi is not None and bool(multi.any()):
+            total = total + self.moa_head.multi_positive_loss(z[multi], moa_sets[multi]).sum()
+            n += int(multi.sum())
+        return total / max(n, 1)
 
 
 # ---------------------------------------------------------------------------

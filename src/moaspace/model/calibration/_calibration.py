@@ -116,11 +116,17 @@ class Calibration:
     ``thresholds`` holds a threshold for every score that was compared (all
     chosen for ``target_false_unknown`` on the validation rows;
     ``hidden_prototype`` only for a model's calibration). ``min_tas``: signatures
-    below it get ``no call`` (None: off). ``validation``: what was measured on
+    below it get ``no call`` (None: off). ``min_strength``: signatures whose
+    z-score strength (:func:`moaspace._core.strength.signature_strength`) is below it get
+    ``no call`` (chosen on validation, :mod:`._strength`; None: off). ``validation``: what was measured on
     the validation rows (ECE, NLL, AUROC against pseudo-unknowns, curves).
     ``compound``: per predictor, the map of a compound's top mean score to the
     probability that its call is right (:mod:`._compound`; empty for calibrations
     fitted on fewer than 10 compounds or by moaspace before format 3).
+    ``classwise``: per predictor, the map of each MoA's score to the probability that
+    the MoA is one of the signature's, and the threshold of the prediction sets
+    (:mod:`._classwise`; also per compound under ``"compound"``; empty for calibrations
+    fitted before #28).
     """
 
     classes: list[str]
@@ -137,9 +143,11 @@ class Calibration:
     thresholds: dict = field(default_factory=dict)
     target_false_unknown: float = 0.05
     min_tas: float | None = None
+    min_strength: float | None = None
     n_bins: int = DEFAULT_N_BINS
     validation: dict = field(default_factory=dict)
     compound: dict = field(default_factory=dict)
+    classwise: dict = field(default_factory=dict)
     format_version: int = CALIBRATION_FORMAT
 
     def __post_init__(self):
@@ -221,13 +229,28 @@ class Calibration:
             return self.calibrate_scores(means, predict_method)[1]
         return apply_compound_map(fitted, means, predict_method)
 
+    def class_probabilities(self, scores: np.ndarray, predict_method: str,
+                            level: str = "signature") -> tuple[np.ndarray, float] | None:
+        """``(per-MoA probabilities, set threshold)`` of per-class ``scores`` of
+        ``predict_method`` (``level="compound"``: of compounds' mean scores); None when
+        this calibration has no per-MoA map for them."""
+        from moaspace.model.calibration._classwise import classwise_proba
+
+        fitted = self.classwise.get(predict_method)
+        if fitted is not None and level == "compound":
+            fitted = fitted.get("compound")
+        if fitted is None:
+            return None
+        return classwise_proba(fitted, scores), float(fitted["set_threshold"])
+
     def is_unknown(self, unknown_score: np.ndarray, score: str | None = None) -> np.ndarray:
         return np.asarray(unknown_score) > self.thresholds[score or self.score]
 
     # ------------------------------------------------------------ open-set calls
     def open_set_calls(self, query: Query, atlas: Atlas, method: str, k: int, weighting: str,
                        *, open_set: bool = True, min_tas: float | None = None, tas=None,
-                       tas_key: str = "tas") -> OpenSetCalls:
+                       tas_key: str = "tas", strength=None,
+                       min_strength: float | None = None) -> OpenSetCalls:
         """Calibrated score, unknown score and abstentions of one prediction.
 
         ``method``, ``k``, ``weighting``: how ``query.scores`` were made (a warning
@@ -236,7 +259,9 @@ class Calibration:
         ``min_tas`` (None: this calibration's): call ``no call`` where the TAS is
         below it (NaN TAS: the call stays); ``tas``: the queries' TAS column (any
         values :func:`pandas.to_numeric` reads; None: the query has no
-        ``obs[tas_key]``, so no ``no call`` flags, with a warning).
+        ``obs[tas_key]``, so no ``no call`` flags, with a warning). ``strength``: the
+        queries' signature strengths; ``min_strength`` (None: this calibration's; 0: off):
+        ``no call`` below it, whatever the TAS.
         """
         if list(self.classes) != list(atlas.classes):
             raise MoaspaceError("the calibration was fitted for other MoAs than the atlas "
@@ -266,10 +291,17 @@ class Calibration:
             else:
                 logger.warning("min_tas=%s but the query has no obs[%r]; no 'no call' flags",
                                min_tas, tas_key)
+        min_strength = self.min_strength if min_strength is None else min_strength
+        if strength is not None and min_strength is not None and min_strength > 0:
+            weak = np.asarray(strength, np.float64) < min_strength
+            labels[weak] = NO_CALL
+            if NO_CALL not in extra:
+                extra.append(NO_CALL)
+            info["min_strength"] = float(min_strength)
         n_unknown = int((labels == UNKNOWN).sum())
         n_nocall = int((labels == NO_CALL).sum())
         if n_unknown or n_nocall:
-            logger.info("%d of %d signatures called 'unknown', %d 'no call' (low TAS)",
+            logger.info("%d of %d signatures called 'unknown', %d 'no call' (weak)",
                         n_unknown, len(labels), n_nocall)
         return OpenSetCalls(labels=labels, pred_score=np.asarray(pred_score, np.float32),
                             unknown_score=unknown.astype(np.float32), extra=extra, info=info)

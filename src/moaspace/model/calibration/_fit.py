@@ -26,7 +26,8 @@ from moaspace._core.neighbors import (
 )
 from moaspace.errors import InputError
 from moaspace.model.calibration._calibration import Calibration, _records
-from moaspace.model.calibration._compound import fit_compound_maps
+from moaspace.model.calibration._classwise import fit_classwise_maps, truth_matrix
+from moaspace.model.calibration._compound import MIN_COMPOUNDS, fit_compound_maps
 from moaspace.model.calibration._maps import (
     CALIBRATION_METHODS,
     PROTOTYPE_TEMPERATURE,
@@ -59,6 +60,7 @@ from moaspace.model.calibration._openset import (
     leave_moa_out_scores,
     openset_scores,
 )
+from moaspace.model.calibration._strength import choose_min_strength, strength_coverage_curve
 
 logger = logging.getLogger("moaspace.model.calibration")
 
@@ -85,6 +87,7 @@ def fit_calibration(
     hidden: np.ndarray | None = None,
     hidden_centres: np.ndarray | None = None,
     hidden_cos: np.ndarray | None = None,
+    strength: np.ndarray | None = None,
 ) -> Calibration:
     """Fit probability calibration and the open-set threshold on validation queries.
 
@@ -127,6 +130,11 @@ def fit_calibration(
         prototypes (a model's; see :func:`openset_scores`): adds the
         ``hidden_prototype`` open-set score to those compared, and calibrates
         the ``hidden_prototype`` predictor (nearest hidden-layer prototype).
+    strength
+        Signature strength of the ``z`` rows (:func:`moaspace._core.strength.signature_strength`):
+        the ``no call`` cut-off ``min_strength`` is chosen on them
+        (:func:`choose_min_strength`, for the prototype-layer predictor when there is
+        one, else the kNN vote); None: no cut-off.
     hidden_cos
         Instead of ``hidden`` and ``hidden_centres``: the rows' cosines to the
         prototype-layer prototypes, ``(n, n_classes)``, e.g. cross-fitted so that no
@@ -144,7 +152,7 @@ def fit_calibration(
         hidden_cos = (l2_normalize(hidden) @ np.asarray(hidden_centres, np.float32).T)
     _check_options(method, score, z, hidden_cos)
     rows = _validation_rows(z, labels, reference, ref_labels, classes, hidden_cos=hidden_cos,
-                            tas=tas, groups=groups)
+                            tas=tas, groups=groups, strength=strength)
     sims, idx = knn_search(rows.z, rows.reference, max(k, wide_k), backend=backend)
     votes = knn_scores(sims[:, :k], idx[:, :k], rows.ref_codes, len(rows.classes),
                        weighting=weighting)
@@ -161,6 +169,7 @@ def fit_calibration(
     _choose_maps(cal, val, predictors, rows, maps, method, n_bins)
     cal.compound, val["compound"] = fit_compound_maps(predictors, rows.codes, rows.groups,
                                                       n_bins)
+    _fit_sets_and_strength(cal, val, predictors, rows, maps)
     _knn_summary(cal, val, votes, rows.codes, maps, n_bins)
     cal.thresholds = _fit_open_set(val, rows, sims, centres, votes, k=k, weighting=weighting,
                                    energy_scale=energy_scale, backend=backend,
@@ -177,6 +186,26 @@ def fit_calibration(
         val["auroc_pseudo_unknown"][cal.score], cal.thresholds[cal.score],
         100 * target_false_unknown)
     return cal
+
+
+def _fit_sets_and_strength(cal: Calibration, val: dict, predictors: dict,
+                           rows: _ValidationRows, maps: _FittedMaps) -> None:
+    """The per-MoA maps and set thresholds (:mod:`._classwise`) and the ``no call``
+    strength cut-off (:mod:`._strength`, for the prototype-layer predictor when there is
+    one), with what they measured in ``val``."""
+    cal.classwise = fit_classwise_maps(predictors, truth_matrix(rows.codes, len(rows.classes)),
+                                       rows.groups, MIN_COMPOUNDS)
+    val["classwise"] = {name: {k: v for k, v in fit.items() if k != "isotonic"}
+                        for name, fit in cal.classwise.items()}
+    for summary in val["classwise"].values():
+        if "compound" in summary:
+            summary["compound"] = {k: v for k, v in summary["compound"].items()
+                                   if k != "isotonic"}
+    if rows.strength is not None:
+        right = maps.right.get("hidden_prototype", maps.right["knn"])
+        chance = np.bincount(rows.codes).max() / len(rows.codes)
+        cal.min_strength = choose_min_strength(rows.strength, right, chance)
+        val["strength_coverage"] = _records(strength_coverage_curve(rows.strength, right))
 
 
 def _check_options(method: str, score: str, z, hidden) -> None:
@@ -209,10 +238,11 @@ class _ValidationRows:
     hidden_cos: np.ndarray | None
     tas: np.ndarray | None
     groups: np.ndarray | None
+    strength: np.ndarray | None = None
 
 
 def _validation_rows(z, labels, reference, ref_labels, classes, *, hidden_cos,
-                     tas, groups) -> _ValidationRows:
+                     tas, groups, strength=None) -> _ValidationRows:
     """Encode the labels, check the shapes, and drop (with a warning) rows of MoAs absent
     from the reference; an error when none are left."""
     z = np.asarray(z, dtype=np.float32)
@@ -246,7 +276,8 @@ def _validation_rows(z, labels, reference, ref_labels, classes, *, hidden_cos,
         hidden_cos=(None if hidden_cos is None
                     else np.asarray(hidden_cos, dtype=np.float32)[known]),
         tas=None if tas is None else np.asarray(tas, dtype=np.float64)[known],
-        groups=None if groups is None else np.asarray(groups).astype(str)[known])
+        groups=None if groups is None else np.asarray(groups).astype(str)[known],
+        strength=None if strength is None else np.asarray(strength, np.float64)[known])
 
 
 def _predictors(rows: _ValidationRows, votes: np.ndarray,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -71,7 +72,10 @@ class TrainData:
     (train and val) in the model's gene order, so nothing is copied per split:
     an in-memory tensor, or rows read from disk per batch (backed AnnData).
     ``moa``/``compound`` are class codes (-1 for signatures whose label is not
-    a training class).
+    a training class). ``train_idx``: training rows with one MoA (what prototypes,
+    whitening and the atlas are fitted on); ``loss_idx``: every row the losses train on,
+    which adds multi-MoA rows (``multi_row`` indexes their row of ``moa_sets``) and rows
+    of unlabelled compounds (compound loss only).
     """
 
     x: RowSource
@@ -80,6 +84,24 @@ class TrainData:
     train_idx: np.ndarray
     val_idx: np.ndarray
     val_ref_idx: np.ndarray
+    loss_idx: np.ndarray | None = None
+    multi_row: torch.Tensor | None = None
+    moa_sets: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.loss_idx is None:
+            self.loss_idx = self.train_idx
+
+    def batch_moa_sets(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """Bool ``(len(idx), n_moas)`` MoA sets of rows ``idx`` (all False for rows that
+        are not multi-MoA); None when the data have no multi-MoA rows."""
+        if self.moa_sets is None:
+            return None
+        pos = self.multi_row[idx]
+        out = torch.zeros((len(idx), self.moa_sets.shape[1]), dtype=torch.bool)
+        has = pos >= 0
+        out[has] = self.moa_sets[pos[has]]
+        return out
 
 
 class IndexBatchSampler:
@@ -145,27 +167,107 @@ class _IndexDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return self.data.x.rows(idx), self.data.moa[idx], self.data.compound[idx]
+        sets = self.data.batch_moa_sets(idx)
+        if sets is None:
+            return self.data.x.rows(idx), self.data.moa[idx], self.data.compound[idx]
+        return self.data.x.rows(idx), self.data.moa[idx], self.data.compound[idx], sets
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+
+
+def single_moa_rows(obs: pd.DataFrame, moa_key: str) -> np.ndarray:
+    """Bool per row: the row has one MoA (``obs[moa_key]`` present and not empty)."""
+    return ~_missing(obs[moa_key])
+
+
+def moa_set_codes(obs: pd.DataFrame, moa_set_key: str, moas: list[str]) -> list[list[int]]:
+    """Per row, the codes in ``moas`` of the ``|``-separated ``obs[moa_set_key]`` (empty
+    lists without the column, for missing sets and for MoAs that are not classes)."""
+    if moa_set_key not in obs.columns:
+        return [[] for _ in range(len(obs))]
+    code = {m: i for i, m in enumerate(moas)}
+    out = []
+    for value, missing in zip(obs[moa_set_key].astype(object), _missing(obs[moa_set_key]),
+                              strict=True):
+        parts = [] if missing else str(value).split("|")
+        out.append(sorted({code[p.strip()] for p in parts if p.strip() in code}))
+    return out
+
+
+def loss_rows(obs: pd.DataFrame, train: np.ndarray, keys: dict, moas: list[str],
+              config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(multi, unlabelled)`` bool per row: training rows without one MoA that a loss uses.
+
+    ``multi``: multi-MoA rows with at least one MoA among ``moas``
+    (``config.use_multi_moa``: the MoA loss, and the compound loss when their compound
+    has two or more training signatures). ``unlabelled``: the other training rows
+    without one MoA whose compound has two or more training signatures
+    (``config.use_unlabelled``: the compound loss only).
+    """
+    no_moa = train & ~single_moa_rows(obs, keys["moa"])
+    sets = moa_set_codes(obs, keys.get("moa_set", "moa_set"), moas)
+    has_known = np.array([len(c) > 0 for c in sets], dtype=bool)
+    multi = no_moa & has_known & bool(config.use_multi_moa)
+    cpd = obs[keys["compound"]].astype(str).to_numpy()
+    counts = pd.Series(cpd[train]).value_counts()
+    several = np.isin(cpd, counts.index[counts >= 2].to_numpy())
+    unlabelled = no_moa & ~has_known & several & bool(config.use_unlabelled)
+    return multi, unlabelled
+
+
+def loss_compounds(obs: pd.DataFrame, train: np.ndarray, keys: dict, moas: list[str],
+                   config: ModelConfig) -> list[str]:
+    """The compound classes: every single-MoA training compound, and the compounds of
+    multi-MoA and unlabelled rows (:func:`loss_rows`) with two or more training
+    signatures."""
+    cpd = obs[keys["compound"]].astype(str).to_numpy()
+    single = train & single_moa_rows(obs, keys["moa"])
+    multi, unlabelled = loss_rows(obs, train, keys, moas, config)
+    counts = pd.Series(cpd[train]).value_counts()
+    several = set(counts.index[counts >= 2])
+    extra = {c for c in cpd[multi | unlabelled] if c in several}
+    return sorted(set(cpd[single]) | extra)
 
 
 def training_data(adata: ad.AnnData, split: np.ndarray, keys: dict, moas: list[str],
                   compounds: list[str], config: ModelConfig, seed: int) -> TrainData:
     """The :class:`TrainData` of a model's AnnData: class codes of ``moas``/``compounds``
-    (-1 for other labels), train and scored val rows (``split``), every used row checked
-    for NaN/inf, and the validation reference/queries subsampled to
+    (-1 for other labels), single-MoA train rows, the rows the losses use
+    (:func:`loss_rows`), scored val rows (``split``), every used row checked for
+    NaN/inf, and the validation reference/queries subsampled to
     ``config.val_max_reference``/``config.val_max_queries`` (seeded by ``seed``)."""
+    obs = adata.obs
     moa_code = {m: i for i, m in enumerate(moas)}
     cpd_code = {c: i for i, c in enumerate(compounds)}
-    moa = adata.obs[keys["moa"]].astype(str).map(moa_code).fillna(-1).astype(int)
-    cpd = adata.obs[keys["compound"]].astype(str).map(cpd_code).fillna(-1).astype(int)
-    moa, cpd = moa.to_numpy(), cpd.to_numpy()
-    train_idx = np.flatnonzero(split == "train")
+    single = single_moa_rows(obs, keys["moa"])
+    moa = obs[keys["moa"]].astype(str).map(moa_code).fillna(-1).astype(int).to_numpy()
+    moa[~single] = -1
+    cpd = obs[keys["compound"]].astype(str).map(cpd_code).fillna(-1).astype(int).to_numpy()
+    train = split == "train"
+    train_idx = np.flatnonzero(train & (moa >= 0))
+    multi, unlabelled = loss_rows(obs, train, keys, moas, config)
+    cpd[train & ~single & ~(multi | unlabelled)] = -1  # rows no loss uses
+    loss_idx = np.union1d(train_idx, np.flatnonzero(multi | unlabelled))
+    multi_row = moa_sets = None
+    if multi.any():
+        sets = moa_set_codes(obs, keys.get("moa_set", "moa_set"), moas)
+        rows = np.flatnonzero(multi)
+        multi_row = torch.full((len(obs),), -1, dtype=torch.long)
+        multi_row[torch.from_numpy(rows)] = torch.arange(len(rows))
+        moa_sets = torch.zeros((len(rows), len(moas)), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            moa_sets[i, sets[r]] = True
+    if len(loss_idx) > len(train_idx):
+        logger.info("training also on %d multi-MoA and %d unlabelled signatures (%d compound "
+                    "classes)", int(multi.sum()), int(unlabelled.sum()), len(compounds))
     val_idx = np.flatnonzero((split == "val") & (moa >= 0))
     n_unknown = int(((split == "val") & (moa < 0)).sum())
     if n_unknown:
-        logger.info("%d validation signatures have a MoA absent from training; not scored",
-                    n_unknown)
-    used = np.union1d(train_idx, val_idx)
+        logger.info("%d validation signatures have no MoA among the training classes; "
+                    "not scored", n_unknown)
+    used = np.union1d(loss_idx, val_idx)
     source = _row_source(adata, used)
     _check_rows(source, used, adata.obs_names)
     rng = np.random.default_rng(seed)
@@ -177,7 +279,8 @@ def training_data(adata: ad.AnnData, split: np.ndarray, keys: dict, moas: list[s
     return TrainData(
         x=source, moa=torch.from_numpy(moa.astype(np.int64)),
         compound=torch.from_numpy(cpd.astype(np.int64)), train_idx=train_idx,
-        val_idx=val_idx, val_ref_idx=ref_idx,
+        val_idx=val_idx, val_ref_idx=ref_idx, loss_idx=loss_idx, multi_row=multi_row,
+        moa_sets=moa_sets,
     )
 
 

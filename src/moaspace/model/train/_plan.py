@@ -142,12 +142,14 @@ class MoaTrainingPlan(BestEpochs, L.LightningModule):
     def train_dataloader(self):
         d = self.data
         groups = None
+        # the losses' rows: single-MoA training rows, plus multi-MoA and unlabelled ones
+        rows = d.loss_idx
         if self.sampling == "compound":
-            groups = d.compound[d.train_idx].numpy()
+            groups = d.compound[rows].numpy()
         elif self.sampling == "moa":
-            groups = d.moa[d.train_idx].numpy()
+            groups = d.moa[rows].numpy()  # -1: the rows without one MoA, one group
         sampler = IndexBatchSampler(
-            d.train_idx, self.batch_size, self.seed, self.sampling, groups,
+            rows, self.batch_size, self.seed, self.sampling, groups,
             rank=self.global_rank, world_size=self.trainer.world_size,
         )
         return torch.utils.data.DataLoader(
@@ -171,8 +173,7 @@ class MoaTrainingPlan(BestEpochs, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def training_step(self, batch, batch_idx):
-        x, moa, compound = batch
-        out = self.net.loss(x, moa, compound)
+        out = self.net.loss(*batch)  # x, moa, compound (and the MoA sets of multi-MoA rows)
         self.log("loss", out["loss"].detach(), prog_bar=True, on_step=True, on_epoch=False)
         self._epoch_losses.append(out["loss"].detach())
         return out["loss"]
