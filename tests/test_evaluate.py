@@ -355,7 +355,7 @@ def _extra_multi_moa_compounds(base, n: int = 4, seed: int = 0):
 def test_benchmark_multi_moa_metrics_leave_single_label_numbers_alone(monkeypatch):
     """With multi-MoA compounds in the data, the single-label records are those of the data
     without them (same folds for the single-MoA compounds); the multi-MoA test rows get
-    multi_* metrics, logreg_ovr fits on the MoA sets, moaspace trains on single-MoA rows."""
+    multi_* metrics, logreg_ovr fits on the MoA sets and moaspace gets every row."""
     from moaspace.benchmark._run import paired_differences, summarize
     from moaspace.pp import _split
 

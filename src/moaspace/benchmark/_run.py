@@ -42,8 +42,10 @@ compound loss is for, and where ``moaspace`` and ``arcface_moa_only`` differ.
 
 Compounds with several MoAs (``obs["moa"]`` NaN, ``obs["moa_set"]`` ``"a|b"``) and
 unlabelled rows take no part in the single-label fits and metrics: the single-label
-methods fit, and every method is scored on, the rows with one ``moa`` (so the numbers
-are those of the data without the other rows). Multi-MoA test signatures are scored
+methods fit, and every method is scored on, the rows with one ``moa`` (so their numbers
+are those of the data without the other rows). The neural models get every training row:
+``ModelConfig.use_multi_moa`` / ``use_unlabelled`` (on by default; off for ``reference``,
+as published) decide whether those rows train the MoA and compound losses. Multi-MoA test signatures are scored
 apart (``multi_*`` keys, :mod:`moaspace._core.sets`): the top-1 call (argmax of the
 scores) in the true set, recall@3 of the ranking (``moaspace``: ``moa_proba`` when
 ``predict`` writes it) and set F1 of the predicted set (``logreg_ovr``'s own;
@@ -87,6 +89,7 @@ NEURAL = {
         "dropout": 0.0, "batch_norm": False,
         "input_dropout": 0.0, "weight_decay": 0.0, "warmup_epochs": 0.0, "predictor": "knn",
         "average_best": 1, "knn_k": 1,  # 1-NN, as published: early stopping scores it too
+        "use_multi_moa": False, "use_unlabelled": False,  # single-MoA compounds, as published
     },
 }
 NEURAL_K = {"reference": 1}
@@ -157,8 +160,9 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
     else:
         own = (model_kwargs or {}) if method == "moaspace" else {}
         kwargs = {**NEURAL[method], **own}
-        other = fit_rows & ~fit_rows_one  # multi-MoA or unlabelled: not trained on
-        model = MoaModel(data[~other].copy() if other.any() else data, **kwargs)
+        # multi-MoA and unlabelled training rows go in: the model's use_multi_moa and
+        # use_unlabelled decide what they train (a single-MoA batch computes as before)
+        model = MoaModel(data, **kwargs)
         model.train(max_epochs=max_epochs, batch_size=NEURAL_BATCH.get(method, 256),
                     seed=seed, progress_bar=False)
         # the raw per-class scores of `moaspace predict` (no open-set calls: every
