@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 def evaluate(
     model, adata, *, split: str = "test", split_key: str | None = None, k: int | None = None,
     moa_key: str | None = None, compound_key: str | None = None, seed: int = 0,
-    predictor: str | None = None, method: str | None = None, moa_set_key: str = "moa_set",
+    predictor: str | None = None, method: str | None = None, moa_set_key: str | None = None,
 ) -> dict:
     """Metrics of ``model`` on the held-out rows with ``obs[split_key] == split``.
 
@@ -73,8 +73,9 @@ def evaluate(
         default None: the model's.
     method : str, optional
         Deprecated name of ``predictor``.
-    moa_set_key : str, default "moa_set"
-        ``obs`` column of every MoA of a compound, sorted and ``|``-joined; without it
+    moa_set_key : str, optional
+        ``obs`` column of every MoA of a compound, sorted and ``|``-joined (default: the
+        model's, ``"moa_set"`` for a model without one); without it
         (or without a row of two MoAs or more) ``multi_moa`` is left out.
 
     Returns
@@ -114,6 +115,7 @@ def evaluate(
     split_key = split_key or keys.get("split", "split")
     moa_key = moa_key or keys.get("moa", "moa")
     compound_key = compound_key or keys.get("compound", "pert_id")
+    moa_set_key = moa_set_key or keys.get("moa_set") or "moa_set"
     predictor = predictor or method
     for key in (split_key, moa_key):
         if key not in adata.obs.columns:
