@@ -180,6 +180,12 @@ def predict(
         typer.Option(help="'no call' for signatures with obs['tas'] below this "
                           "(default: the model's calibration, usually off)."),
     ] = None,
+    min_strength: Annotated[
+        float | None,
+        typer.Option(help="'no call' for signatures whose z-score strength "
+                          "(obs['moa_strength']) is below this (default: the calibration's "
+                          "cut-off; 0: off)."),
+    ] = None,
 ) -> None:
     """Embed signatures and call their MoA by nearest neighbours in the atlas.
 
@@ -190,7 +196,9 @@ def predict(
     With a calibrated model (calibration.json) moa_pred_score is a calibrated
     probability, obs['moa_unknown_score'] the distance to every known MoA, and
     moa_pred is 'unknown' where the query is far from all of them (--open-set)
-    or 'no call' below --min-tas; obs['moa_pred_known'] keeps the top known MoA.
+    or 'no call' for weak signatures (--min-strength, --min-tas); obs['moa_pred_known']
+    keeps the top known MoA, obs['moa_pred_set'] the prediction set (the top call and
+    every MoA whose calibrated probability, obsm['moa_proba'], reaches the set threshold).
 
     Example:
 
@@ -216,7 +224,7 @@ def predict(
         raise MoaspaceError(f"{query}: obs has no 'tas' column for --min-tas")
     result = run_predict(model, adata, k=k, predictor=predictor, top_k=top_k, backend=backend,
                          compound_key=compound_key if compound_level else None,
-                         open_set=open_set, min_tas=min_tas)
+                         open_set=open_set, min_tas=min_tas, min_strength=min_strength)
     write_predictions(result, out, top_k_csv=top_path, compounds_csv=calls_path)
     calls = prediction_table(result, "compound_calls")
     print_summary("predict", _predict_rows(result, out, calls, calls_path))
@@ -250,9 +258,10 @@ def _predict_rows(result, out: Path, calls, calls_path: Path) -> list[tuple[str,
         rows.append(("unknown MoA calls", f"{int((labels == 'unknown').sum())} "
                      f"({info['unknown_score']} score > {info['unknown_threshold']:.3f})"
                      if info.get("open_set") else "off (--no-open-set)"))
-        if "min_tas" in info:
-            rows.append((f"no call (TAS < {info['min_tas']:.2f})",
-                         int((labels == "no call").sum())))
+        if "min_tas" in info or "min_strength" in info:
+            why = ", ".join(f"{name} < {info[key]:.2f}" for name, key in
+                            (("TAS", "min_tas"), ("strength", "min_strength")) if key in info)
+            rows.append((f"no call ({why})", int((labels == "no call").sum())))
     else:
         rows.append(("calibration", "missing: moa_pred_score is uncalibrated"))
     return rows

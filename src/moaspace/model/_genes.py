@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from moaspace._core.strength import signature_strength
 from moaspace._utils import preview
 from moaspace.errors import InputError
 from moaspace.model.data import RowSource
@@ -59,3 +60,14 @@ def aligned_rows(model, adata: ad.AnnData, pos: np.ndarray, start: int, stop: in
     have = pos >= 0
     x[:, have] = block[:, pos[have]]
     return x
+
+
+def query_strength(model, adata: ad.AnnData, batch_size: int = 8192) -> np.ndarray:
+    """z-score strength of each signature of ``adata`` over ``model``'s genes, clipped as
+    the network clips (:func:`moaspace._core.strength.signature_strength`): what
+    ``no call`` reads, in ``predict`` and in ``model.calibrate``."""
+    out = np.empty(adata.n_obs, dtype=np.float64)
+    for start in range(0, adata.n_obs, batch_size):
+        block = model.align_genes(adata[start:start + batch_size])
+        out[start:start + batch_size] = signature_strength(block, model.config.clip)
+    return out

@@ -19,6 +19,7 @@ from moaspace._core.neighbors import (
     top_k_table,
 )
 from moaspace.errors import InputError, MoaspaceError
+from moaspace.model._genes import query_strength
 from moaspace.model.calibration import Atlas, OpenSetCalls, Query
 from moaspace.model.calibration._classwise import set_labels, sets_at
 
@@ -149,7 +150,7 @@ def predict(
                   hidden_centres=None if prototype_layer is None else prototype_layer.centres)
     scores, atlas = _class_scores(fitted, z, hidden, sims, idx, atlas)
     query = Query(z=z, scores=scores, sims=sims, idx=idx, hidden=hidden)
-    strength = model.signature_strength(adata)
+    strength = query_strength(model, adata)
     info = {"predictor": method, "k": k, "weighting": weighting,
             "calibrated": cal is not None, "compound_key": compound_key or ""}
     if cal is None:

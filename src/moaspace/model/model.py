@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from moaspace._core.strength import signature_strength
 from moaspace.errors import InputError, MoaspaceError
 from moaspace.model._atlas import (
     atlas_anndata,
@@ -40,7 +39,7 @@ from moaspace.model._calibrate import (
     calibration_rows,
 )
 from moaspace.model._config import CONFIG_DIGEST, ModelConfig, _check_config, config_digest
-from moaspace.model._genes import aligned_rows, gene_positions
+from moaspace.model._genes import aligned_rows, gene_positions, query_strength
 from moaspace.model._keys import ModelKeys, check_training_data, split_labels
 from moaspace.model._save import (
     ATLAS_FILE,
@@ -497,24 +496,6 @@ class MoaModel:
         return self.atlas
 
     # ------------------------------------------------------------ calibration
-    def signature_strength(self, adata: ad.AnnData, batch_size: int = 8192) -> np.ndarray:
-        """z-score strength of each signature over the model's genes, clipped as the
-        network clips (:func:`moaspace._core.strength.signature_strength`): what
-        ``no call`` reads.
-
-        Parameters
-        ----------
-        adata : anndata.AnnData
-            Signatures (aligned to the model's genes as ``embed`` aligns them).
-        batch_size : int, default 8192
-            Rows aligned at a time.
-        """
-        out = np.empty(adata.n_obs, dtype=np.float64)
-        for start in range(0, adata.n_obs, batch_size):
-            block = self.align_genes(adata[start:start + batch_size])
-            out[start:start + batch_size] = signature_strength(block, self.config.clip)
-        return out
-
     def _tas(self, obs: pd.DataFrame, tas_key: str = "tas") -> np.ndarray | None:
         if tas_key not in obs.columns:
             return None
@@ -566,7 +547,7 @@ class MoaModel:
             self._tas(sub.obs, tas_key),
             groups=compounds.to_numpy(), hidden_cos=hidden_cos,
             target_false_unknown=target_false_unknown, method=method, score=score,
-            min_tas=min_tas, strength=self.signature_strength(sub))
+            min_tas=min_tas, strength=query_strength(self, sub))
 
     # ------------------------------------------------------------ persistence
     def save(self, model_dir: str | os.PathLike, overwrite: bool = False) -> Path:
