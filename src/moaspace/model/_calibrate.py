@@ -134,8 +134,8 @@ def calibrate_after_training(model, result) -> None:
         hidden_cos = train_prototypes.cosines(train_prototypes.features(net, data.x, val))
         scored_by = "prototypes of the training rows"
     strength = np.concatenate([
-        signature_strength(data.x.rows(val[i:i + 8192]).numpy(), model.config.clip)
-        for i in range(0, len(val), 8192)])
+        signature_strength(data.x.rows(val[i:i + 256]).numpy(), model.config.clip)
+        for i in range(0, len(val), 256)])  # small blocks: a backed run's memory
     model._fit_calibration(model._embed_source(data.x, val)[0],
                           obs[model.keys["moa"]].astype(str).to_numpy(), model._tas(obs),
                           groups=groups, hidden_cos=hidden_cos, strength=strength)

@@ -62,7 +62,7 @@ def aligned_rows(model, adata: ad.AnnData, pos: np.ndarray, start: int, stop: in
     return x
 
 
-def query_strength(model, adata: ad.AnnData, batch_size: int = 8192) -> np.ndarray:
+def query_strength(model, adata: ad.AnnData, batch_size: int = 1024) -> np.ndarray:
     """z-score strength of each signature of ``adata`` over ``model``'s genes, clipped as
     the network clips (:func:`moaspace._core.strength.signature_strength`): what
     ``no call`` reads, in ``predict`` and in ``model.calibrate``."""
