@@ -36,6 +36,13 @@ def _parse_one(value) -> frozenset:
     return frozenset(part.strip() for part in value.split(SEP) if part.strip())
 
 
+def has_label(values: pd.Series) -> np.ndarray:
+    """Bool per row: a label is there (not NaN/None and not blank). The one test of a
+    present ``moa`` (a single MoA) or ``moa_set`` that prepare, split, the model,
+    evaluate and the benchmark share."""
+    return (values.notna() & (values.astype(str).str.strip() != "")).to_numpy()
+
+
 def parse_moa_sets(values: Iterable) -> list[frozenset]:
     """MoA sets from ``|``-joined strings.
 

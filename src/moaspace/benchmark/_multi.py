@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from moaspace._core.sets import multi_moa_mask, parse_moa_sets, set_metrics
+from moaspace._core.sets import has_label, multi_moa_mask, parse_moa_sets, set_metrics
 
 #: record keys of the multi-MoA test signatures (:func:`multi_score`)
 MULTI_METRICS = ("n_multi_test", "multi_top1_in_set", "multi_recall_at_3", "multi_set_f1")
@@ -21,7 +21,7 @@ def truth_of(obs) -> dict:
     """Per row: ``y`` (``moa`` as str), ``single`` (one MoA in ``moa``), ``sets`` (MoA set:
     ``moa_set``, else {moa}) and ``multi`` (two MoAs or more)."""
     moa = obs["moa"]
-    single = (moa.notna() & (moa.astype(str).str.strip() != "")).to_numpy()
+    single = has_label(moa)
     y = moa.astype(str).to_numpy()
     sets = parse_moa_sets(obs["moa_set"]) if "moa_set" in obs else [frozenset()] * len(y)
     sets = [s or (frozenset([m]) if one else s) for s, m, one in zip(sets, y, single, strict=True)]

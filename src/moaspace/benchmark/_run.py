@@ -81,6 +81,8 @@ UNWHITENED = {"input_whitening": "off", "linear_view_weight": 0.0, "refit_protot
 NEURAL = {
     "moaspace": {},
     "moaspace_unwhitened": UNWHITENED,
+    # moaspace without the multi-MoA and unlabelled compounds (#28): what they bring
+    "moaspace_single_moa": {"use_multi_moa": False, "use_unlabelled": False},
     "mlp_softmax": {"loss": "softmax"},
     "arcface_moa_only": {"loss": "arcface_moa"},
     "reference": {**UNWHITENED,
@@ -97,6 +99,8 @@ NEURAL_BATCH = {"reference": 512}
 METHODS = ("moaspace", "raw_knn", "pca_knn", "pca_lda", "logreg", "lda", "linear_svm",
            "logreg_ovr",
            "mlp_softmax", "arcface_moa_only", "moaspace_unwhitened", "reference")
+#: run only when named (``--methods``): ablations of one change
+OPTIONAL_METHODS = ("moaspace_single_moa",)
 
 
 def _dense(x) -> np.ndarray:
@@ -231,7 +235,7 @@ def run_benchmark(
     seeds : sequence of int, default (0, 1, 2)
         One split (or fold assignment) and one fit of every method per seed.
     methods : sequence of str, default ``METHODS``
-        Methods to run, names from ``METHODS``.
+        Methods to run, names from ``METHODS`` (or ``OPTIONAL_METHODS``).
     holdout_cells : sequence of str, optional
         Cell lines to hold out, passed to the split.
     max_epochs : int, default 40
@@ -272,7 +276,7 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(METHODS) - set(OPTIONAL_METHODS))
     if unknown:
         raise InputError(f"unknown benchmark methods {unknown}; known: {list(METHODS)}")
     if cv is not None and cv < 2:

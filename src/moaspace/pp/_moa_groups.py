@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from moaspace._core.labels import majority_moa
+from moaspace._core.sets import has_label
 from moaspace._utils import preview
 from moaspace.errors import InputError
 from moaspace.io.labels import MOA_SEP, moa_set_string
@@ -177,16 +178,12 @@ def group_table(entering: pd.DataFrame, kept: pd.DataFrame, common: set, config
 # --------------------------------------------------------------------------- splits
 
 
-def _present(values: pd.Series) -> np.ndarray:
-    return (values.notna() & (values.astype(str).str.strip() != "")).to_numpy()
-
-
 def label_groups(obs: pd.DataFrame) -> np.ndarray:
     """Per row, the group of its compound: ``"single"`` (a row of the compound has
     ``moa``), ``"multi"`` (else a row has ``moa_set``) or ``"unlabelled"``."""
     pert = obs["pert_id"].astype(str)
-    has_moa = pd.Series(_present(obs["moa"]), index=obs.index).groupby(pert).transform("any")
-    has_set = (pd.Series(_present(obs["moa_set"]), index=obs.index).groupby(pert)
+    has_moa = pd.Series(has_label(obs["moa"]), index=obs.index).groupby(pert).transform("any")
+    has_set = (pd.Series(has_label(obs["moa_set"]), index=obs.index).groupby(pert)
                .transform("any") if "moa_set" in obs.columns else False)
     return np.select([has_moa.to_numpy(), np.asarray(has_set & ~has_moa, dtype=bool)],
                      ["single", "multi"], default="unlabelled")
@@ -195,7 +192,7 @@ def label_groups(obs: pd.DataFrame) -> np.ndarray:
 def single_obs(obs: pd.DataFrame, single: np.ndarray) -> pd.DataFrame:
     """The rows of single-MoA compounds; a row without ``moa`` takes its compound's."""
     sub = obs[single]
-    missing = ~_present(sub["moa"])
+    missing = ~has_label(sub["moa"])
     if missing.any():
         sub = sub.copy()
         moa_of = majority_moa(sub[~missing])

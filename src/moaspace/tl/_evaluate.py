@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from moaspace._core.neighbors import aggregate_scores
-from moaspace._core.sets import multi_moa_mask, parse_moa_sets, set_metrics, sets_by_group
+from moaspace._core.sets import (
+    has_label,
+    multi_moa_mask,
+    parse_moa_sets,
+    set_metrics,
+    sets_by_group,
+)
 from moaspace._utils import atomic_write_text
 from moaspace.errors import InputError
 from moaspace.model._predict import predict, prediction_table
@@ -127,7 +133,7 @@ def evaluate(
     with_compounds = compound_key in adata.obs.columns
     held = predict(model, adata[rows], k=k, predictor=predictor,
                    compound_key=compound_key if with_compounds else None)
-    single = _single_moa_rows(held.obs[moa_key])
+    single = has_label(held.obs[moa_key])
     if not single.any():
         raise InputError(f"no rows with {split_key} == {split!r} have a single MoA in "
                          f"obs[{moa_key!r}] (multi-MoA and unlabelled compounds are NaN there)")
@@ -147,11 +153,6 @@ def evaluate(
             held[multi], [s for s, m in zip(true_sets, multi, strict=True) if m],
             compound_key=compound_key if with_compounds else None)
     return out
-
-
-def _single_moa_rows(moa) -> np.ndarray:
-    """Rows with one MoA in ``moa`` (NaN: a compound with several MoAs, or none)."""
-    return (moa.notna() & (moa.astype(str).str.strip() != "")).to_numpy()
 
 
 def _single_label_metrics(model, held, *, split: str, moa_key: str, compound_key: str,

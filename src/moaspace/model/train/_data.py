@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from moaspace._core.sets import has_label, parse_moa_sets
 from moaspace._utils import preview
 from moaspace.errors import InputError
 from moaspace.model._config import SAMPLING, ModelConfig
@@ -173,13 +174,9 @@ class _IndexDataset(torch.utils.data.Dataset):
         return self.data.x.rows(idx), self.data.moa[idx], self.data.compound[idx], sets
 
 
-def _missing(values: pd.Series) -> np.ndarray:
-    return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
-
-
 def single_moa_rows(obs: pd.DataFrame, moa_key: str) -> np.ndarray:
     """Bool per row: the row has one MoA (``obs[moa_key]`` present and not empty)."""
-    return ~_missing(obs[moa_key])
+    return has_label(obs[moa_key])
 
 
 def moa_set_codes(obs: pd.DataFrame, moa_set_key: str, moas: list[str]) -> list[list[int]]:
@@ -188,12 +185,8 @@ def moa_set_codes(obs: pd.DataFrame, moa_set_key: str, moas: list[str]) -> list[
     if moa_set_key not in obs.columns:
         return [[] for _ in range(len(obs))]
     code = {m: i for i, m in enumerate(moas)}
-    out = []
-    for value, missing in zip(obs[moa_set_key].astype(object), _missing(obs[moa_set_key]),
-                              strict=True):
-        parts = [] if missing else str(value).split("|")
-        out.append(sorted({code[p.strip()] for p in parts if p.strip() in code}))
-    return out
+    return [sorted(code[m] for m in moa_set if m in code)
+            for moa_set in parse_moa_sets(obs[moa_set_key])]
 
 
 def loss_rows(obs: pd.DataFrame, train: np.ndarray, keys: dict, moas: list[str],
