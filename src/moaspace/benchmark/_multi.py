@@ -28,13 +28,13 @@ def truth_of(obs) -> dict:
     return {"y": y, "single": single, "sets": sets, "multi": multi_moa_mask(sets)}
 
 
-def multi_score(sets, multi, scores, classes, rank=None, pred_sets=None) -> dict:
+def multi_score(sets, multi, scores, classes, pred_sets=None) -> dict:
     """``multi_*`` metrics of the rows of ``multi``: top-1 = argmax of ``scores``, ranked by
-    ``rank`` (default ``scores``), set ``pred_sets`` (default {top-1})."""
+    ``scores``, set ``pred_sets`` (default {top-1})."""
     if not multi.any():
         return {}
     pick = np.flatnonzero(multi)
-    m = set_metrics([sets[i] for i in pick], (scores if rank is None else rank)[pick], classes,
+    m = set_metrics([sets[i] for i in pick], scores[pick], classes,
                     pred=np.asarray(classes, dtype=object)[scores[pick].argmax(axis=1)],
                     pred_sets=None if pred_sets is None else [pred_sets[i] for i in pick])
     return {"n_multi_test": m["n"], "multi_top1_in_set": m["top1_in_set"],

@@ -47,8 +47,8 @@ are those of the data without the other rows). The neural models get every train
 ``ModelConfig.use_multi_moa`` / ``use_unlabelled`` (on by default; off for ``reference``,
 as published) decide whether those rows train the MoA and compound losses. Multi-MoA test signatures are scored
 apart (``multi_*`` keys, :mod:`moaspace._core.sets`): the top-1 call (argmax of the
-scores) in the true set, recall@3 of the ranking (``moaspace``: ``moa_proba`` when
-``predict`` writes it) and set F1 of the predicted set (``logreg_ovr``'s own;
+scores) in the true set, recall@3 of the ranking by the scores (for ``moaspace`` the
+same order as ``moa_proba``, whose isotonic steps would tie MoAs) and set F1 of the predicted set (``logreg_ovr``'s own;
 ``moaspace``'s ``moa_pred_set`` when written; else {top-1}).
 """
 
@@ -145,7 +145,7 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
     # single-label methods fit the rows with one MoA; multi-label ones every labelled row
     fit_rows_one = fit_rows & truth["single"]
     t0 = time.perf_counter()
-    rank = pred_sets = None
+    pred_sets = None
     if method in CLASSICAL:
         X_test = _dense(data.X[test_rows])
         model = make_baseline(method, seed=seed, k=k, n_components=n_components)
@@ -174,7 +174,6 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
         pred = predict(model, data[test_rows], k=NEURAL_K.get(method, k),
                        compound_key=None, open_set=False)
         scores, classes = pred.obsm["moa_scores"], list(pred.uns["moa"]["classes"])
-        rank = pred.obsm["moa_proba"] if "moa_proba" in pred.obsm else None
         if "moa_pred_set" in pred.obs:
             pred_sets = pred.obs["moa_pred_set"].tolist()
         extra = {"best_epoch": model.best_epoch, "best_val_f1": model.best_val_f1,
@@ -187,7 +186,6 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
         space = np.asarray(pred.obsm["X_moa"])
     return {"scores": np.asarray(scores, np.float32), "classes": [str(c) for c in classes],
             "space": space, "extra": extra, "seconds": time.perf_counter() - t0,
-            "rank": None if rank is None else np.asarray(rank, np.float32),
             "pred_sets": pred_sets}
 
 
@@ -316,7 +314,7 @@ def _holdout_records(adata, scheme, seed, methods, holdout_cells, options, bar) 
         if got["space"] is not None:  # the hierarchy is not timed
             extra.update(_hierarchy(got["space"][one], cpd_test, seed))
         extra.update(multi_score(truth["sets"], truth["multi"], got["scores"], got["classes"],
-                                  got["rank"], got["pred_sets"]))
+                                  got["pred_sets"]))
         records.append(_score(method, scheme, seed, truth["y"][one], got["scores"][one],
                               got["classes"], cpd_test, got["seconds"], extra))
         logger.info("  macro-F1 %.3f accuracy %.3f (%.0f s)", records[-1]["macro_f1"],
@@ -338,7 +336,7 @@ def _cv_records(adata, n_folds, seed, methods, options, bar) -> list[dict]:
     for method in methods:
         logger.info("benchmark: %s, %d-fold cross-validation, seed %d", method, n_folds, seed)
         scores = np.full((adata.n_obs, len(every)), -np.inf, dtype=np.float32)
-        rank, pred_sets = None, None
+        pred_sets = None
         seconds, hierarchy, extras = 0.0, [], []
         for labels in folds:
             data = adata.copy()
@@ -346,9 +344,6 @@ def _cv_records(adata, n_folds, seed, methods, options, bar) -> list[dict]:
             test_rows = labels == "test"
             got = _fit_predict(method, data, seed, **options)
             scores[test_rows] = _on_classes(got["scores"], got["classes"], every)
-            if got["rank"] is not None:
-                rank = np.full_like(scores, -np.inf) if rank is None else rank
-                rank[test_rows] = _on_classes(got["rank"], got["classes"], every)
             if got["pred_sets"] is not None:
                 pred_sets = np.full(adata.n_obs, "", dtype=object) if pred_sets is None \
                     else pred_sets
@@ -364,10 +359,8 @@ def _cv_records(adata, n_folds, seed, methods, options, bar) -> list[dict]:
             values = [h[key] for h in hierarchy if key in h and np.isfinite(h[key])]
             if values:
                 extra[key] = float(np.mean(values))
-        for pooled in (scores, rank):
-            if pooled is not None:  # ranks last, keeps metrics finite
-                pooled[~np.isfinite(pooled)] = np.float32(-1e30)
-        extra.update(multi_score(truth["sets"], truth["multi"], scores, every, rank, pred_sets))
+        scores[~np.isfinite(scores)] = np.float32(-1e30)  # ranks last, keeps metrics finite
+        extra.update(multi_score(truth["sets"], truth["multi"], scores, every, pred_sets))
         records.append(_score(method, scheme, seed, y[one], scores[one], every, cpd[one],
                               seconds, extra))
         logger.info("  pooled macro-F1 %.3f accuracy %.3f (%.0f s)", records[-1]["macro_f1"],

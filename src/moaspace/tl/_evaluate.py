@@ -216,7 +216,8 @@ def _multi_moa_metrics(held, true_sets: list, *, compound_key: str | None,
     """Top-1 in set, recall@3 and set F1 of the multi-MoA rows of ``held`` (a
     :func:`predict` result) against ``true_sets``, per signature and per compound.
 
-    Ranking (recall@3): ``obsm[f"{key}_proba"]`` when present, else ``obsm[f"{key}_scores"]``.
+    Ranking (recall@3): ``obsm[f"{key}_scores"]`` (the order of ``_proba`` without the ties
+    of its isotonic steps).
     Top-1: ``obs[f"{key}_pred_known"]`` (a calibrated model's top known MoA: an open-set
     ``"unknown"`` call is no MoA of a set) when present, else ``obs[f"{key}_pred"]``. Set:
     ``obs[f"{key}_pred_set"]`` when present, else {top-1}. A compound is ranked by the mean
@@ -225,7 +226,8 @@ def _multi_moa_metrics(held, true_sets: list, *, compound_key: str | None,
     ``{key}_pred_set`` when present, else {that call}.
     """
     obs, classes = held.obs, [str(c) for c in held.uns[key]["classes"]]
-    ranking = f"{key}_proba" if f"{key}_proba" in held.obsm else f"{key}_scores"
+    # the raw scores: same order as the isotonic per-MoA probabilities, without their ties
+    ranking = f"{key}_scores"
     rank = np.asarray(held.obsm[ranking], dtype=np.float64)
     top1 = f"{key}_pred_known" if f"{key}_pred_known" in obs.columns else f"{key}_pred"
     set_column = f"{key}_pred_set"
