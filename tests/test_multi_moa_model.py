@@ -71,7 +71,8 @@ def _data_with_extras(seed: int = 0):
 
 def test_training_rows_include_multi_moa_and_unlabelled_compounds():
     adata, multi, unlabelled = _data_with_extras()
-    model = ms.MoaModel(adata, input_whitening="on", hidden_dims=(32,), embedding_dim=8)
+    model = ms.MoaModel(adata, input_whitening="on", hidden_dims=(32,), embedding_dim=8,
+                          use_multi_moa=True)
     assert "nan" not in model.moas and len(model.moas) == 6
     # every multi-MoA and unlabelled compound has 12 training signatures: compound classes
     assert set(multi) | set(unlabelled) <= set(model.compounds)
@@ -97,7 +98,8 @@ def test_training_rows_include_multi_moa_and_unlabelled_compounds():
 
 def test_training_with_extra_compounds_runs_and_predicts_sets():
     adata, _, _ = _data_with_extras()
-    model = ms.MoaModel(adata, input_whitening="on", hidden_dims=(32,), embedding_dim=8)
+    model = ms.MoaModel(adata, input_whitening="on", hidden_dims=(32,), embedding_dim=8,
+                          use_multi_moa=True)
     model.train(max_epochs=2, progress_bar=False, accelerator="cpu", seed=0)
     out = ms.tl.predict(model, adata[adata.obs["split"] == "val"].copy())
     proba = out.obsm["moa_proba"]
@@ -169,3 +171,11 @@ def test_weak_signatures_get_no_call_by_default():
     assert not (out.obs["moa_pred"].astype(str).to_numpy()[5:] == "no call").any()
     off = ms.tl.predict(model, query, min_strength=0)
     assert not (off.obs["moa_pred"].astype(str) == "no call").any()
+
+
+def test_multi_moa_rows_are_left_out_by_default():
+    adata, multi, unlabelled = _data_with_extras()
+    model = ms.MoaModel(adata, input_whitening="on", hidden_dims=(32,), embedding_dim=8)
+    # default: multi-MoA compounds take no part; unlabelled ones feed the compound loss
+    assert not set(multi) & set(model.compounds)
+    assert set(unlabelled) <= set(model.compounds)

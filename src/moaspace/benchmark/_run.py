@@ -44,8 +44,8 @@ Compounds with several MoAs (``obs["moa"]`` NaN, ``obs["moa_set"]`` ``"a|b"``) a
 unlabelled rows take no part in the single-label fits and metrics: the single-label
 methods fit, and every method is scored on, the rows with one ``moa`` (so their numbers
 are those of the data without the other rows). The neural models get every training row:
-``ModelConfig.use_multi_moa`` / ``use_unlabelled`` (on by default; off for ``reference``,
-as published) decide whether those rows train the MoA and compound losses. Multi-MoA test signatures are scored
+``ModelConfig.use_multi_moa`` (off by default) / ``use_unlabelled`` (on; both off for
+``reference``, as published) decide whether those rows train the MoA and compound losses. Multi-MoA test signatures are scored
 apart (``multi_*`` keys, :mod:`moaspace._core.sets`): the top-1 call (argmax of the
 scores) in the true set, recall@3 of the ranking by the scores (for ``moaspace`` the
 same order as ``moa_proba``, whose isotonic steps would tie MoAs) and set F1 of the predicted set (``logreg_ovr``'s own;
@@ -83,6 +83,7 @@ NEURAL = {
     "moaspace_unwhitened": UNWHITENED,
     # moaspace without the multi-MoA and unlabelled compounds (#28): what they bring
     "moaspace_single_moa": {"use_multi_moa": False, "use_unlabelled": False},
+    "moaspace_multi_moa": {"use_multi_moa": True},
     "mlp_softmax": {"loss": "softmax"},
     "arcface_moa_only": {"loss": "arcface_moa"},
     "reference": {**UNWHITENED,
@@ -100,7 +101,7 @@ METHODS = ("moaspace", "raw_knn", "pca_knn", "pca_lda", "logreg", "lda", "linear
            "logreg_ovr",
            "mlp_softmax", "arcface_moa_only", "moaspace_unwhitened", "reference")
 #: run only when named (``--methods``): ablations of one change
-OPTIONAL_METHODS = ("moaspace_single_moa",)
+OPTIONAL_METHODS = ("moaspace_single_moa", "moaspace_multi_moa")
 
 
 def _dense(x) -> np.ndarray:
