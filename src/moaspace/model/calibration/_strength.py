@@ -11,9 +11,9 @@ strength; the cut-off is the smallest strength at which it reaches the lower of
 ``CHANCE_FACTOR`` (2) times chance (the share of the most common validation MoA: what always
 calling it would score) and ``RATIO`` (one half) of the overall validation accuracy. Below
 it a call is right less than twice as often as a blind one and less than half as often as
-the model's average call. On the simulator the weakest quarter is still right three times as
-often as chance (docs/confidence.md), and keeps its calls; on the real consensus set the
-weakest fifth is at chance, and gets none. The cut-off never passes the ``MAX_SHARE`` (40%)
+the model's average call (on the real consensus set the weakest fifth of held-out drugs is
+at chance). What it withholds and costs on real and simulated data:
+``benchmarks/bench_no_call.py`` and docs/confidence.md. The cut-off never passes the ``MAX_SHARE`` (40%)
 quantile of the validation strengths, and is None when no signature falls below it. It is
 chosen as the unknown threshold is: on validation compounds, scored by prototypes that never
 saw them.
