@@ -393,14 +393,16 @@ def _write_sets(adata, scores: np.ndarray, classes: list[str], labels: np.ndarra
     the top call alone without a per-MoA map)."""
     abstain = np.isin(np.asarray(labels, dtype=object), [UNKNOWN, NO_CALL])
     fitted = None if cal is None else cal.class_probabilities(scores, method)
-    if fitted is None:
-        sets = np.zeros(scores.shape, dtype=bool)
-        sets[np.arange(len(scores)), scores.argmax(axis=1)] = True
-    else:
-        proba, threshold = fitted
-        adata.obsm[names["proba"]] = proba
-        sets = sets_at(proba, scores, threshold)
-    adata.obs[names["set"]] = set_labels(sets, classes, abstain).astype(str)
+    if fitted is not None:
+        adata.obsm[names["proba"]] = fitted[0]
+    adata.obs[names["set"]] = set_labels(_sets(scores, fitted), classes, abstain).astype(str)
+
+
+def _sets(scores: np.ndarray, fitted: tuple | None) -> np.ndarray:
+    """Bool prediction sets of per-MoA ``scores`` from ``(probabilities, threshold)``
+    (:meth:`Calibration.class_probabilities`); the top call alone without them."""
+    proba, threshold = fitted if fitted is not None else (np.zeros_like(scores), np.inf)
+    return sets_at(proba, scores, threshold)
 
 
 def _compound_sets(table: pd.DataFrame, scores: np.ndarray, classes: list[str],
@@ -418,13 +420,8 @@ def _compound_sets(table: pd.DataFrame, scores: np.ndarray, classes: list[str],
     if cal is not None:
         fitted = (cal.class_probabilities(means, method, level="compound")
                   or cal.class_probabilities(means, method))
-    if fitted is None:
-        sets = np.zeros(means.shape, dtype=bool)
-        sets[np.arange(len(means)), means.argmax(axis=1)] = True
-    else:
-        sets = sets_at(fitted[0], means, fitted[1])
     abstain = silent | table["moa_pred"].isin([UNKNOWN, NO_CALL]).to_numpy()
-    table["moa_pred_set"] = set_labels(sets, classes, abstain).astype(str)
+    table["moa_pred_set"] = set_labels(_sets(means, fitted), classes, abstain).astype(str)
 
 
 def _compound_level(adata, scores: np.ndarray, classes: list[str], compounds_q: np.ndarray,
