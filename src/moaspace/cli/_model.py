@@ -186,6 +186,12 @@ def predict(
                           "(obs['moa_strength']) is below this (default: the calibration's "
                           "cut-off; 0: off)."),
     ] = None,
+    unknown_by: Annotated[
+        str,
+        typer.Option(help="compound: the signatures of one compound (--compound-key) are "
+                          "called 'unknown' together from their mean unknown score "
+                          "(obs['moa_unknown_score_compound']); signature: each on its own."),
+    ] = "compound",
 ) -> None:
     """Embed signatures and call their MoA by nearest neighbours in the atlas.
 
@@ -195,7 +201,8 @@ def predict(
     OUT.top_k.csv; any other name keeps its whole name (run.2024 -> run.2024.top_k.csv).
     With a calibrated model (calibration.json) moa_pred_score is a calibrated
     probability, obs['moa_unknown_score'] the distance to every known MoA, and
-    moa_pred is 'unknown' where the query is far from all of them (--open-set)
+    moa_pred is 'unknown' where the query is far from all of them (--open-set; by
+    default decided per compound, from the mean over its signatures: --unknown-by)
     or 'no call' for weak signatures (--min-strength, --min-tas); obs['moa_pred_known']
     keeps the top known MoA, obs['moa_pred_set'] the prediction set (the top call and
     every MoA whose calibrated probability, obsm['moa_proba'], reaches the set threshold).
@@ -208,7 +215,8 @@ def predict(
     from moaspace.model._predict import predict as run_predict
     from moaspace.model._predict import prediction_table, write_predictions
 
-    top_path, calls_path = _predict_outputs(out, model_dir, query, top_k=top_k, k=k)
+    top_path, calls_path = _predict_outputs(out, model_dir, query, top_k=top_k, k=k,
+                                            unknown_by=unknown_by)
     model = MoaModel.load(model_dir)
     if open_set and model.calibration is None:
         raise MoaspaceError(f"{model_dir} has no calibration.json (saved by an older moaspace?): "
@@ -222,18 +230,27 @@ def predict(
         raise MoaspaceError(f"{query}: obs has no column {compound_key!r} for --compound-level")
     if min_tas and "tas" not in adata.obs.columns:
         raise MoaspaceError(f"{query}: obs has no 'tas' column for --min-tas")
+    pool = unknown_by == "compound" and compound_key in adata.obs.columns
     result = run_predict(model, adata, k=k, predictor=predictor, top_k=top_k, backend=backend,
-                         compound_key=compound_key if compound_level else None,
-                         open_set=open_set, min_tas=min_tas, min_strength=min_strength)
+                         compound_key=compound_key if compound_level or pool else None,
+                         open_set=open_set, min_tas=min_tas, min_strength=min_strength,
+                         unknown_by=unknown_by)
+    if not compound_level:  # compounds were read for the pooled unknown calls only
+        result.uns["moa"].pop("compound_calls", None)
     write_predictions(result, out, top_k_csv=top_path, compounds_csv=calls_path)
     calls = prediction_table(result, "compound_calls")
     print_summary("predict", _predict_rows(result, out, calls, calls_path))
 
 
 def _predict_outputs(out: Path, model_dir: Path, query: Path, *, top_k: int,
-                     k: int | None) -> tuple[Path, Path]:
-    """Check --top-k and --k, and that OUT and its two side tables can be written; returns
-    the paths of the top-k table and of the compound table."""
+                     k: int | None, unknown_by: str) -> tuple[Path, Path]:
+    """Check --top-k, --k and --unknown-by, and that OUT and its two side tables can be
+    written; returns the paths of the top-k table and of the compound table."""
+    from moaspace.model._predict import UNKNOWN_BY
+
+    if unknown_by not in UNKNOWN_BY:
+        raise typer.BadParameter(f"--unknown-by must be one of {list(UNKNOWN_BY)}, "
+                                 f"got {unknown_by!r}")
     if top_k < 1:
         raise typer.BadParameter(f"--top-k must be >= 1, got {top_k}")
     if k is not None and k < 1:

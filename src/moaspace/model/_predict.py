@@ -26,6 +26,10 @@ from moaspace.model.calibration._classwise import set_labels, sets_at
 logger = logging.getLogger(__name__)
 
 
+#: how :func:`predict` makes its ``unknown`` calls: per compound (pooled) or per signature
+UNKNOWN_BY = ("compound", "signature")
+
+
 def predict(
     model,
     adata,
@@ -43,6 +47,7 @@ def predict(
     key_added: str = "moa",
     method: str | None = None,
     min_strength: float | None = None,
+    unknown_by: str = "compound",
 ):
     """Embed ``adata`` with a trained model and call MoAs with its predictor.
 
@@ -98,8 +103,9 @@ def predict(
     top_k : int, default 5
         MoAs per signature in the ``top_k`` table.
     compound_key : str or None, default "model"
-        ``obs`` column for compound-level calls: ``"model"``, the compound column the
-        model was trained with (its key registry); None: no compound calls.
+        ``obs`` column for compound-level calls (and the per-compound ``unknown`` calls of
+        ``unknown_by``): ``"model"``, the compound column the model was trained with (its
+        key registry); None: no compound calls, each signature called on its own.
     backend : {"torch", "faiss"}, default "torch"
         Exact cosine neighbour search (faiss when installed).
     copy : bool, default True
@@ -113,6 +119,13 @@ def predict(
         ``obs`` column of the TAS.
     min_strength : float, optional
         ``"no call"`` below this signature strength (default: the calibration's; 0: off).
+    unknown_by : {"compound", "signature"}, default "compound"
+        ``compound``: the signatures of one compound (``compound_key``) that get a call are
+        called ``"unknown"`` together when their mean open-set score
+        (``obs["moa_unknown_score_compound"]``) passes the calibrated threshold for that
+        many signatures; a compound with one such signature, a query without compounds
+        or a calibration without these thresholds falls back to ``signature``: each
+        signature against its own threshold.
     key_added : str, default "moa"
         Prefix of every output (``obsm[f"X_{key_added}"]``, ``obs[f"{key_added}_pred"]``,
         ``uns[key_added]``, ...).
@@ -125,6 +138,8 @@ def predict(
         The query with the fields above.
     """
     predictor = _deprecated_method(predictor, method)
+    if unknown_by not in UNKNOWN_BY:
+        raise InputError(f"unknown_by must be one of {list(UNKNOWN_BY)}, got {unknown_by!r}")
     if compound_key == "model":
         compound_key = model.keys["compound"]
     adata = adata.copy() if copy else adata
@@ -162,7 +177,9 @@ def predict(
         calls = cal.open_set_calls(
             query, atlas, method, k, weighting, open_set=open_set is not False, min_tas=min_tas,
             tas=adata.obs[tas_key] if tas_key in adata.obs.columns else None, tas_key=tas_key,
-            strength=strength, min_strength=min_strength)
+            strength=strength, min_strength=min_strength,
+            groups=(adata.obs[compound_key].to_numpy(dtype=object)  # NaN ids stay missing
+                    if compounds_q is not None and unknown_by == "compound" else None))
         info.update(calls.info)
     names = output_names(key_added)
     _write_calls(adata, atlas_ad, query, classes, calls, info, top_k=top_k, key_added=key_added)
@@ -240,6 +257,7 @@ def output_names(key_added: str = "moa") -> dict[str, str]:
     return {"embedding": f"X_{key_added}", "scores": f"{key_added}_scores",
             "pred": f"{key_added}_pred", "score": f"{key_added}_pred_score",
             "known": f"{key_added}_pred_known", "unknown": f"{key_added}_unknown_score",
+            "unknown_compound": f"{key_added}_unknown_score_compound",
             "proba": f"{key_added}_proba", "set": f"{key_added}_pred_set",
             "strength": f"{key_added}_strength",
             "nearest": ("nearest_compounds" if key_added == "moa"
@@ -369,6 +387,8 @@ def _write_calls(adata, atlas, query: Query, classes: list[str], calls: OpenSetC
     scores = query.scores
     if calls.unknown_score is not None:
         adata.obs[names["unknown"]] = calls.unknown_score
+    if calls.compound_unknown_score is not None:
+        adata.obs[names["unknown_compound"]] = calls.compound_unknown_score.astype(np.float32)
     adata.obsm[names["embedding"]] = query.z
     adata.obsm[names["scores"]] = scores
     adata.obs[names["pred"]] = pd.Categorical(calls.labels,

@@ -60,6 +60,9 @@ def signature_rows(result, state) -> list[dict]:
     order = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_MOAS]
     xy = state.project(result.obsm["X_moa"])
     unknown = obs["moa_unknown_score"] if "moa_unknown_score" in obs.columns else None
+    # with per-compound unknown calls, the call reads the compound's mean score
+    pooled = (obs["moa_unknown_score_compound"] if "moa_unknown_score_compound" in obs.columns
+              else None)
     known = obs["moa_pred_known"] if "moa_pred_known" in obs.columns else obs["moa_pred"]
     near = obs["nearest_compounds"] if "nearest_compounds" in obs.columns else None
     rows = []
@@ -69,6 +72,7 @@ def signature_rows(result, state) -> list[dict]:
             "id": str(name), "moa_pred": call, "score": _num(obs["moa_pred_score"].iloc[i]),
             "unknown": call == "unknown", "moa_pred_known": str(known.iloc[i]),
             "unknown_score": None if unknown is None else _num(unknown.iloc[i]),
+            "unknown_score_compound": None if pooled is None else _num(pooled.iloc[i]),
             "top": [{"moa": str(classes[j]), "score": _num(scores[i, j])} for j in order[i]],
             "neighbors": [] if near is None else _neighbors(near.iloc[i], state.compound_moa),
             "map": [_num(xy[i, 0]), _num(xy[i, 1])]})
@@ -117,6 +121,7 @@ def answer(result, state, compound_key: str | None) -> dict:
             "calibrated": bool(info.get("calibrated")), "method": info.get("predictor", info.get("method")),
             "unknown_threshold": _num(info["unknown_threshold"])
             if info.get("unknown_threshold") is not None else None,
+            "unknown_by": info.get("unknown_by"),
             "signatures": signatures, "compounds": compounds, "explanations": explanations}
 
 

@@ -25,7 +25,9 @@ a prediction (calibrated score, ``unknown``, ``no call``).
 
 Modules: ``_metrics`` (reliability, ECE, Brier, NLL, AUROC, thresholds, TAS
 coverage, :func:`open_set_metrics`), ``_openset`` (open-set scores), ``_maps``
-(the calibration maps and their out-of-fold choice), ``_calibration`` (the
+(the calibration maps and their out-of-fold choice), ``_pooled`` (per-compound
+``unknown`` calls: the open-set score averaged over a compound's signatures, with a
+threshold per number of signatures), ``_calibration`` (the
 :class:`Calibration` state and its calls), ``_fit`` (:func:`fit_calibration`).
 
 Open-set scores (:func:`openset_scores`)

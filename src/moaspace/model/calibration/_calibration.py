@@ -25,6 +25,7 @@ from moaspace.model.calibration._maps import (
 )
 from moaspace.model.calibration._metrics import DEFAULT_N_BINS
 from moaspace.model.calibration._openset import OPENSET_SCORES, openset_scores
+from moaspace.model.calibration._pooled import pooled_unknown
 
 logger = logging.getLogger("moaspace.model.calibration")
 
@@ -91,7 +92,9 @@ class OpenSetCalls:
     score (higher = farther from every known MoA; None only for the closed-set calls of
     an uncalibrated model, see :func:`moaspace.tl.predict`); ``extra``: the abstention
     labels that may occur (categories beyond the MoAs); ``info``: settings to record
-    with the prediction (``uns["moa"]["params"]``).
+    with the prediction (``uns["moa"]["params"]``); ``compound_unknown_score``: the mean
+    open-set score of each query's compound (its signatures with a call; None when the
+    calls were made per signature).
     """
 
     labels: np.ndarray
@@ -99,6 +102,7 @@ class OpenSetCalls:
     unknown_score: np.ndarray | None
     extra: list[str]
     info: dict
+    compound_unknown_score: np.ndarray | None = None
 
 
 @dataclass
@@ -126,7 +130,9 @@ class Calibration:
     ``classwise``: per predictor, the map of each MoA's score to the probability that
     the MoA is one of the signature's, and the threshold of the prediction sets
     (:mod:`._classwise`; also per compound under ``"compound"``; empty for calibrations
-    fitted before #28).
+    fitted before #28). ``pooled``: thresholds of the open-set score averaged over ``n``
+    signatures of one compound, for compound-level ``unknown`` calls (:mod:`._pooled`;
+    empty: every signature is called on its own).
     """
 
     classes: list[str]
@@ -148,6 +154,7 @@ class Calibration:
     validation: dict = field(default_factory=dict)
     compound: dict = field(default_factory=dict)
     classwise: dict = field(default_factory=dict)
+    pooled: dict = field(default_factory=dict)
     format_version: int = CALIBRATION_FORMAT
 
     def __post_init__(self):
@@ -250,7 +257,7 @@ class Calibration:
     def open_set_calls(self, query: Query, atlas: Atlas, method: str, k: int, weighting: str,
                        *, open_set: bool = True, min_tas: float | None = None, tas=None,
                        tas_key: str = "tas", strength=None,
-                       min_strength: float | None = None) -> OpenSetCalls:
+                       min_strength: float | None = None, groups=None) -> OpenSetCalls:
         """Calibrated score, unknown score and abstentions of one prediction.
 
         ``method``, ``k``, ``weighting``: how ``query.scores`` were made (a warning
@@ -261,7 +268,10 @@ class Calibration:
         values :func:`pandas.to_numeric` reads; None: the query has no
         ``obs[tas_key]``, so no ``no call`` flags, with a warning). ``strength``: the
         queries' signature strengths; ``min_strength`` (None: this calibration's; 0: off):
-        ``no call`` below it, whatever the TAS.
+        ``no call`` below it, whatever the TAS. ``groups``: the queries' compounds; with
+        them (and :attr:`pooled` thresholds) a compound with several signatures that get a
+        call is called ``unknown`` or not as a whole, from their mean open-set score
+        (:func:`._pooled.pooled_unknown`; ``OpenSetCalls.compound_unknown_score``).
         """
         if list(self.classes) != list(atlas.classes):
             raise MoaspaceError("the calibration was fitted for other MoAs than the atlas "
@@ -278,33 +288,59 @@ class Calibration:
                 "unknown_threshold": self.threshold,
                 "target_false_unknown": self.target_false_unknown,
                 "calibration_method": self.method_for(method)}
+        weak = self._weak(len(labels), info, min_tas, tas, tas_key, strength, min_strength)
+        compound_unknown = None
         if open_set:
-            labels[self.is_unknown(unknown)] = UNKNOWN
+            flags = self.is_unknown(unknown)
+            info["unknown_by"] = "signature"
+            if groups is not None and self.pooled.get("sizes"):
+                compound_unknown, by_compound, pooled = pooled_unknown(
+                    unknown, groups, ~weak & self._may_vote(strength), self.pooled)
+                flags = np.where(pooled, by_compound, flags)
+                info["unknown_by"] = "compound"
+                info["pooled_signatures"] = int(pooled.sum())
+            labels[flags] = UNKNOWN
             extra.append(UNKNOWN)
-        min_tas = self.min_tas if min_tas is None else min_tas
-        if min_tas is not None and min_tas > 0:
-            if tas is not None:
-                tas = pd.to_numeric(pd.Series(tas), errors="coerce").to_numpy(np.float64)
-                labels[tas < min_tas] = NO_CALL  # NaN TAS: not compared, the call stays
-                extra.append(NO_CALL)
-                info["min_tas"] = float(min_tas)
-            else:
-                logger.warning("min_tas=%s but the query has no obs[%r]; no 'no call' flags",
-                               min_tas, tas_key)
-        min_strength = self.min_strength if min_strength is None else min_strength
-        if strength is not None and min_strength is not None and min_strength > 0:
-            weak = np.asarray(strength, np.float64) < min_strength
+        if weak.any() or "min_strength" in info or "min_tas" in info:
             labels[weak] = NO_CALL
-            if NO_CALL not in extra:
-                extra.append(NO_CALL)
-            info["min_strength"] = float(min_strength)
+            extra.append(NO_CALL)
         n_unknown = int((labels == UNKNOWN).sum())
         n_nocall = int((labels == NO_CALL).sum())
         if n_unknown or n_nocall:
             logger.info("%d of %d signatures called 'unknown', %d 'no call' (weak)",
                         n_unknown, len(labels), n_nocall)
         return OpenSetCalls(labels=labels, pred_score=np.asarray(pred_score, np.float32),
-                            unknown_score=unknown.astype(np.float32), extra=extra, info=info)
+                            unknown_score=unknown.astype(np.float32), extra=extra, info=info,
+                            compound_unknown_score=compound_unknown)
+
+    def _may_vote(self, strength) -> np.ndarray | bool:
+        """Signatures as strong as those the compound thresholds were fitted on (a lower
+        ``min_strength`` in ``predict`` lets weaker ones get a call, not vote)."""
+        cut = float(self.pooled.get("min_strength") or 0.0)
+        if strength is None or cut <= 0:
+            return True
+        return np.asarray(strength, np.float64) >= cut
+
+    def _weak(self, n: int, info: dict, min_tas, tas, tas_key: str, strength,
+              min_strength) -> np.ndarray:
+        """Queries to call ``no call``: TAS below ``min_tas`` (NaN TAS: the call stays) or
+        strength below ``min_strength`` (None: this calibration's cut-offs; 0: off); the
+        cut-offs applied are recorded in ``info``."""
+        weak = np.zeros(n, dtype=bool)
+        min_tas = self.min_tas if min_tas is None else min_tas
+        if min_tas is not None and min_tas > 0:
+            if tas is not None:
+                tas = pd.to_numeric(pd.Series(tas), errors="coerce").to_numpy(np.float64)
+                weak |= tas < min_tas
+                info["min_tas"] = float(min_tas)
+            else:
+                logger.warning("min_tas=%s but the query has no obs[%r]; no 'no call' flags",
+                               min_tas, tas_key)
+        min_strength = self.min_strength if min_strength is None else min_strength
+        if strength is not None and min_strength is not None and min_strength > 0:
+            weak |= np.asarray(strength, np.float64) < min_strength
+            info["min_strength"] = float(min_strength)
+        return weak
 
     def _calibrated_confidence(self, query: Query, atlas: Atlas, centres: np.ndarray,
                                method: str) -> np.ndarray:

@@ -60,6 +60,7 @@ from moaspace.model.calibration._openset import (
     leave_moa_out_scores,
     openset_scores,
 )
+from moaspace.model.calibration._pooled import fit_pooled_thresholds
 from moaspace.model.calibration._strength import choose_min_strength, strength_coverage_curve
 
 logger = logging.getLogger("moaspace.model.calibration")
@@ -122,7 +123,8 @@ def fit_calibration(
     groups
         Compound of each validation row: the "after" ECE and reliability
         curve stored in ``validation`` are out-of-fold (5 folds grouped by
-        compound), not in-sample.
+        compound), not in-sample; the per-compound ``unknown`` thresholds
+        (``Calibration.pooled``, :mod:`._pooled`) are fitted on these compounds.
     wide_k
         Neighbours of the wider vote in :func:`confidence_features`.
     hidden, hidden_centres
@@ -171,10 +173,13 @@ def fit_calibration(
                                                       n_bins)
     _fit_sets_and_strength(cal, val, predictors, rows, maps)
     _knn_summary(cal, val, votes, rows.codes, maps, n_bins)
-    cal.thresholds = _fit_open_set(val, rows, sims, centres, votes, k=k, weighting=weighting,
-                                   energy_scale=energy_scale, backend=backend,
-                                   target_false_unknown=target_false_unknown)
+    cal.thresholds, known_scores = _fit_open_set(
+        val, rows, sims, centres, votes, k=k, weighting=weighting, energy_scale=energy_scale,
+        backend=backend, target_false_unknown=target_false_unknown)
     cal.score = choose_openset_score(val["auroc_pseudo_unknown"]) if score == "auto" else score
+    cal.pooled = _fit_pooled(rows, known_scores[cal.score], cal.min_strength,
+                             target_false_unknown)
+    val["pooled_unknown"] = cal.pooled
     if rows.tas is not None and np.isfinite(rows.tas).any():
         val["tas_coverage"] = _records(tas_coverage_curve(rows.tas, maps.right["knn"]))
     cal.validation = val
@@ -363,9 +368,10 @@ def _knn_summary(cal: Calibration, val: dict, votes: np.ndarray, codes: np.ndarr
 
 def _fit_open_set(val: dict, rows: _ValidationRows, sims: np.ndarray, centres: np.ndarray,
                   votes: np.ndarray, *, k: int, weighting: str, energy_scale: float,
-                  backend: str, target_false_unknown: float) -> dict:
-    """Every open-set score's threshold (returned) and, in ``val``, its AUROC, ROC and rates
-    against the leave-own-MoA-out pseudo-unknowns of the validation rows."""
+                  backend: str, target_false_unknown: float) -> tuple[dict, dict]:
+    """Every open-set score's threshold and the known rows' scores (returned), and, in
+    ``val``, each score's AUROC, ROC and rates against the leave-own-MoA-out
+    pseudo-unknowns of the validation rows."""
     known_s = openset_scores(rows.z, centres=centres, knn_sims=sims, k=k, class_scores=votes,
                              energy_scale=energy_scale, hidden_cos=rows.hidden_cos)
     pseudo = leave_moa_out_scores(rows.z, rows.codes, rows.reference, rows.ref_codes, centres,
@@ -378,7 +384,23 @@ def _fit_open_set(val: dict, rows: _ValidationRows, sims: np.ndarray, centres: n
     val["pseudo_unknown_detected"] = {n: float((pseudo[n] > thresholds[n]).mean())
                                       for n in names}
     val["roc_pseudo_unknown"] = {n: roc_points(known_s[n], pseudo[n]) for n in names}
-    return thresholds
+    return thresholds, known_s
+
+
+def _fit_pooled(rows: _ValidationRows, scores: np.ndarray, min_strength: float | None,
+                target_false_unknown: float) -> dict:
+    """Compound-level unknown thresholds (:mod:`._pooled`) from the validation rows that get
+    a call (strength at or above ``min_strength``, recorded as ``min_strength``: the
+    signatures that may vote in ``predict``); empty without compounds."""
+    if rows.groups is None:
+        return {}
+    keep = np.ones(len(scores), dtype=bool)
+    cut = 0.0
+    if rows.strength is not None and min_strength is not None and min_strength > 0:
+        keep, cut = rows.strength >= min_strength, float(min_strength)
+    # predict lets only signatures at least this strong vote, whatever its own cut-off
+    return {**fit_pooled_thresholds(scores[keep], rows.groups[keep], target_false_unknown),
+            "min_strength": cut}
 
 
 def _map_summary(top: np.ndarray, correct: np.ndarray, oofs: dict[str, np.ndarray],
