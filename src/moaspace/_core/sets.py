@@ -61,6 +61,13 @@ def parse_moa_sets(values: Iterable) -> list[frozenset]:
     return [_parse_one(v) for v in values]
 
 
+def moa_sort_key(moa: str) -> tuple[str, str]:
+    """The order of the MoAs in a ``|``-joined set: case-insensitive, ties by the exact
+    text (as the Drug Repurposing Hub writes its entries: ``insulin sensitizer|PPAR
+    receptor agonist``)."""
+    return (moa.casefold(), moa)
+
+
 def join_moa_set(moas: Iterable[str]) -> str:
     """A MoA set as its sorted, ``|``-joined names (``""`` for no MoA).
 
@@ -72,14 +79,15 @@ def join_moa_set(moas: Iterable[str]) -> str:
     Returns
     -------
     str
-        E.g. ``join_moa_set({"b", "a"}) == "a|b"``.
+        E.g. ``join_moa_set({"b", "a"}) == "a|b"``; sorted by :func:`moa_sort_key`, as
+        ``prepare`` writes ``obs["moa_set"]``.
 
     Raises
     ------
     InputError
         If a name contains ``|`` (it would read back as two MoAs).
     """
-    names = sorted({str(m) for m in moas})
+    names = sorted({str(m) for m in moas}, key=moa_sort_key)
     bad = [m for m in names if SEP in m]
     if bad:
         raise InputError(f"MoA names {bad} contain {SEP!r}, the separator of MoA sets")

@@ -45,6 +45,7 @@ def moa_set_string(moas) -> str | None:
     parts = {part.strip() for item in moas if isinstance(item, str)
              for part in item.split(MOA_SEP)}
     parts.discard("")
+    # the order of moaspace._core.sets.moa_sort_key (io sits below _core: not imported)
     return MOA_SEP.join(sorted(parts, key=lambda m: (m.casefold(), m))) if parts else None
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from moaspace._core.sets import join_moa_set
 from moaspace.model.calibration._maps import fit_isotonic
 
 #: thresholds compared for the prediction sets
@@ -151,9 +152,10 @@ def classwise_proba(fitted: dict, scores: np.ndarray) -> np.ndarray:
 
 
 def set_labels(sets: np.ndarray, classes, abstain: np.ndarray | None = None) -> np.ndarray:
-    """``|``-joined MoA names of each row's set, sorted by name ("" where ``abstain``)."""
+    """``|``-joined MoA names of each row's set, in ``obs["moa_set"]``'s order
+    (:func:`moaspace._core.sets.join_moa_set`; "" where ``abstain``)."""
     names = np.asarray(classes, dtype=object)
-    out = np.array(["|".join(sorted(names[row])) for row in sets], dtype=object)
+    out = np.array([join_moa_set(names[row]) for row in sets], dtype=object)
     if abstain is not None:
         out[np.asarray(abstain, bool)] = ""
     return out
