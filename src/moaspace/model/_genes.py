@@ -12,8 +12,9 @@ import pandas as pd
 from moaspace._core.strength import signature_strength
 from moaspace._utils import preview
 from moaspace.errors import InputError
-from moaspace.model.data import RowSource
-from moaspace.model.train import dense_rows
+from moaspace.model.data import InMemoryRows, RowSource, backed_rows
+from moaspace.model.module import layer_widths
+from moaspace.model.train import dense_rows, warn_if_not_zscores
 
 logger = logging.getLogger("moaspace.model.model")  # the log lines of MoaModel's gene checks
 
@@ -62,12 +63,39 @@ def aligned_rows(model, adata: ad.AnnData, pos: np.ndarray, start: int, stop: in
     return x
 
 
-def query_strength(model, adata: ad.AnnData, batch_size: int = 1024) -> np.ndarray:
+def query_strength(model, adata: ad.AnnData) -> np.ndarray:
     """z-score strength of each signature of ``adata`` over ``model``'s genes, clipped as
     the network clips (:func:`moaspace._core.strength.signature_strength`): what
     ``no call`` reads, in ``predict`` and in ``model.calibrate``."""
-    out = np.empty(adata.n_obs, dtype=np.float64)
+    return stream_layers(model, adata, (), strength=True)[1]
+
+
+def stream_layers(model, adata: ad.AnnData, layers: tuple[str, ...], batch_size: int = 8192,
+                  max_missing_fraction: float | None = None, *,
+                  strength: bool = False) -> tuple[tuple[np.ndarray, ...], np.ndarray | None]:
+    """One pass over ``adata`` (in memory or backed, ``batch_size`` rows at a time) in the
+    model's gene order: the network's ``layers`` (:meth:`MoaModel.embed_layers`) and, with
+    ``strength``, each signature's strength, so a large query is read once for both."""
+    layers = tuple(layers)
+    widths = layer_widths(model._require_net(), layers) if layers else []
+    pos = gene_positions(model, adata, max_missing_fraction)
+    source = backed_rows(adata) if adata.isbacked else None
+    if source is not None:
+        batch_size = min(batch_size, source.chunk_rows)
+    out = tuple(np.zeros((adata.n_obs, w), dtype=np.float32) for w in widths)
+    strengths = np.empty(adata.n_obs, dtype=np.float64) if strength else None
+    largest = 0.0
     for start in range(0, adata.n_obs, batch_size):
-        block = model.align_genes(adata[start:start + batch_size])
-        out[start:start + batch_size] = signature_strength(block, model.config.clip)
-    return out
+        x = aligned_rows(model, adata, pos, start, start + batch_size, source)
+        if not np.isfinite(x).all():
+            raise InputError("the query has NaN/inf values; drop or impute them first")
+        largest = max(largest, float(np.abs(x).max(initial=0.0)))
+        if strengths is not None:
+            strengths[start:start + len(x)] = signature_strength(x, model.config.clip)
+        if layers:
+            got = model._embed_source(InMemoryRows(x), np.arange(len(x)), layers=layers)
+            for o, g in zip(out, got, strict=True):
+                o[start:start + batch_size] = g
+    if layers:
+        warn_if_not_zscores(largest, "the query")
+    return out, strengths

@@ -19,7 +19,7 @@ from moaspace._core.neighbors import (
     top_k_table,
 )
 from moaspace.errors import InputError, MoaspaceError
-from moaspace.model._genes import query_strength
+from moaspace.model._genes import stream_layers
 from moaspace.model.calibration import Atlas, OpenSetCalls, Query
 from moaspace.model.calibration._classwise import set_labels, sets_at
 
@@ -150,7 +150,7 @@ def predict(
     classes = sorted(set(ref_moa))
     cal = getattr(model, "calibration", None)
     method = _resolve_method(model, predictor)
-    z, hidden, prototype_layer = _embed(model, adata, method, cal)
+    z, hidden, prototype_layer, strength = _embed(model, adata, method, cal)
     k, weighting = _resolve_knn(model, cal, k, weighting)
     fitted = (prototype_layer if method == "hidden_prototype"
               else model.predictor_of(method, k=k, weighting=weighting))
@@ -165,7 +165,6 @@ def predict(
                   hidden_centres=None if prototype_layer is None else prototype_layer.centres)
     scores, atlas = _class_scores(fitted, z, hidden, sims, idx, atlas)
     query = Query(z=z, scores=scores, sims=sims, idx=idx, hidden=hidden)
-    strength = query_strength(model, adata)
     info = {"predictor": method, "k": k, "weighting": weighting,
             "calibrated": cal is not None, "compound_key": compound_key or ""}
     if cal is None:
@@ -329,12 +328,13 @@ def _resolve_method(model, method: str | None) -> str:
 
 
 def _embed(model, adata, method: str, cal):
-    """``(embedding, prototype layer, prototype-layer predictor)`` of the queries; the last
-    two are None unless the call or the calibration's open-set score reads the prototype
-    layer."""
+    """``(embedding, prototype layer, prototype-layer predictor, strength)`` of the queries,
+    in one pass over them; the prototype layer and its predictor are None unless the call
+    or the calibration's open-set score reads the prototype layer."""
     if not (method == "hidden_prototype"
             or (cal is not None and cal.score == "hidden_prototype")):
-        return model.embed(adata), None, None
+        (z,), strength = stream_layers(model, adata, ("embedding",), strength=True)
+        return z, None, None, strength
     if getattr(model, "hidden_prototypes", None) is None:
         what = ("method 'hidden_prototype'" if method == "hidden_prototype" else
                 "the calibration's open-set score 'hidden_prototype'")
@@ -343,8 +343,8 @@ def _embed(model, adata, method: str, cal):
                             "'prototype' and recalibrate with another score, or retrain")
     # the prototype layer: the last hidden layer (stacked with the whitened signature for
     # models that have it; moaspace.model.prototypes)
-    z, layer = model.embed_layers(adata, ("embedding", "prototype"))
-    return z, layer, model.predictor_of("hidden_prototype")
+    (z, layer), strength = stream_layers(model, adata, ("embedding", "prototype"), strength=True)
+    return z, layer, model.predictor_of("hidden_prototype"), strength
 
 
 def _resolve_knn(model, cal, k: int | None, weighting: str | None) -> tuple[int, str]:

@@ -39,7 +39,7 @@ from moaspace.model._calibrate import (
     calibration_rows,
 )
 from moaspace.model._config import CONFIG_DIGEST, ModelConfig, _check_config, config_digest
-from moaspace.model._genes import aligned_rows, gene_positions, query_strength
+from moaspace.model._genes import aligned_rows, gene_positions, query_strength, stream_layers
 from moaspace.model._keys import ModelKeys, check_training_data, split_labels
 from moaspace.model._save import (
     ATLAS_FILE,
@@ -50,8 +50,8 @@ from moaspace.model._save import (
     load_model,
     save_model,
 )
-from moaspace.model.data import InMemoryRows, RowSource, backed_rows
-from moaspace.model.module import MoaNet, embed_row_source, layer_widths
+from moaspace.model.data import RowSource, backed_rows
+from moaspace.model.module import MoaNet, embed_row_source
 from moaspace.model.predictor import MoaPredictor, fit_predictor
 from moaspace.model.train import (
     INPUT_CANDIDATES,
@@ -65,7 +65,6 @@ from moaspace.model.train import (
     run_options,
     run_training,
     single_moa_rows,
-    warn_if_not_zscores,
 )
 
 __all__ = [
@@ -390,24 +389,7 @@ class MoaModel:
         tuple of numpy.ndarray
             One float32 array per layer, in the order asked.
         """
-        layers = tuple(layers)
-        widths = layer_widths(self._require_net(), layers)
-        pos = gene_positions(self, adata, max_missing_fraction)
-        source = backed_rows(adata) if adata.isbacked else None
-        if source is not None:
-            batch_size = min(batch_size, source.chunk_rows)
-        out = tuple(np.zeros((adata.n_obs, w), dtype=np.float32) for w in widths)
-        largest = 0.0
-        for start in range(0, adata.n_obs, batch_size):
-            x = aligned_rows(self, adata, pos, start, start + batch_size, source)
-            if not np.isfinite(x).all():
-                raise InputError("the query has NaN/inf values; drop or impute them first")
-            largest = max(largest, float(np.abs(x).max(initial=0.0)))
-            got = self._embed_source(InMemoryRows(x), np.arange(len(x)), layers=layers)
-            for o, g in zip(out, got, strict=True):
-                o[start:start + batch_size] = g
-        warn_if_not_zscores(largest, "the query")
-        return out
+        return stream_layers(self, adata, tuple(layers), batch_size, max_missing_fraction)[0]
 
     def _embed_source(self, source: RowSource, idx: np.ndarray, batch_size: int = 8192,
                       layers: tuple[str, ...] = ("embedding",)) -> tuple[np.ndarray, ...]:
