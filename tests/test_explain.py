@@ -92,6 +92,34 @@ def test_planted_up_gene_comes_out_positive(planted):
     assert gain > 0.05 and info.loc[moa, "mean_abs_delta"] < 0.05 * gain
 
 
+def test_signed_table_is_the_pattern_of_predicts_calibrated_probability(planted):
+    """The signed table is the pattern of the per-MoA probability predict reports
+    (obsm['moa_proba']); a model without per-MoA calibration falls back to the softmax."""
+    model, adata, moa = planted
+    assert model.calibration is not None and model.calibration.classwise
+    signed, _, info = gene_importance(model, adata, moas=[moa], n_steps=4, n_baselines=1,
+                                      max_per_moa=5)
+    assert info.attrs["pattern_of"].startswith("calibrated per-MoA probability")
+    pred = predict(model, adata.copy(), compound_key=None)
+    column = list(pred.uns["moa"]["classes"]).index(moa)
+    expected = score_patterns(model.align_genes(adata), pred.obsm["moa_proba"],
+                              model.config.clip)[:, column]
+    np.testing.assert_allclose(signed[moa].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+    # the calibrated probability differs from the softmax: the pattern is not the softmax's
+    softmax = score_patterns(model.align_genes(adata), pred.obsm["moa_scores"],
+                             model.config.clip)[:, column]
+    assert not np.allclose(expected, softmax, rtol=1e-3)
+    classwise = model.calibration.classwise
+    try:
+        model.calibration.classwise = {}
+        fallback, _, info = gene_importance(model, adata, moas=[moa], n_steps=4,
+                                            n_baselines=1, max_per_moa=5)
+    finally:
+        model.calibration.classwise = classwise
+    assert "no per-MoA calibration" in info.attrs["pattern_of"]
+    np.testing.assert_allclose(fallback[moa].to_numpy(), softmax, rtol=1e-4, atol=1e-6)
+
+
 def test_arcface_view_is_labelled(planted):
     model, adata, moa = planted
     _, _, info = gene_importance(model, adata, moas=[moa], view="arcface_head", n_steps=4,

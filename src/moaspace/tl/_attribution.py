@@ -13,11 +13,17 @@ the embedding that no call is made with).
 
 ``signed`` (the direction; the *pattern* of the score, Haufe et al. 2014, NeuroImage
 87:96-110): the covariance, across all the signatures explained, between each gene (as the
-model sees it, clipped) and the MoA's softmax score, divided by the score's standard
-deviation (z-score units per standard deviation of the score). Positive: the gene is **up**
-in the signatures the model scores high for the MoA; negative: **down**. For a linear score
-``w . x`` it is ``Cov(x) w``, the forward model that belongs to the filter ``w``. This is the
-reading to compare with a MoA's known up- and down-regulated genes.
+model sees it, clipped) and the model's calibrated probability of the MoA (``predict``'s
+``obsm["moa_proba"]``; the softmax score where the model has no per-MoA calibration),
+divided by that probability's standard deviation (z-score units per standard deviation).
+Positive: the gene is **up** in the signatures the model gives the MoA; negative: **down**.
+For a linear score ``w . x`` it is ``Cov(x) w``, the forward model that belongs to the
+filter ``w``. This is the reading to compare with a MoA's known up- and down-regulated
+genes. Why the calibrated probability: for any ``x``, ``Cov(x, P(c | x)) = Cov(x, 1[y = c])``
+(the law of total covariance), so the pattern of a calibrated probability estimates the
+shift of the MoA's mean signature as the model sees the class; the softmax at temperature 0.1
+is no probability (the real statins' own scores are 0.1-0.4) and weighs the drugs of other
+MoAs that it scores a little too much against the members, diluting a weak programme.
 
 ``contribution`` (the weights; integrated gradients, captum): ``(x - b) * mean gradient of
 the MoA's cosine along the straight path from b to x``; summed over genes it is
@@ -267,8 +273,9 @@ def gene_importance(
     signed : pandas.DataFrame, shape (n_genes, 1 + n_explained_moas)
         The pattern per gene (rows, indexed by ``model.genes``) and explained MoA (columns),
         after a first ``gene_symbol`` column (the gene ids when the model has no symbols):
-        positive = up, negative = down in the signatures the model scores high for the MoA
-        (:func:`score_patterns` of the MoA's score over all signatures of ``adata``).
+        positive = up, negative = down in the signatures the model gives the MoA
+        (:func:`score_patterns` over all signatures of ``adata`` of the MoA's calibrated
+        probability, :func:`pattern_scores`; ``info.attrs["pattern_of"]`` says which).
     absolute : pandas.DataFrame
         Same layout: the mean absolute IG contribution (how much each gene moves the score,
         either way).
@@ -310,7 +317,8 @@ def gene_importance(
     unknown = sorted(set(wanted) - set(classes))
     if unknown:
         raise InputError(f"MoAs not known to the model: {unknown}")
-    patterns = score_patterns(x_all, scores, getattr(model.module.encoder, "clip", None))
+    weights, pattern_of = pattern_scores(model, scores, view)
+    patterns = score_patterns(x_all, weights, getattr(model.module.encoder, "clip", None))
     rng = np.random.default_rng(seed)
     out: dict[str, dict] = {"signed": {}, "absolute": {}, "contribution": {}}
     info = []
@@ -340,11 +348,46 @@ def gene_importance(
     frames = [_gene_frame(model, out[k]) for k in ("signed", "absolute", "contribution")]
     info_frame = pd.DataFrame(info).set_index("moa", drop=False).rename_axis(None)
     info_frame.attrs.update(score=description, attributed=f"{view} cosine (pre-softmax)",
+                            pattern_of=pattern_of,
                             view=view, n_steps=n_steps,
                             n_baselines=n_baselines, baseline="signatures of other MoAs")
     if return_contribution:
         return frames[0], frames[1], info_frame, frames[2]
     return frames[0], frames[1], info_frame
+
+
+def pattern_scores(model, scores: np.ndarray, view: str = "predictor"
+                   ) -> tuple[np.ndarray, str]:
+    """The per-MoA values whose pattern is the signed table, and what they are.
+
+    Parameters
+    ----------
+    model : moaspace.model.MoaModel
+        A trained model.
+    scores : numpy.ndarray, shape (n, n_moas)
+        The explained view's scores of the signatures (:func:`score_module`).
+    view : {"predictor", "arcface_head"}, default "predictor"
+        The view the scores come from.
+
+    Returns
+    -------
+    values : numpy.ndarray, shape (n, n_moas)
+        For the ``predictor`` view of a model calibrated per MoA, the calibrated per-MoA
+        probabilities ``predict`` writes to ``obsm["moa_proba"]`` (the same map of the
+        same scores); otherwise ``scores``.
+    description : str
+        What ``values`` are (``info.attrs["pattern_of"]`` of :func:`gene_importance`).
+    """
+    cal = getattr(model, "calibration", None)
+    kind = model.predictor.kind
+    if view == "predictor" and cal is not None and kind != "knn":
+        # a kNN model's per-MoA map is fitted to vote shares, not to the prototype softmax
+        # that stands in for it here
+        fitted = cal.class_probabilities(scores, kind)
+        if fitted is not None:
+            return (np.asarray(fitted[0], dtype=np.float64),
+                    "calibrated per-MoA probability (obsm['moa_proba'])")
+    return scores, "the attributed score (no per-MoA calibration)"
 
 
 def _maybe_progress(items, progress: bool):

@@ -6,8 +6,10 @@ What the output files mean (all genes x MoAs tables are indexed by gene id, with
 
 ``gene_importance_signed.csv``
     The **direction** of each gene for the MoA: positive = the gene is up, negative = down
-    in the signatures the model scores high for the MoA (the pattern of the MoA's softmax
-    score, Haufe et al. 2014; z-score units per standard deviation of the score).
+    in the signatures the model gives the MoA (the pattern of the MoA's calibrated
+    probability ``obsm["moa_proba"]``, Haufe et al. 2014; z-score units per standard
+    deviation of that probability; of the softmax score for a model without per-MoA
+    calibration).
     Compare it with a MoA's known up- and down-regulated genes.
 ``gene_contribution.csv``
     The mean integrated-gradients contribution to the MoA's cosine (the predictor's score
@@ -141,7 +143,7 @@ def explain(
     n_moas = len(info)
     summary = {
         "ranking": ranking, "view": view, "score": info.attrs.get("score"),
-        "attributed": info.attrs.get("attributed"),
+        "attributed": info.attrs.get("attributed"), "pattern_of": info.attrs.get("pattern_of"),
         "baseline": f"{n_baselines} signatures of other MoAs per signature, {n_steps} steps",
         "signed_means": SIGNED_MEANS,
         "gene_sets": enrichment.attrs.get("gene_sets"), "min_size": min_size,
@@ -161,7 +163,7 @@ def explain(
 
 
 SIGNED_MEANS = ("gene_importance_signed.csv: + = the gene is up, - = down in the signatures "
-                "the model scores high for the MoA (pattern of the MoA's score); "
+                "the model gives the MoA (pattern of its calibrated probability); "
                 "gene_contribution.csv: + = the gene's value raises the MoA's score relative "
                 "to signatures of other MoAs (integrated gradients; not a direction)")
 
