@@ -15,7 +15,7 @@ Data sets: the shipped real consensus set (``datasets.lincs_consensus``: one sig
 per drug, 519 drugs in 44 MoAs; signature = compound) and a simulated release with
 several signatures per compound across cells and doses (``--sim``: a prepared ``.h5ad``;
 default: the default simulator world, ``moaspace simulate --seed 0`` + ``prepare``).
-Writes ``benchmarks/results/bench_calibration.json``.
+Writes ``benchmarks/results/bench_calibration.json`` (``--out``: another file).
 """
 
 from __future__ import annotations
@@ -54,17 +54,26 @@ def _fold(adata, labels: np.ndarray, seed: int, max_epochs: int) -> tuple[dict, 
     pred = ms.tl.predict(model, test, open_set=False)
     truth = test.obs["moa"].astype(str)
     known = truth.isin(model.moas).to_numpy()
+    # moa_pred_score is the probability that the top *known* MoA is right, also where the
+    # signature is too weak for a call ('no call' in moa_pred): score that call
+    top = pred.obs["moa_pred_known" if "moa_pred_known" in pred.obs else "moa_pred"]
     sig = {"after": pred.obs["moa_pred_score"].to_numpy(float)[known],
            "before": pred.obsm["moa_scores"].max(axis=1)[known],
-           "right": (pred.obs["moa_pred"].astype(str) == truth).to_numpy()[known]}
+           "right": (top.astype(str) == truth).to_numpy()[known],
+           "no_call": (pred.obs["moa_pred"].astype(str) == "no call").to_numpy()[known]}
     calls = ms.tl.prediction_table(pred, "compound_calls")
     cpd_truth = test.obs.groupby("pert_id", observed=True)["moa"].first().astype(str)
     cpd_truth = cpd_truth.reindex(calls.index)
     keep = cpd_truth.isin(model.moas).to_numpy()
+    # a compound whose every signature is 'no call' has no compound call and no score
+    silent = keep & ~np.isfinite(calls["moa_pred_score"].to_numpy(float))
+    keep &= ~silent
     cpd = {"after": calls["moa_pred_score"].to_numpy(float)[keep],
            "before": calls["mean_score"].to_numpy(float)[keep],
            "right": (calls["moa_pred"].astype(str) == cpd_truth).to_numpy()[keep],
-           "n_signatures": calls["n_signatures"].to_numpy()[keep]}
+           "n_signatures": calls["n_signatures"].to_numpy()[keep],
+           "silent": np.full(int(keep.sum()) + int(silent.sum()), False)}
+    cpd["silent"][int(keep.sum()):] = True  # counted, not scored
     return sig, cpd
 
 
@@ -78,6 +87,10 @@ def _one(adata, seed: int, max_epochs: int) -> dict:
     for level, index in (("signature", 0), ("compound", 1)):
         pooled = {k: np.concatenate([p[index][k] for p in parts]) for k in parts[0][index]}
         out[f"{level}_n"] = len(pooled["right"])
+        if "no_call" in pooled:
+            out[f"{level}_no_call_share"] = float(pooled.pop("no_call").mean())
+        if "silent" in pooled:
+            out[f"{level}_without_call"] = int(pooled.pop("silent").sum())
         out[f"{level}_accuracy"] = float(pooled["right"].mean())
         out[f"{level}_ece_before"] = ece(pooled["before"], pooled["right"], 10)
         out[f"{level}_ece_after"] = ece(pooled["after"], pooled["right"], 10)
@@ -91,6 +104,7 @@ def main(argv=None) -> None:
     p.add_argument("--sim-seeds", default="0")
     p.add_argument("--sim", type=Path, default=None)
     p.add_argument("--max-epochs", type=int, default=40)
+    p.add_argument("--out", type=Path, default=OUT, help="result file (JSON)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     sim_seeds = [int(s) for s in args.sim_seeds.split(",") if s]
@@ -112,10 +126,10 @@ def main(argv=None) -> None:
                                   "sd": float(values.std(ddof=1)) if len(values) > 1 else None}
             print(f"{name:16s} {key:26s} {values.mean():.3f} ± "
                   f"{values.std(ddof=1) if len(values) > 1 else 0:.3f}")
-    OUT.write_text(json.dumps({**provenance(), "seeds": seeds, "sim_seeds": sim_seeds,
+    args.out.write_text(json.dumps({**provenance(), "seeds": seeds, "sim_seeds": sim_seeds,
                                "max_epochs": args.max_epochs,
                                "summary": summary, "runs": runs}, indent=1))
-    print(f"-> {OUT}")
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,39 @@ def test_temperature_scaling_lowers_nll_and_ece_on_an_overconfident_toy():
     assert expected_calibration_error(calibrated, correct) < ece_before
 
 
+def test_isotonic_blocks_use_the_rule_of_succession():
+    """A small validation set whose lowest scores hold no right call: the plain isotonic
+    map sends them to 1/(n+2), far below their true rate; per block the estimate is
+    (k+1)/(n_b+2), and over many draws the per-block map is closer to the truth there."""
+    conf = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
+    right = np.array([0, 0, 0, 0, 1, 0, 1, 1], dtype=float)
+    plain = fit_isotonic(conf, right, per_block=False)
+    block = fit_isotonic(conf, right)
+    # blocks: {0.1..0.4}: 0 of 4; {0.6, 0.7}: 1 of 2; {0.8, 0.9}: 2 of 2
+    assert np.interp(0.1, block["x"], block["y"]) == pytest.approx(1 / 6)
+    assert np.interp(0.65, block["x"], block["y"]) == pytest.approx(2 / 4)
+    assert np.interp(0.85, block["x"], block["y"]) == pytest.approx(3 / 4)
+    assert np.interp(0.1, plain["x"], plain["y"]) == pytest.approx(1 / 10)
+    assert np.all(np.diff(block["y"]) >= 0) and np.all(np.diff(block["x"]) > 0)
+    # 200 validation sets of 60 rows with a true rate of 0.1 below 0.5 and 0.6 above:
+    # the per-block map's mean error at the low end is smaller
+    rng = np.random.default_rng(0)
+    err = {True: [], False: []}
+    for _ in range(200):
+        c = rng.random(60)
+        y = (rng.random(60) < np.where(c < 0.5, 0.1, 0.6)).astype(float)
+        for per_block in (True, False):
+            m = fit_isotonic(c, y, per_block=per_block)
+            err[per_block].append(np.interp(0.05, m["x"], m["y"]) - 0.1)
+    assert abs(np.mean(err[True])) < abs(np.mean(err[False]))
+    # with many rows the two agree
+    c = rng.random(20000)
+    y = (rng.random(20000) < c).astype(float)
+    grid = np.linspace(0.02, 0.98, 49)
+    a, b = fit_isotonic(c, y), fit_isotonic(c, y, per_block=False)
+    assert np.abs(np.interp(grid, a["x"], a["y"]) - np.interp(grid, b["x"], b["y"])).max() < 0.01
+
+
 def test_confidence_features_by_hand():
     centres = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)  # prototypes of A, B
     ref_codes = np.array([0, 0, 1, 1])

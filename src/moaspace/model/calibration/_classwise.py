@@ -108,10 +108,12 @@ def fit_classwise(scores: np.ndarray, truth: np.ndarray, groups: np.ndarray | No
         if not train.any() or not tr[train].any():
             oof[test] = sc[test]
             continue
-        oof[test] = _map(fit_isotonic(sc[train].ravel(), tr[train].ravel()), sc[test])
+        oof[test] = _map(fit_isotonic(sc[train].ravel(), tr[train].ravel(),
+                                      per_block=False), sc[test])
     f1 = {t: float(set_f1(sets_at(oof, sc, t), tr).mean()) for t in SET_THRESHOLDS}
     best = max(SET_THRESHOLDS, key=lambda t: (round(f1[t], 6), t))  # ties: the smaller sets
-    return {"isotonic": fit_isotonic(sc.ravel(), tr.ravel()), "set_threshold": float(best),
+    return {"isotonic": fit_isotonic(sc.ravel(), tr.ravel(), per_block=False),
+            "set_threshold": float(best),
             "set_f1": f1[best], "set_f1_top1": float(set_f1(sets_at(oof, sc, 2.0), tr).mean()),
             "mean_set_size": float(sets_at(oof, sc, best).sum(axis=1).mean()),
             "n": len(rows)}
