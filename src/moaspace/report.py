@@ -315,10 +315,11 @@ def _genes_section(run: Path, path: Path) -> list[str]:
     top = top.assign(gene=top["gene_symbol"].astype(str) + up.map({True: " ↑", False: " ↓"}))
     table = top.groupby("moa")["gene"].agg(", ".join).reset_index()
     table.columns = ["moa", "top 8 genes (↑ up, ↓ down)"]
-    return ["<h2>Top genes per MoA (integrated gradients)</h2><p class='note'>From "
-            "<code>explain/top_genes.csv</code>: the genes with the largest attribution to "
-            "each MoA over its training signatures, with their direction (the sign of the "
-            "attribution; see <code>moaspace explain --help</code> for what it means).</p>",
+    return ["<h2>Top genes per MoA</h2><p class='note'>From "
+            "<code>explain/top_genes.csv</code>: the genes that move most with the model's "
+            "calibrated probability of each MoA over every signature of the run (the signed "
+            "pattern: ↑ up, ↓ down in the signatures the model gives the MoA; see "
+            "<code>moaspace explain --help</code> for what it means).</p>",
             _table(table, max_rows=100)]
 
 
