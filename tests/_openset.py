@@ -1,5 +1,5 @@
 """A small model trained on a ``moa`` split: what the open-set prediction and model
-calibration tests share (test_predict_open_set.py, test_model_calibrate.py)."""
+calibration tests share (the ``openset_run`` fixture of conftest.py)."""
 
 from __future__ import annotations
 

@@ -150,3 +150,12 @@ def saved_model(tmp_path_factory) -> dict:
     write_h5ad(query, root / "query.h5ad")
     return {"root": root, "model_dir": root / "model", "model": model, "adata": adata,
             "query": query}
+
+
+@pytest.fixture(scope="module")
+def openset_run(tmp_path_factory):
+    """(root, model, adata, test): a small model trained on a ``moa`` split
+    (tests/_openset.py), once per test module (tests may change the model)."""
+    from _openset import train_openset_run
+
+    return train_openset_run(tmp_path_factory)

@@ -9,18 +9,10 @@ import logging
 import pytest
 from typer.testing import CliRunner
 
-from _openset import train_openset_run
 from moaspace.cli import app
 from moaspace.errors import InputError
 from moaspace.model import MoaModel
 from moaspace.pp._prepare import write_h5ad
-
-
-@pytest.fixture(scope="module")
-def openset_run(tmp_path_factory):
-    """(root, model, adata, test): a small model trained on a ``moa`` split (tests/_openset.py)."""
-    return train_openset_run(tmp_path_factory)
-
 
 # ------------------------------------------------------------------------------- model calibration
 

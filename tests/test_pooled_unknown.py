@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from _openset import train_openset_run
 from moaspace.cli import app
 from moaspace.errors import InputError
 from moaspace.model import MoaModel
@@ -109,10 +108,6 @@ def test_pooled_unknown_leaves_out_ineligible_and_lone_signatures():
     assert pooled.tolist() == [True, False, False, True]
     assert np.isnan(mean[1:3]).all()
 
-
-@pytest.fixture(scope="module")
-def openset_run(tmp_path_factory):
-    return train_openset_run(tmp_path_factory)
 
 
 def test_predict_calls_unknown_per_compound(openset_run):

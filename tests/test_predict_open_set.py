@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from _openset import TINY, train_openset_run
+from _openset import TINY
 from _synthetic import make_synthetic
 from moaspace.cli import app
 from moaspace.errors import InputError, MoaspaceError
@@ -22,13 +22,6 @@ from moaspace.model._predict import predict, prediction_table
 from moaspace.model.calibration import unknown_auroc
 from moaspace.pp._prepare import read_h5ad
 from moaspace.pp._split import split
-
-
-@pytest.fixture(scope="module")
-def openset_run(tmp_path_factory):
-    """(root, model, adata, test): a small model trained on a ``moa`` split (tests/_openset.py)."""
-    return train_openset_run(tmp_path_factory)
-
 
 # --------------------------------------------------------------------- calls of a calibrated model
 
