@@ -87,3 +87,31 @@ def test_hidden_prototype_scores_by_hand():
     with pytest.raises(InputError, match="do not match"):
         openset_scores(z, centres=centres_z, reference=centres_z, k=1, hidden=hidden[:, :2],
                        hidden_centres=hidden_centres)
+
+
+def test_auto_uses_the_hidden_score_where_there_is_one_and_pseudo_unknown_chooses():
+    """``score="auto"``: ``hidden_prototype`` whenever the rows have prototype-layer cosines
+    (even where another score wins against pseudo-unknowns); ``pseudo_unknown``, and
+    ``auto`` without them, take the best pseudo-unknown AUROC."""
+    from moaspace._core.neighbors import l2_normalize
+
+    adata = make_synthetic(n_moas=6, compounds_per_moa=6, n_genes=40, seed=2)
+    split(adata, "moa", moa_fraction=0.2, seed=0)
+    s = adata.obs["split"].astype(str).to_numpy()
+    x, y = np.asarray(adata.X), adata.obs["moa"].astype(str).to_numpy()
+    args = (x[s == "val"], y[s == "val"], x[s == "train"], y[s == "train"])
+    classes = sorted(set(y[s == "train"]))
+    # a hidden layer that knows nothing: random cosines, a poor open-set score
+    rng = np.random.default_rng(0)
+    hidden_cos = l2_normalize(rng.normal(size=((s == "val").sum(), len(classes))))
+    chosen = fit_calibration(*args, classes=classes, hidden_cos=hidden_cos,
+                             score="pseudo_unknown")
+    aurocs = chosen.validation["auroc_pseudo_unknown"]
+    best = max(aurocs, key=aurocs.get)
+    assert chosen.score == best != "hidden_prototype"
+    auto = fit_calibration(*args, classes=classes, hidden_cos=hidden_cos)
+    assert auto.score == "hidden_prototype"
+    assert auto.validation["auroc_pseudo_unknown"] == pytest.approx(aurocs)
+    assert fit_calibration(*args, classes=classes).score == best  # no hidden layer
+    with pytest.raises(InputError, match="pseudo_unknown"):
+        fit_calibration(*args, classes=classes, score="best")

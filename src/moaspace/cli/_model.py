@@ -300,7 +300,9 @@ def calibrate(
                                "its old name).")
     ] = "auto",
     score: Annotated[str, typer.Option(
-        help="Open-set score: auto | prototype | knn | energy | msp | hidden_prototype.")
+        help="Open-set score: auto (hidden_prototype where the model has it) | "
+             "pseudo_unknown (best validation AUROC against leave-own-MoA-out) | prototype "
+             "| knn | energy | msp | hidden_prototype.")
     ] = "auto",
     min_tas: Annotated[
         float | None, typer.Option(help="Store a 'no call' TAS cut-off in the calibration.")

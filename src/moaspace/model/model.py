@@ -508,9 +508,9 @@ class MoaModel:
         right (``method="auto"``: of isotonic, temperature, logistic and none, the
         lowest out-of-fold Brier score, chosen separately for each predictor;
         prototype predictors always get a fitted map) so that ``moa_pred_score`` is a probability, picks the open-set
-        score (``score="auto"``: best AUROC against leave-own-MoA-out
-        pseudo-unknowns, ``hidden_prototype`` included when the model has hidden
-        prototypes) and its threshold for ``target_false_unknown``, and
+        score (``score="auto"``: ``hidden_prototype`` when the model has hidden
+        prototypes, else as ``"pseudo_unknown"``: best AUROC against
+        leave-own-MoA-out pseudo-unknowns) and its threshold for ``target_false_unknown``, and
         stores ``min_tas`` (no call below it; None: off; the TAS column is
         ``obs[tas_key]``, used for the accuracy-vs-TAS curve) and chooses
         ``min_strength``, the ``no call`` cut-off on the z-scores' own strength

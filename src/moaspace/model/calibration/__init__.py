@@ -48,12 +48,18 @@ Open-set scores (:func:`openset_scores`)
     The margin losses pull an unseen MoA's embedding onto some known
     centre; the layer before keeps more of what sets it apart.
 
-Which one is used is chosen on validation data (``score="auto"``): every
-validation signature is scored twice, once against the full atlas (a known
-query) and once with its own MoA removed from the atlas and the prototypes
-(a *pseudo-unknown*: leave-own-MoA-out), and the score with the highest AUROC
-between the two wins. The threshold is then a quantile of the known
-validation scores (:func:`choose_threshold`).
+By default (``score="auto"``) a trained model uses ``hidden_prototype``. With
+``score="pseudo_unknown"`` (and ``auto`` on arrays without a hidden layer) the
+score is chosen on validation data: every validation signature is scored
+twice, once against the full atlas (a known query) and once with its own MoA
+removed from the atlas and the prototypes (a *pseudo-unknown*:
+leave-own-MoA-out), and the score with the highest AUROC between the two wins.
+Pseudo-unknowns are not real new mechanisms: on held-out MoAs of the real
+consensus set and the simulator, where that choice differed from
+``hidden_prototype`` it was mostly worse (``docs/benchmarks.md``), so a model
+no longer lets it choose. Every score's pseudo-unknown AUROC is still recorded
+(``validation["auroc_pseudo_unknown"]``). The threshold is a quantile of the
+known validation scores (:func:`choose_threshold`).
 
 Expected calibration error (ECE)
 --------------------------------
