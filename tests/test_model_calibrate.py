@@ -29,7 +29,11 @@ def test_model_dir_round_trips_calibration(openset_run):
 def test_calibrate_refit_and_bad_input(openset_run):
     _, model, adata, _ = openset_run
     before = model.calibration
+    assert before.score == "hidden_prototype"  # score="auto" on a model with a prototype layer
     try:
+        cal = model.calibrate(adata, score="pseudo_unknown")
+        aurocs = cal.validation["auroc_pseudo_unknown"]
+        assert "hidden_prototype" in aurocs and cal.score == max(aurocs, key=aurocs.get)
         cal = model.calibrate(adata, target_false_unknown=0.1, score="knn")
         assert cal.score == "knn" and cal.target_false_unknown == 0.1
         assert cal.validation["false_unknown_rate"]["knn"] <= 0.1
