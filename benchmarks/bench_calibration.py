@@ -72,8 +72,7 @@ def _fold(adata, labels: np.ndarray, seed: int, max_epochs: int) -> tuple[dict, 
            "before": calls["mean_score"].to_numpy(float)[keep],
            "right": (calls["moa_pred"].astype(str) == cpd_truth).to_numpy()[keep],
            "n_signatures": calls["n_signatures"].to_numpy()[keep],
-           "silent": np.full(int(keep.sum()) + int(silent.sum()), False)}
-    cpd["silent"][int(keep.sum()):] = True  # counted, not scored
+           "silent": np.ones(int(silent.sum()), dtype=bool)}  # counted, not scored
     return sig, cpd
 
 

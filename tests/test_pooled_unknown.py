@@ -109,7 +109,6 @@ def test_pooled_unknown_leaves_out_ineligible_and_lone_signatures():
     assert np.isnan(mean[1:3]).all()
 
 
-
 def test_predict_calls_unknown_per_compound(openset_run):
     _, model, _, test = openset_run
     cal = model.calibration
