@@ -533,7 +533,7 @@ def tables(runs: list[dict], target: float, pooled: dict | None = None,
            measure: str = "TAS") -> str:
     """The markdown tables; ``measure``: ``TAS`` or ``strength`` (what the coverage and
     quartile tables cut on, see ``strength_of``)."""
-    lines = ["| method | open-set score (chosen on val) | AUROC known vs unknown | compound AUROC | "
+    lines = ["| method | open-set score (moaspace: the default; raw kNN: chosen on val) | AUROC known vs unknown | compound AUROC | "
              f"false-unknown rate (target {target:.0%}) | unknown detected | macro-F1 known, "
              "open | macro-F1 known, closed | ORACLE: unknown detected at "
              f"{target:.0%} false unknowns set on test |", "|---" * 9 + "|"]

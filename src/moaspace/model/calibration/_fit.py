@@ -183,7 +183,6 @@ def fit_calibration(
     cal.score = _open_set_score(score, val["auroc_pseudo_unknown"])
     cal.pooled = _fit_pooled(rows, known_scores[cal.score], cal.min_strength,
                              target_false_unknown)
-    val["pooled_unknown"] = cal.pooled
     if rows.tas is not None and np.isfinite(rows.tas).any():
         val["tas_coverage"] = _records(tas_coverage_curve(rows.tas, maps.right["knn"]))
     cal.validation = val
@@ -217,6 +216,10 @@ def _fit_sets_and_strength(cal: Calibration, val: dict, predictors: dict,
         val["strength_coverage"] = _records(strength_coverage_curve(rows.strength, right))
 
 
+#: score rules that pick a score rather than name one (see :func:`fit_calibration`)
+SCORE_RULES = ("auto", "pseudo_unknown")
+
+
 def _open_set_score(score: str, aurocs: dict[str, float]) -> str:
     """The open-set score ``score`` asks for (see :func:`fit_calibration`); ``aurocs``: the
     pseudo-unknown AUROC of every score the rows have."""
@@ -225,7 +228,7 @@ def _open_set_score(score: str, aurocs: dict[str, float]) -> str:
         # MoAs their choice was mostly below hidden_prototype where it differed (5 of 7 runs;
         # real consensus set AUROC 0.612 -> 0.629 over 6 seeds; docs/benchmarks.md)
         return "hidden_prototype"
-    if score in ("auto", "pseudo_unknown"):
+    if score in SCORE_RULES:
         return choose_openset_score(aurocs)
     return score
 
@@ -235,7 +238,7 @@ def _check_options(method: str, score: str, z, hidden) -> None:
     if method != "auto" and method not in CALIBRATION_METHODS:
         raise InputError(f"method must be 'auto' or one of {list(CALIBRATION_METHODS)}, "
                          f"got {method!r}")
-    if score not in ("auto", "pseudo_unknown") and score not in OPENSET_SCORES:
+    if score not in SCORE_RULES and score not in OPENSET_SCORES:
         raise InputError(f"score must be 'auto', 'pseudo_unknown' or one of "
                          f"{list(OPENSET_SCORES)}, got {score!r}")
     if score == "hidden_prototype" and hidden is None:
