@@ -16,11 +16,13 @@ compounds. Calibration rows come from:
 
 * ``val``: the final model's validation rows (what ``train()`` uses);
 * ``crossfit``: the fold models' left-out rows, scores as they are;
-* ``crossfit_shift``: the same, each fold model's open-set scores moved by the difference of
-  the validation rows' mean score under the final model and under that fold model (the
-  scale of the score differs between training runs; the validation compounds are scored by
-  both);
-* ``val+crossfit_shift``: both.
+* ``crossfit_matched``: the same, put on the final model's scale through the validation
+  compounds, which every model scores (the scale of the scores differs between training
+  runs): each fold model's open-set scores moved by the difference of the validation rows'
+  mean score under the final model and under that fold model, and its confidences (top
+  softmax) mapped by quantiles, from that fold model's validation confidences to the final
+  model's;
+* ``val+crossfit_matched``: both.
 
 From each source: the per-compound unknown thresholds (``fit_pooled_thresholds``, strong
 signatures only, as ``train()``) for several targets, applied to the final model's test
@@ -63,7 +65,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REAL = {"min_compounds_per_moa": 5, "multi_moa": "drop"}  # as bench_openset.py --real
 #: false-unknown targets the thresholds are fitted for (0.05: the default)
 TARGETS = (0.03, 0.05, 0.08, 0.10)
-SOURCES = ("val", "crossfit", "crossfit_shift", "val+crossfit_shift")
+SOURCES = ("val", "crossfit", "crossfit_matched", "val+crossfit_matched")
 
 
 def scored_rows(model: MoaModel, data: ad.AnnData, mask: np.ndarray, *, val: bool = False,
@@ -112,7 +114,7 @@ def run_seed(adata: ad.AnnData, seed: int, args) -> dict:
     test = scored_rows(final, data, part == "test")
     fold = fold_of_compounds(data.obs[part == "train"], args.folds, seed)
     pert = data.obs["pert_id"].astype(str).to_numpy()
-    left_out, shifted, folds = [], [], []
+    left_out, matched, folds = [], [], []
     for f in range(args.folds):
         out = (part == "train") & np.isin(pert, [c for c, v in fold.items() if v == f])
         fdata = data.copy()
@@ -125,13 +127,15 @@ def run_seed(adata: ad.AnnData, seed: int, args) -> dict:
         ftest = scored_rows(model, fdata, part == "test", classes=classes)
         shift = float(val["score"].mean() - fval["score"].mean())
         left_out.append(rows)
-        shifted.append({**rows, "score": rows["score"] + shift})
+        rank = np.searchsorted(np.sort(fval["top"]), rows["top"], side="right") / len(fval["top"])
+        matched.append({**rows, "score": rows["score"] + shift,
+                        "top": np.quantile(val["top"], np.clip(rank, 0.0, 1.0))})
         folds.append({"fold": f, "n_compounds": int(sum(v == f for v in fold.values())),
                       "shift": shift, "mean_score_left_out": float(rows["score"].mean()),
                       "mean_score_val": float(fval["score"].mean()),
                       "mean_score_test_known": float(ftest["score"][ftest["code"] >= 0].mean())})
-    sources = {"val": [val], "crossfit": left_out, "crossfit_shift": shifted,
-               "val+crossfit_shift": [val, *shifted]}
+    sources = {"val": [val], "crossfit": left_out, "crossfit_matched": matched,
+               "val+crossfit_matched": [val, *matched]}
     min_strength = final.calibration.min_strength or 0.0
     return {"seed": seed, "folds": folds,
             "final": {"mean_score_val": float(val["score"].mean()),
