@@ -11,7 +11,7 @@ against leave-own-MoA-out pseudo-unknowns (:func:`_fit_open_set`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import special
@@ -89,6 +89,7 @@ def fit_calibration(
     hidden_centres: np.ndarray | None = None,
     hidden_cos: np.ndarray | None = None,
     strength: np.ndarray | None = None,
+    crossfit=None,
 ) -> Calibration:
     """Fit probability calibration and the open-set threshold on validation queries.
 
@@ -146,6 +147,14 @@ def fit_calibration(
         prototype-layer prototypes, ``(n, n_classes)``, e.g. cross-fitted so that no
         row is scored by prototypes fitted on it
         (:func:`moaspace.model.predictor.crossfit_cosines`).
+    crossfit
+        Extra rows of held-out compounds scored by fold models, on this model's scale
+        (:class:`moaspace.model._crossfit.CrossfitRows`; needs ``hidden_cos``). They
+        carry only the prototype layer, so they join the rows of what reads it alone:
+        the ``hidden_prototype`` open-set thresholds (per signature and per compound)
+        and the ``hidden_prototype`` predictor's map, which is then ``isotonic`` (the one
+        map of the top score alone); the other maps, the per-MoA maps, the compound
+        maps and the ``no call`` cut-off use the validation rows.
     """
     if hidden_cos is None and hidden is not None:
         if len(hidden) != len(z):
@@ -173,6 +182,9 @@ def fit_calibration(
                       target_false_unknown=float(target_false_unknown),
                       min_tas=None if min_tas is None else float(min_tas))
     _choose_maps(cal, val, predictors, rows, maps, method, n_bins)
+    if crossfit is not None and "hidden_prototype" in predictors:
+        _add_crossfit_map(cal, val, predictors["hidden_prototype"][0],
+                          maps.right["hidden_prototype"], crossfit)
     cal.compound, val["compound"] = fit_compound_maps(predictors, rows.codes, rows.groups,
                                                       n_bins)
     _fit_sets_and_strength(cal, val, predictors, rows, maps)
@@ -181,7 +193,12 @@ def fit_calibration(
         val, rows, sims, centres, votes, k=k, weighting=weighting, energy_scale=energy_scale,
         backend=backend, target_false_unknown=target_false_unknown)
     cal.score = _open_set_score(score, val["auroc_pseudo_unknown"])
-    cal.pooled = _fit_pooled(rows, known_scores[cal.score], cal.min_strength,
+    pooled_rows, pooled_scores = rows, known_scores[cal.score]
+    if crossfit is not None and cal.score == "hidden_prototype":
+        pooled_rows, pooled_scores = _with_crossfit(rows, pooled_scores, crossfit)
+        cal.thresholds["hidden_prototype"] = choose_threshold(pooled_scores,
+                                                              target_false_unknown)
+    cal.pooled = _fit_pooled(pooled_rows, pooled_scores, cal.min_strength,
                              target_false_unknown)
     if rows.tas is not None and np.isfinite(rows.tas).any():
         val["tas_coverage"] = _records(tas_coverage_curve(rows.tas, maps.right["knn"]))
@@ -218,6 +235,32 @@ def _fit_sets_and_strength(cal: Calibration, val: dict, predictors: dict,
 
 #: score rules that pick a score rather than name one (see :func:`fit_calibration`)
 SCORE_RULES = ("auto", "pseudo_unknown")
+
+
+def _add_crossfit_map(cal: Calibration, val: dict, scores: np.ndarray, right: np.ndarray,
+                      crossfit) -> None:
+    """The ``hidden_prototype`` map refitted (isotonic) on the validation rows and the
+    cross-fitted rows (see ``crossfit`` in :func:`fit_calibration`); ``validation``
+    records the fold models."""
+    if crossfit.cos.shape[1] != scores.shape[1]:
+        raise InputError(f"the cross-fitted rows have {crossfit.cos.shape[1]} classes, the "
+                         f"calibration {scores.shape[1]}")
+    top = np.concatenate([scores.max(axis=1), crossfit.top])
+    cal.isotonic["hidden_prototype"] = fit_isotonic(top, np.concatenate([right, crossfit.right]))
+    cal.methods["hidden_prototype"] = "isotonic"
+    val["crossfit"] = {**crossfit.record, "accuracy": float(crossfit.right.mean())}
+    val["hidden_prototype"]["method"] = "isotonic"
+
+
+def _with_crossfit(rows: _ValidationRows, scores: np.ndarray,
+                   crossfit) -> tuple[_ValidationRows, np.ndarray]:
+    """The validation rows and their open-set scores with the cross-fitted rows appended
+    (what the unknown thresholds read: scores, compounds, strength)."""
+    strength = (None if rows.strength is None
+                else np.concatenate([rows.strength, crossfit.strength]))
+    groups = None if rows.groups is None else np.concatenate([rows.groups, crossfit.groups])
+    return (replace(rows, groups=groups, strength=strength),
+            np.concatenate([scores, crossfit.score]))
 
 
 def _open_set_score(score: str, aurocs: dict[str, float]) -> str:
