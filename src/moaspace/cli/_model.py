@@ -54,10 +54,11 @@ def train(
                             min=0.0, max=1.0)
     ] = 0.5,
     calibration_folds: Annotated[
-        int, typer.Option(help="0: calibrate on the validation compounds alone. K >= 2: also "
-                               "train K fold models without a fold of the training compounds "
-                               "and calibrate on the compounds they never saw too (about K + 1 "
-                               "times the training time; docs/confidence.md).", min=0)
+        int, typer.Option(help="0: fit the confidence map on the validation compounds alone. "
+                               "K >= 2: also train K fold models without a fold of the "
+                               "training compounds and fit it on the compounds they never saw "
+                               "too (about K + 1 times the training time; "
+                               "docs/confidence.md).", min=0)
     ] = 0,
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",

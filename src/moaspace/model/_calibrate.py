@@ -117,7 +117,7 @@ def calibrate_after_training(model, result, opts=None) -> None:
     validation compounds by prototypes fitted on the training rows and the other
     folds), so no calibration row is scored by prototypes that saw it. With
     ``config.calibration_folds`` (and ``opts``, the run's trainer settings) the rows of fold
-    models join the validation rows (:mod:`moaspace.model._crossfit`)."""
+    models join the validation rows of the confidence map (:mod:`moaspace.model._crossfit`)."""
     data = result.data
     if not len(data.val_idx):
         model.calibration = None

@@ -8,17 +8,16 @@ the training compounds left out (stratified by MoA; MoAs with one training compo
 whole), with the final model's settings (same seed and epochs, early stopping on the same
 validation compounds, the input candidate the final model kept). Each fold model scores
 the compounds it never saw, and these rows join the validation rows of the
-calibration.
+prototype-layer predictor's confidence map (``fit_calibration(crossfit=...)``).
 
 A fold model is another training run, and the scale of its scores differs from the final
-model's (on the real set the validation rows' mean open-set score moved by -0.02 to
-+0.09 between runs). Every model scores the validation compounds, so they put each fold
-model's rows on the final model's scale: the open-set score (one minus the top cosine)
-is moved by the difference of the validation rows' mean score under the two models,
-and the confidence (the top softmax) is mapped by quantiles from the fold model's
-validation confidences to the final model's. Under one model the left-out compounds
-score like its test compounds (mean difference -0.002 +/- 0.010 over 20 fold models on
-the real set; ``benchmarks/results/bench_crossfit_calibration_real.md``).
+model's. Every model scores the validation compounds, so they put each fold model's rows
+on the final model's scale: the confidence (the top softmax) is mapped by quantiles from
+the fold model's validation confidences to the final model's (the open-set score's shift
+between the two, the validation rows' mean difference, is recorded: -0.03 to +0.09 on
+the real set). Under one model the left-out compounds score like its test compounds
+(mean open-set score difference -0.001 +/- 0.010 over 30 fold models on the real set;
+``benchmarks/results/bench_crossfit_calibration_real.md``).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import pandas as pd
 import torch
 from scipy import special
 
-from moaspace._core.strength import signature_strength
 from moaspace.model.calibration._maps import PROTOTYPE_TEMPERATURE
 from moaspace.model.predictor import fit_predictor
 from moaspace.model.train import (
@@ -50,22 +48,14 @@ class CrossfitRows:
     """Calibration rows scored by fold models, on the final model's scale.
 
     ``cos``: prototype-layer cosines ``(n, n_moas)``, shifted so that one minus the top
-    cosine is the final model's open-set score; ``top``: the top softmax confidence mapped
-    to the final model's; ``codes``: the true MoA; ``groups``: the compound;
-    ``strength``: the signature strength; ``record``: what ``validation["crossfit"]``
-    stores."""
+    cosine is on the final model's open-set scale; ``top``: the top softmax confidence
+    mapped to the final model's; ``codes``: the true MoA; ``record``: what
+    ``validation["crossfit"]`` stores."""
 
     cos: np.ndarray
     top: np.ndarray
     codes: np.ndarray
-    groups: np.ndarray
-    strength: np.ndarray
     record: dict
-
-    @property
-    def score(self) -> np.ndarray:
-        """The ``hidden_prototype`` open-set score of the rows."""
-        return 1.0 - self.cos.max(axis=1)
 
     @property
     def right(self) -> np.ndarray:
@@ -133,13 +123,9 @@ def crossfit_rows(model, result: TrainResult, opts, val_cos: np.ndarray) -> Cros
         parts.append((cos, top, rows))
         shifts.append(shift)
     rows = np.concatenate([p[2] for p in parts])
-    strength = np.concatenate([
-        signature_strength(data.x.rows(rows[i:i + 256]).numpy(), model.config.clip)
-        for i in range(0, len(rows), 256)])
     return CrossfitRows(
         cos=np.concatenate([p[0] for p in parts]).astype(np.float32),
-        top=np.concatenate([p[1] for p in parts]), codes=codes[rows], groups=compound[rows],
-        strength=strength,
+        top=np.concatenate([p[1] for p in parts]), codes=codes[rows],
         record={"folds": k, "n_rows": len(rows), "n_compounds": len(fold),
                 "score_shifts": shifts})
 

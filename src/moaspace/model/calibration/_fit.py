@@ -11,7 +11,7 @@ against leave-own-MoA-out pseudo-unknowns (:func:`_fit_open_set`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
@@ -150,11 +150,13 @@ def fit_calibration(
     crossfit
         Extra rows of held-out compounds scored by fold models, on this model's scale
         (:class:`moaspace.model._crossfit.CrossfitRows`; needs ``hidden_cos``). They
-        carry only the prototype layer, so they join the rows of what reads it alone:
-        the ``hidden_prototype`` open-set thresholds (per signature and per compound)
-        and the ``hidden_prototype`` predictor's map, which is then ``isotonic`` (the one
-        map of the top score alone); the other maps, the per-MoA maps, the compound
-        maps and the ``no call`` cut-off use the validation rows.
+        join the validation rows of the ``hidden_prototype`` predictor's map, which is
+        then ``isotonic`` (the one map that reads the top score alone, all they carry on
+        this model's scale). Everything else (the other maps, the per-MoA and compound
+        maps, the ``no call`` cut-off and the ``unknown`` thresholds) uses the validation
+        rows: thresholds fitted with them moved nearer their target on the simulator but
+        away from it on the real consensus set, where each fold model's score shift is
+        estimated from ~48 single-signature drugs (``docs/confidence.md``).
     """
     if hidden_cos is None and hidden is not None:
         if len(hidden) != len(z):
@@ -193,12 +195,7 @@ def fit_calibration(
         val, rows, sims, centres, votes, k=k, weighting=weighting, energy_scale=energy_scale,
         backend=backend, target_false_unknown=target_false_unknown)
     cal.score = _open_set_score(score, val["auroc_pseudo_unknown"])
-    pooled_rows, pooled_scores = rows, known_scores[cal.score]
-    if crossfit is not None and cal.score == "hidden_prototype":
-        pooled_rows, pooled_scores = _with_crossfit(rows, pooled_scores, crossfit)
-        cal.thresholds["hidden_prototype"] = choose_threshold(pooled_scores,
-                                                              target_false_unknown)
-    cal.pooled = _fit_pooled(pooled_rows, pooled_scores, cal.min_strength,
+    cal.pooled = _fit_pooled(rows, known_scores[cal.score], cal.min_strength,
                              target_false_unknown)
     if rows.tas is not None and np.isfinite(rows.tas).any():
         val["tas_coverage"] = _records(tas_coverage_curve(rows.tas, maps.right["knn"]))
@@ -250,17 +247,6 @@ def _add_crossfit_map(cal: Calibration, val: dict, scores: np.ndarray, right: np
     cal.methods["hidden_prototype"] = "isotonic"
     val["crossfit"] = {**crossfit.record, "accuracy": float(crossfit.right.mean())}
     val["hidden_prototype"]["method"] = "isotonic"
-
-
-def _with_crossfit(rows: _ValidationRows, scores: np.ndarray,
-                   crossfit) -> tuple[_ValidationRows, np.ndarray]:
-    """The validation rows and their open-set scores with the cross-fitted rows appended
-    (what the unknown thresholds read: scores, compounds, strength)."""
-    strength = (None if rows.strength is None
-                else np.concatenate([rows.strength, crossfit.strength]))
-    groups = None if rows.groups is None else np.concatenate([rows.groups, crossfit.groups])
-    return (replace(rows, groups=groups, strength=strength),
-            np.concatenate([scores, crossfit.score]))
 
 
 def _open_set_score(score: str, aurocs: dict[str, float]) -> str:
