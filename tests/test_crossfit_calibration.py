@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from _openset import TINY
 from typer.testing import CliRunner
 
+from _openset import TINY
 from moaspace.cli import app
 from moaspace.errors import MoaspaceError
 from moaspace.model import MoaModel
