@@ -332,7 +332,7 @@ def run_seed(adata, seed: int, args) -> dict:
     # nor of a held-out MoA: scored as 'known' it would count as a false unknown
     s = np.where((s == "test") & ~has_label(data.obs["moa"]), "unlabelled", s)
     t0 = time.perf_counter()
-    model = MoaModel(data)
+    model = MoaModel(data, calibration_folds=args.calibration_folds)
     model.train(max_epochs=args.max_epochs, seed=seed, progress_bar=False)
     seconds = time.perf_counter() - t0
     assert model.calibration is not None, "training did not calibrate the model"
@@ -714,6 +714,9 @@ def main() -> None:
     parser.add_argument("--seeds", default=",".join(map(str, range(24))))
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--moa-fraction", type=float, default=0.2)
+    parser.add_argument("--calibration-folds", type=int, default=0,
+                        help="ModelConfig.calibration_folds of moaspace (0: the default, "
+                             "validation rows only)")
     parser.add_argument("--sim-seed", type=int, default=None,
                         help="seed of the default simulation (default 0)")
     parser.add_argument("--data", type=Path, default=None,
@@ -764,6 +767,7 @@ def main() -> None:
             "simulation_seed": sim_seed, "signatures": int(adata.n_obs),
             "moas": int(adata.obs["moa"].nunique()), "moa_fraction": args.moa_fraction,
             "max_epochs": args.max_epochs, "target_false_unknown": target,
+            "calibration_folds": args.calibration_folds,
             "seconds": time.perf_counter() - t0, "runs": runs, "pooled": pooled,
             "paired_auroc": {key: paired_auroc(runs, key) for key in ("auroc", "auroc_compound")},
             "paired_auroc_vs_linear_msp": {key: paired_auroc(runs, key, "linear_msp")
@@ -774,8 +778,10 @@ def main() -> None:
         (args.out / f"{name}.json").write_text(json.dumps({**provenance(), **result}, indent=1,
                                                           default=float))
         text = tables(runs, target, pooled, measure)
+        folds = (f" --calibration-folds {args.calibration_folds}" if args.calibration_folds
+                 else "")
         header = (f"# Open-set and calibration benchmark\n\n`python benchmarks/bench_openset.py "
-                  f"{flag} --seeds {done} --max-epochs {args.max_epochs}`: {source}, "
+                  f"{flag} --seeds {done} --max-epochs {args.max_epochs}{folds}`: {source}, "
                   f"{adata.n_obs} signatures, {result['moas']} MoAs; `moa` split with "
                   f"{args.moa_fraction:.0%} of the MoAs only in test, {args.max_epochs} epochs "
                   f"max; mean ± std over seeds {done} (population sd, ddof 0).\n\n")

@@ -53,6 +53,13 @@ def train(
                                  "hidden layer's in the MoA prototypes (0: hidden layer only).",
                             min=0.0, max=1.0)
     ] = 0.5,
+    calibration_folds: Annotated[
+        int, typer.Option(help="0: fit the confidence map on the validation compounds alone. "
+                               "K >= 2: also train K fold models without a fold of the "
+                               "training compounds and fit it on the compounds they never saw "
+                               "too (about K + 1 times the training time; "
+                               "docs/confidence.md).", min=0)
+    ] = 0,
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",
     strategy: Annotated[str, typer.Option(help="auto | ddp | ddp_spawn ...")] = "auto",
@@ -86,7 +93,7 @@ def train(
         raise typer.BadParameter("--input-whitening must be auto, on or off")
     model = MoaModel(adata, loss=loss, predictor=predictor, average_best=average_best,
                      input_whitening=input_whitening, linear_view_weight=linear_view_weight,
-                     **extra)
+                     calibration_folds=calibration_folds, **extra)
     model.train(max_epochs=max_epochs, batch_size=batch_size, seed=seed, resume=resume,
                 model_dir=out, patience=patience, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, strategy=strategy,

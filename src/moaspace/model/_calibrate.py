@@ -12,6 +12,7 @@ import pandas as pd
 from moaspace._core.strength import signature_strength
 from moaspace._utils import preview
 from moaspace.errors import InputError
+from moaspace.model._crossfit import crossfit_rows
 from moaspace.model.data import InMemoryRows
 from moaspace.model.predictor import crossfit_cosines
 
@@ -109,12 +110,14 @@ def calibration_cosines(model, adata: ad.AnnData, sub: ad.AnnData) -> np.ndarray
     return pd.DataFrame(cos, index=pd.Index(sorted(seen))).reindex(names).to_numpy(np.float32)
 
 
-def calibrate_after_training(model, result) -> None:
+def calibrate_after_training(model, result, opts=None) -> None:
     """The last step of ``MoaModel.train``: calibrated scores and the 'unknown' threshold
     on the validation compounds; with ``refit_prototypes`` the prototypes are then refitted over train + val, and the
     validation rows are scored for the calibration by cross-fitting (each fold of
     validation compounds by prototypes fitted on the training rows and the other
-    folds), so no calibration row is scored by prototypes that saw it."""
+    folds), so no calibration row is scored by prototypes that saw it. With
+    ``config.calibration_folds`` (and ``opts``, the run's trainer settings) the rows of fold
+    models join the validation rows of the confidence map (:mod:`moaspace.model._crossfit`)."""
     data = result.data
     if not len(data.val_idx):
         model.calibration = None
@@ -136,9 +139,13 @@ def calibrate_after_training(model, result) -> None:
     strength = np.concatenate([
         signature_strength(data.x.rows(val[i:i + 256]).numpy(), model.config.clip)
         for i in range(0, len(val), 256)])  # small blocks: a backed run's memory
+    crossfit = None
+    if model.config.calibration_folds and opts is not None:
+        crossfit = crossfit_rows(model, result, opts, np.asarray(hidden_cos))
     model._fit_calibration(model._embed_source(data.x, val)[0],
                           obs[model.keys["moa"]].astype(str).to_numpy(), model._tas(obs),
-                          groups=groups, hidden_cos=hidden_cos, strength=strength)
+                          groups=groups, hidden_cos=hidden_cos, strength=strength,
+                          crossfit=crossfit)
     model.calibration.validation["scored_by"] = scored_by
     if model.config.refit_prototypes:
         # the MoA centres from every labelled signature the network may see, as the

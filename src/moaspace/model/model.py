@@ -233,7 +233,7 @@ class MoaModel:
             torch.use_deterministic_algorithms(deterministic_before)
         self._install(result)
         self._build_atlas(result)  # the kept network's prototypes and the atlas
-        calibrate_after_training(self, result)  # calibrated scores, 'unknown', refit
+        calibrate_after_training(self, result, opts)  # calibrated scores, 'unknown', refit
         log_training(result)
         return {"best_epoch": self.best_epoch, "best_val_f1": self.best_val_f1,
                 "epochs": len(self.history), "history": self.history,

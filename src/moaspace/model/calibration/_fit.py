@@ -89,6 +89,7 @@ def fit_calibration(
     hidden_centres: np.ndarray | None = None,
     hidden_cos: np.ndarray | None = None,
     strength: np.ndarray | None = None,
+    crossfit=None,
 ) -> Calibration:
     """Fit probability calibration and the open-set threshold on validation queries.
 
@@ -146,6 +147,16 @@ def fit_calibration(
         prototype-layer prototypes, ``(n, n_classes)``, e.g. cross-fitted so that no
         row is scored by prototypes fitted on it
         (:func:`moaspace.model.predictor.crossfit_cosines`).
+    crossfit
+        Extra rows of held-out compounds scored by fold models, on this model's scale
+        (:class:`moaspace.model._crossfit.CrossfitRows`; needs ``hidden_cos``). They
+        join the validation rows of the ``hidden_prototype`` predictor's map, which is
+        then ``isotonic`` (the one map that reads the top score alone, all they carry on
+        this model's scale). Everything else (the other maps, the per-MoA and compound
+        maps, the ``no call`` cut-off and the ``unknown`` thresholds) uses the validation
+        rows: thresholds fitted with them moved nearer their target on the simulator but
+        away from it on the real consensus set, where each fold model's score shift is
+        estimated from ~48 single-signature drugs (``docs/confidence.md``).
     """
     if hidden_cos is None and hidden is not None:
         if len(hidden) != len(z):
@@ -173,6 +184,9 @@ def fit_calibration(
                       target_false_unknown=float(target_false_unknown),
                       min_tas=None if min_tas is None else float(min_tas))
     _choose_maps(cal, val, predictors, rows, maps, method, n_bins)
+    if crossfit is not None and "hidden_prototype" in predictors:
+        _add_crossfit_map(cal, val, predictors["hidden_prototype"][0],
+                          maps.right["hidden_prototype"], crossfit)
     cal.compound, val["compound"] = fit_compound_maps(predictors, rows.codes, rows.groups,
                                                       n_bins)
     _fit_sets_and_strength(cal, val, predictors, rows, maps)
@@ -218,6 +232,21 @@ def _fit_sets_and_strength(cal: Calibration, val: dict, predictors: dict,
 
 #: score rules that pick a score rather than name one (see :func:`fit_calibration`)
 SCORE_RULES = ("auto", "pseudo_unknown")
+
+
+def _add_crossfit_map(cal: Calibration, val: dict, scores: np.ndarray, right: np.ndarray,
+                      crossfit) -> None:
+    """The ``hidden_prototype`` map refitted (isotonic) on the validation rows and the
+    cross-fitted rows (see ``crossfit`` in :func:`fit_calibration`); ``validation``
+    records the fold models."""
+    if crossfit.cos.shape[1] != scores.shape[1]:
+        raise InputError(f"the cross-fitted rows have {crossfit.cos.shape[1]} classes, the "
+                         f"calibration {scores.shape[1]}")
+    top = np.concatenate([scores.max(axis=1), crossfit.top])
+    cal.isotonic["hidden_prototype"] = fit_isotonic(top, np.concatenate([right, crossfit.right]))
+    cal.methods["hidden_prototype"] = "isotonic"
+    val["crossfit"] = {**crossfit.record, "accuracy": float(crossfit.right.mean())}
+    val["hidden_prototype"]["method"] = "isotonic"
 
 
 def _open_set_score(score: str, aurocs: dict[str, float]) -> str:
