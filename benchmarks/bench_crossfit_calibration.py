@@ -56,6 +56,7 @@ from moaspace._utils import provenance
 from moaspace.datasets import lincs_consensus
 from moaspace.model import MoaModel
 from moaspace.model._calibrate import calibration_cosines
+from moaspace.model._crossfit import fold_of_compounds
 from moaspace.model.calibration import choose_threshold, expected_calibration_error
 from moaspace.model.calibration._maps import PROTOTYPE_TEMPERATURE, fit_isotonic
 from moaspace.model.calibration._pooled import fit_pooled_thresholds, pooled_unknown
@@ -88,21 +89,6 @@ def scored_rows(model: MoaModel, data: ad.AnnData, mask: np.ndarray, *, val: boo
             "strength": signature_strength(model.align_genes(sub), model.config.clip)}
 
 
-def fold_of_compounds(obs: pd.DataFrame, k: int, seed: int) -> dict[str, int]:
-    """Training compounds -> fold, stratified by MoA (each MoA's compounds dealt in turn from
-    a random fold); MoAs with one training compound are in no fold."""
-    moa_of = obs.groupby("pert_id", observed=True)["moa"].first().astype(str)
-    rng = np.random.default_rng(seed + 1000)
-    fold = {}
-    for _, members in sorted(moa_of.groupby(moa_of).groups.items()):
-        if len(members) < 2:
-            continue
-        start = int(rng.integers(k))
-        for i, compound in enumerate(rng.permutation(sorted(map(str, members)))):
-            fold[compound] = (start + i) % k
-    return fold
-
-
 def run_seed(adata: ad.AnnData, seed: int, args) -> dict:
     """The final model, the fold models and every source's calibration on one split."""
     data = split(adata, "moa", moa_fraction=0.2, seed=seed, copy=True)
@@ -112,7 +98,9 @@ def run_seed(adata: ad.AnnData, seed: int, args) -> dict:
     classes = list(final.moas)
     val = scored_rows(final, data, part == "val", val=True)
     test = scored_rows(final, data, part == "test")
-    fold = fold_of_compounds(data.obs[part == "train"], args.folds, seed)
+    train_obs = data.obs[part == "train"]  # each MoA's compounds dealt over the folds
+    moa_of = train_obs.groupby("pert_id", observed=True)["moa"].first().astype(str)
+    fold = fold_of_compounds(moa_of, args.folds, seed + 1000)
     pert = data.obs["pert_id"].astype(str).to_numpy()
     left_out, matched, folds = [], [], []
     for f in range(args.folds):

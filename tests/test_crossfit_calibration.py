@@ -76,6 +76,11 @@ def test_training_with_folds_adds_the_left_out_compounds_to_the_calibration(cros
     assert record["n_compounds"] == obs.loc[eligible, "pert_id"].nunique()
     assert cal.methods["hidden_prototype"] == "isotonic"
     assert 0 < record["accuracy"] < 1
+    # the stored "after" (what the report plots) is the combined map's, out of fold
+    summary = cal.validation["hidden_prototype"]
+    assert summary["method"] == "isotonic" and 0 <= summary["ece_after"] <= 1
+    assert 0 < summary["brier_out_of_fold_crossfit"] < 1 and summary["reliability_after"]
+    assert "brier_out_of_fold_crossfit" not in before.validation["hidden_prototype"]
     assert "crossfit" not in before.validation
     # the rows join the confidence map only: it changes, nothing else does
     assert cal.isotonic["hidden_prototype"] != before.isotonic["hidden_prototype"]

@@ -8,7 +8,9 @@ the training compounds left out (stratified by MoA; MoAs with one training compo
 whole), with the final model's settings (same seed and epochs, early stopping on the same
 validation compounds, the input candidate the final model kept). Each fold model scores
 the compounds it never saw, and these rows join the validation rows of the
-prototype-layer predictor's confidence map (``fit_calibration(crossfit=...)``).
+prototype-layer predictor's confidence map (``fit_calibration(crossfit=...)``); the
+'unknown' thresholds stay on the validation rows (with these rows they gained nothing at a
+matched false-unknown rate and drifted from their target; ``docs/confidence.md``).
 
 A fold model is another training run, and the scale of its scores differs from the final
 model's. Every model scores the validation compounds, so they put each fold model's rows
@@ -145,12 +147,12 @@ def _fold_model(model, result: TrainResult, opts, held: np.ndarray):
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         with quiet_lightning():
-            fold = run_training(inputs, fold_opts)
+            trained = run_training(inputs, fold_opts)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
-    prototypes = fold.predictor
+    prototypes = trained.predictor
     if prototypes.kind != "hidden_prototype":
-        prototypes = fit_predictor("hidden_prototype", fold.net, fold.data.x, fold.data.moa.numpy(),
-                                   fold.data.train_idx, len(model.moas),
-                                   beta=result.config.linear_view_weight)
-    return fold.net, prototypes
+        prototypes = fit_predictor("hidden_prototype", trained.net, trained.data.x,
+                                   trained.data.moa.numpy(), trained.data.train_idx,
+                                   len(model.moas), beta=result.config.linear_view_weight)
+    return trained.net, prototypes

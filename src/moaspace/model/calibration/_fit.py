@@ -185,8 +185,8 @@ def fit_calibration(
                       min_tas=None if min_tas is None else float(min_tas))
     _choose_maps(cal, val, predictors, rows, maps, method, n_bins)
     if crossfit is not None and "hidden_prototype" in predictors:
-        _add_crossfit_map(cal, val, predictors["hidden_prototype"][0],
-                          maps.right["hidden_prototype"], crossfit)
+        _add_crossfit_map(cal, val, predictors["hidden_prototype"][0], rows,
+                          maps.right["hidden_prototype"], crossfit, n_bins)
     cal.compound, val["compound"] = fit_compound_maps(predictors, rows.codes, rows.groups,
                                                       n_bins)
     _fit_sets_and_strength(cal, val, predictors, rows, maps)
@@ -234,19 +234,28 @@ def _fit_sets_and_strength(cal: Calibration, val: dict, predictors: dict,
 SCORE_RULES = ("auto", "pseudo_unknown")
 
 
-def _add_crossfit_map(cal: Calibration, val: dict, scores: np.ndarray, right: np.ndarray,
-                      crossfit) -> None:
+def _add_crossfit_map(cal: Calibration, val: dict, scores: np.ndarray, rows: _ValidationRows,
+                      right: np.ndarray, crossfit, n_bins: int) -> None:
     """The ``hidden_prototype`` map refitted (isotonic) on the validation rows and the
-    cross-fitted rows (see ``crossfit`` in :func:`fit_calibration`); ``validation``
-    records the fold models."""
+    cross-fitted rows (see ``crossfit`` in :func:`fit_calibration`). Its "after" summary
+    in ``validation["hidden_prototype"]`` is out-of-fold over the validation rows (every
+    fold's map fitted on the other folds and all cross-fitted rows); ``validation
+    ["crossfit"]`` records the fold models."""
     if crossfit.cos.shape[1] != scores.shape[1]:
         raise InputError(f"the cross-fitted rows have {crossfit.cos.shape[1]} classes, the "
                          f"calibration {scores.shape[1]}")
-    top = np.concatenate([scores.max(axis=1), crossfit.top])
-    cal.isotonic["hidden_prototype"] = fit_isotonic(top, np.concatenate([right, crossfit.right]))
+    top = scores.max(axis=1)
+    cal.isotonic["hidden_prototype"] = fit_isotonic(np.concatenate([top, crossfit.top]),
+                                                    np.concatenate([right, crossfit.right]))
     cal.methods["hidden_prototype"] = "isotonic"
+    oof = _out_of_fold_confidence("isotonic", top, None, rows.codes, right, rows.groups,
+                                  extra=(crossfit.top, crossfit.right))
+    val["hidden_prototype"].update(
+        method="isotonic", ece_after=expected_calibration_error(oof, right, n_bins),
+        reliability_after=_records(reliability_curve(oof, right, n_bins)),
+        brier_out_of_fold_crossfit=brier_score(oof, right),
+        nll_correct_out_of_fold_crossfit=binary_nll(oof, right))
     val["crossfit"] = {**crossfit.record, "accuracy": float(crossfit.right.mean())}
-    val["hidden_prototype"]["method"] = "isotonic"
 
 
 def _open_set_score(score: str, aurocs: dict[str, float]) -> str:

@@ -208,10 +208,12 @@ def apply_logistic(fit: dict, features) -> np.ndarray:
 
 def _out_of_fold_confidence(method: str, top: np.ndarray, logits: np.ndarray,
                             codes: np.ndarray, correct: np.ndarray, groups,
-                            features: np.ndarray | None = None) -> np.ndarray:
+                            features: np.ndarray | None = None,
+                            extra: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Calibrated top confidence of each row from a calibrator fitted without its fold
     (5 folds, grouped by compound when ``groups`` is given): an honest "after" on the
-    validation rows, which an in-sample isotonic fit would make look perfect."""
+    validation rows, which an in-sample isotonic fit would make look perfect. ``extra``:
+    (top score, correct) of rows that join every fold's isotonic fit (cross-fitted rows)."""
     from sklearn.model_selection import GroupKFold, KFold
 
     n = len(codes)
@@ -226,7 +228,8 @@ def _out_of_fold_confidence(method: str, top: np.ndarray, logits: np.ndarray,
     out = np.empty(n)
     for fit, held in folds:
         if method == "isotonic":
-            iso = fit_isotonic(top[fit], correct[fit])
+            iso = (fit_isotonic(top[fit], correct[fit]) if extra is None else fit_isotonic(
+                np.concatenate([top[fit], extra[0]]), np.concatenate([correct[fit], extra[1]])))
             out[held] = np.interp(top[held], iso["x"], iso["y"])
         elif method == "logistic":
             out[held] = apply_logistic(fit_logistic(features[fit], correct[fit]), features[held])
