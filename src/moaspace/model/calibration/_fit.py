@@ -154,9 +154,10 @@ def fit_calibration(
         then ``isotonic`` (the one map that reads the top score alone, all they carry on
         this model's scale). Everything else (the other maps, the per-MoA and compound
         maps, the ``no call`` cut-off and the ``unknown`` thresholds) uses the validation
-        rows: thresholds fitted with them moved nearer their target on the simulator but
-        away from it on the real consensus set, where each fold model's score shift is
-        estimated from ~48 single-signature drugs (``docs/confidence.md``).
+        rows: thresholds fitted with them went from below their target to above it on
+        the simulator and farther below it on the real consensus set, where each fold
+        model's score shift is estimated from ~48 single-signature drugs, and flagged no
+        more novel compounds at a matched rate (``docs/confidence.md``).
     """
     if hidden_cos is None and hidden is not None:
         if len(hidden) != len(z):
