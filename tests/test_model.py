@@ -301,8 +301,7 @@ def test_resume_after_interruption_matches_uninterrupted(adata, tmp_path):
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         first.train(max_epochs=4, seed=0, model_dir=tmp_path, callbacks=[_Interrupt()], **TRAIN)
     # Lightning ignores Ctrl-C for its shutdown and its teardown restores the handler: were
-    # it left ignored, a notebook could not be interrupted again and subprocesses (the CLI
-    # tests') would inherit 'ignore'
+    # it left ignored, a notebook could not be interrupted again
     assert signal.getsignal(signal.SIGINT) is handler
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     resumed = MoaModel(adata, **TINY)

@@ -217,12 +217,11 @@ def _usage_error(res, *needles: str) -> None:
 
 def _sigint_when(cmd: list, ready, timeout: float = 240.0) -> subprocess.CompletedProcess:
     # a child inherits an ignored SIGINT (and Python then installs no KeyboardInterrupt
-    # handler): if an earlier test left it ignored in this process, say so and give the
-    # child the default, as a shell gives every command it starts
-    inherited = signal.getsignal(signal.SIGINT)
-    if inherited is signal.SIG_IGN:
-        warnings.warn("SIGINT is ignored in the test process (left so by an earlier test)",
-                      stacklevel=2)
+    # handler); pytest started in the background by a non-interactive shell (`cmd &`) has
+    # it ignored, so give the child the default, as an interactive shell gives a command
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        warnings.warn("SIGINT is ignored in the test process (started in the background?); "
+                      "the Ctrl-C test resets it in its child", stacklevel=2)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**ENV, "OMP_NUM_THREADS": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
