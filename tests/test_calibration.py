@@ -226,10 +226,15 @@ def test_calibration_json_round_trip(tmp_path):
                       temperature={"knn": 2.0, "prototype": 0.5},
                       isotonic={"knn": {"x": [0.0, 1.0], "y": [0.2, 0.9]}},
                       score="energy", thresholds={"energy": -0.3, "knn": 0.4},
-                      min_tas=0.2, validation={"ece_before": np.float64(0.1), "x": float("nan")})
+                      min_tas=0.2, min_score=0.15,
+                      validation={"ece_before": np.float64(0.1), "x": float("nan")})
     path = cal.save(tmp_path / "calibration.json")
     back = Calibration.load(path)
     assert back.thresholds == cal.thresholds and back.min_tas == 0.2
+    assert back.min_score == 0.15
+    # a calibration written before the confidence cut-off: none (off)
+    older = {k: v for k, v in cal.to_dict().items() if k != "min_score"}
+    assert Calibration.from_dict(older).min_score is None
     assert back.validation == {"ece_before": 0.1, "x": None}  # strict JSON: NaN -> null
     json.loads(path.read_text())
     scores = np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32)
@@ -302,3 +307,19 @@ def test_calibration_load_names_the_file(tmp_path):
     path.write_text(json.dumps(missing))
     with pytest.raises(MoaspaceError, match=f"{path}.*no threshold for the open-set score 'knn'"):
         Calibration.load(path)
+
+
+def test_choose_min_score_is_the_lower_of_twice_chance_and_half_the_accuracy():
+    from moaspace.model.calibration._strength import choose_min_score, choose_min_strength
+
+    right = np.r_[np.ones(30), np.zeros(20)]  # validation accuracy 0.6
+    assert choose_min_score(right, chance=0.1) == pytest.approx(0.2)  # 2 x chance
+    assert choose_min_score(right, chance=0.4) == pytest.approx(0.3)  # half the accuracy
+    assert choose_min_score(right[:19], chance=0.1) is None  # too few rows
+    assert choose_min_score(np.zeros(40), chance=0.1) is None  # nothing right
+    # the strength cut-off reads the same level on the strength axis: calls are right
+    # from strength 1.0 on (accuracy 2/3, level 0.2), so that is where calls start
+    strength = np.linspace(0, 3, 60)
+    right = strength >= 1.0
+    assert choose_min_strength(strength, right, chance=0.1) == pytest.approx(
+        strength[strength >= 1.0].min())

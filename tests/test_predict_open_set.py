@@ -45,14 +45,17 @@ def test_unknown_moas_score_higher_than_known(openset_run):
     labels = pred.obs["moa_pred"].astype(str).to_numpy()
     assert (labels[unknown] == "unknown").mean() > (labels[~unknown] == "unknown").mean()
     assert set(labels) <= set(model.moas) | {"unknown", "no call"}
-    # 'no call' exactly for the signatures weaker than the calibrated cut-off (#28)
+    # 'no call' exactly for the signatures weaker than the calibrated cut-off and for the
+    # calls (not 'unknown') whose calibrated probability is below the calibrated level (#28)
+    score = pred.obs["moa_pred_score"].to_numpy()
+    assert ((score > 0) & (score <= 1)).all()
+    assert cal.min_score is not None and 0 < cal.min_score < 1
     weak = pred.obs["moa_strength"].to_numpy() < (cal.min_strength or 0.0)
-    assert ((labels == "no call") == weak).all()
+    unsure = ~weak & (labels != "unknown") & (score < cal.min_score)
+    assert ((labels == "no call") == (weak | unsure)).all()
     known_pred = pred.obs["moa_pred_known"].astype(str).to_numpy()
     called = ~np.isin(labels, ["unknown", "no call"])
     assert (labels[called] == known_pred[called]).all()  # a call is the argmax label
-    score = pred.obs["moa_pred_score"].to_numpy()
-    assert ((score > 0) & (score <= 1)).all()
     # compound level: 'unknown' when most of a compound's signatures are
     calls = prediction_table(predict(model, test, compound_key="pert_id"), "compound_calls")
     cpd_unknown = is_unknown.reindex(calls.index).to_numpy()
@@ -90,7 +93,18 @@ def test_cli_predict_open_set_writes_unknown(openset_run, tmp_path):
     low = closed["tas"].to_numpy() < cut
     assert 0 < low.sum() < len(low)
     assert (closed["moa_pred"].astype(str)[low] == "no call").all()
-    assert set(closed["moa_pred"].astype(str)[~low]) <= set(model.moas)
+    assert set(closed["moa_pred"].astype(str)[~low]) <= set(model.moas) | {"no call"}
+    # --min-score 0 turns the confidence cut-off off, --min-strength 0 the strength one
+    res = runner.invoke(app, ["predict", str(root / "model"), str(root / "test.h5ad"),
+                              "--out", str(tmp_path / "n.h5ad"), "--no-open-set",
+                              "--min-score", "0", "--min-strength", "0"])
+    assert res.exit_code == 0, res.output
+    every = read_h5ad(tmp_path / "n.h5ad").obs["moa_pred"].astype(str)
+    assert set(every) <= set(model.moas)
+    res = runner.invoke(app, ["predict", str(root / "model"), str(root / "test.h5ad"),
+                              "--out", str(tmp_path / "bad.h5ad"), "--min-score", "1.5"])
+    assert res.exit_code != 0 and "--min-score" in res.output
+    assert not (tmp_path / "bad.h5ad").exists()
 
 
 def test_model_without_calibration_still_loads_and_predicts(openset_run, tmp_path, caplog):
@@ -248,7 +262,7 @@ def test_predict_compound_level_with_min_tas(openset_run, open_set):
     tas[(cpd == quiet).to_numpy()] = 0.0  # one compound with nothing but inactive signatures
     q.obs["tas"] = tas
     cut = float(np.quantile(tas, 0.5))
-    pred = predict(model, q, min_tas=cut, open_set=open_set)
+    pred = predict(model, q, min_tas=cut, open_set=open_set, min_score=0)
     calls = prediction_table(pred, "compound_calls")
     label = pred.obs["moa_pred"].astype(str).to_numpy()
     no_call = label == "no call"
@@ -263,6 +277,41 @@ def test_predict_compound_level_with_min_tas(openset_run, open_set):
         unknown = pd.Series(label == "unknown", index=cpd.to_numpy())[voting.to_numpy()]
         share = unknown.groupby(level=0).mean().reindex(calls.index)
         np.testing.assert_allclose(calls["share_unknown"].to_numpy(), share.to_numpy())
+
+
+@pytest.mark.parametrize("open_set", [False, True])
+def test_low_confidence_calls_are_no_call_and_still_vote(openset_run, open_set):
+    _, model, _, test = openset_run
+    base = predict(model, test, compound_key="pert_id", min_score=0, open_set=open_set)
+    labels0 = base.obs["moa_pred"].astype(str).to_numpy()
+    score = base.obs["moa_pred_score"].to_numpy()
+    called0 = ~np.isin(labels0, ["unknown", "no call"])
+    cut = float(np.median(score[called0]))  # withholds about half of the calls
+    pred = predict(model, test, compound_key="pert_id", min_score=cut, open_set=open_set)
+    labels = pred.obs["moa_pred"].astype(str).to_numpy()
+    assert pred.uns["moa"]["params"]["min_score"] == cut
+    assert "min_score" not in base.uns["moa"]["params"]
+    changed = labels != labels0
+    np.testing.assert_array_equal(changed, called0 & (score < cut))
+    assert changed.any() and (labels[changed] == "no call").all()
+    # nothing else moves: the scores, the top known MoA, the unknown calls
+    np.testing.assert_array_equal(pred.obs["moa_pred_score"], score)
+    np.testing.assert_array_equal(pred.obs["moa_pred_known"], base.obs["moa_pred_known"])
+    np.testing.assert_array_equal(labels == "unknown", labels0 == "unknown")
+    assert (pred.obs["moa_pred_set"].astype(str)[changed] == "").all()
+    # an uncertain signature still votes for its compound, which is judged on its own
+    # calibrated probability against the same cut-off
+    calls0 = prediction_table(base, "compound_calls")
+    calls = prediction_table(pred, "compound_calls")
+    np.testing.assert_array_equal(calls["n_voting"], calls0["n_voting"])
+    np.testing.assert_allclose(calls["moa_pred_score"], calls0["moa_pred_score"])
+    was_called = ~calls0["moa_pred"].isin(["unknown", "no call"])
+    unsure = was_called & (calls0["moa_pred_score"] < cut)
+    assert ((calls["moa_pred"] == "no call") == (unsure | (calls0["moa_pred"] == "no call"))).all()
+    assert (calls.loc[unsure, "moa_pred_known"] == calls0.loc[unsure, "moa_pred"]).all()
+    # the default is the calibration's cut-off
+    default = predict(model, test, compound_key=None, open_set=open_set)
+    assert default.uns["moa"]["params"]["min_score"] == model.calibration.min_score
 
 
 def test_predict_warns_when_queries_are_atlas_signatures(openset_run, caplog):

@@ -193,6 +193,12 @@ def predict(
                           "(obs['moa_strength']) is below this (default: the calibration's "
                           "cut-off; 0: off)."),
     ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option(help="'no call' where the calibrated probability that the top MoA is "
+                          "right (obs['moa_pred_score']) is below this (default: the "
+                          "calibration's cut-off; 0: off)."),
+    ] = None,
     unknown_by: Annotated[
         str,
         typer.Option(help="compound: the signatures of one compound (--compound-key) are "
@@ -210,7 +216,8 @@ def predict(
     probability, obs['moa_unknown_score'] the distance to every known MoA, and
     moa_pred is 'unknown' where the query is far from all of them (--open-set; by
     default decided per compound, from the mean over its signatures: --unknown-by)
-    or 'no call' for weak signatures (--min-strength, --min-tas); obs['moa_pred_known']
+    or 'no call' for weak signatures (--min-strength, --min-tas) and for calls whose
+    calibrated probability is too low (--min-score); obs['moa_pred_known']
     keeps the top known MoA, obs['moa_pred_set'] the prediction set (the top call and
     every MoA whose calibrated probability, obsm['moa_proba'], reaches the set threshold).
 
@@ -230,6 +237,8 @@ def predict(
                             "--open-set needs one; retrain, or use --no-open-set")
     if min_tas is not None and not 0 <= min_tas <= 1:
         raise typer.BadParameter("--min-tas must be in [0, 1]")
+    if min_score is not None and not 0 <= min_score <= 1:
+        raise typer.BadParameter("--min-score must be in [0, 1]")
     from moaspace.io.query import read_query
 
     adata = read_query(query, gene_ids=model.genes)
@@ -241,7 +250,7 @@ def predict(
     result = run_predict(model, adata, k=k, predictor=predictor, top_k=top_k, backend=backend,
                          compound_key=compound_key if compound_level or pool else None,
                          open_set=open_set, min_tas=min_tas, min_strength=min_strength,
-                         unknown_by=unknown_by)
+                         min_score=min_score, unknown_by=unknown_by)
     if not compound_level:  # compounds were read for the pooled unknown calls only
         result.uns["moa"].pop("compound_calls", None)
     write_predictions(result, out, top_k_csv=top_path, compounds_csv=calls_path)
@@ -282,9 +291,10 @@ def _predict_rows(result, out: Path, calls, calls_path: Path) -> list[tuple[str,
         rows.append(("unknown MoA calls", f"{int((labels == 'unknown').sum())} "
                      f"({info['unknown_score']} score > {info['unknown_threshold']:.3f})"
                      if info.get("open_set") else "off (--no-open-set)"))
-        if "min_tas" in info or "min_strength" in info:
+        if {"min_tas", "min_strength", "min_score"} & set(info):
             why = ", ".join(f"{name} < {info[key]:.2f}" for name, key in
-                            (("TAS", "min_tas"), ("strength", "min_strength")) if key in info)
+                            (("TAS", "min_tas"), ("strength", "min_strength"),
+                             ("calibrated probability", "min_score")) if key in info)
             rows.append((f"no call ({why})", int((labels == "no call").sum())))
     else:
         rows.append(("calibration", "missing: moa_pred_score is uncalibrated"))

@@ -48,6 +48,7 @@ def predict(
     method: str | None = None,
     min_strength: float | None = None,
     unknown_by: str = "compound",
+    min_score: float | None = None,
 ):
     """Embed ``adata`` with a trained model and call MoAs with its predictor.
 
@@ -82,7 +83,10 @@ def predict(
     ``min_strength`` (default: the calibration's, chosen on validation; 0: off) for
     signatures whose z-score strength ``obs["moa_strength"]`` (root mean square of the
     clipped z-scores) is below it: weak signatures get no MoA rather than the most inert
-    class's. ``obsm["moa_scores"]`` stays the raw per-class scores (same argmax);
+    class's; ``min_score`` (default: the calibration's, chosen on validation; 0: off) sets
+    it to ``"no call"`` where the calibrated probability that the top MoA is right is
+    below it (such a signature still votes for its compound, which is then called on
+    its own calibrated probability against the same cut-off). ``obsm["moa_scores"]`` stays the raw per-class scores (same argmax);
     ``obsm["moa_proba"]`` holds calibrated per-MoA probabilities (is this MoA one of the
     compound's?) and ``obs["moa_pred_set"]`` the prediction set: the top call and every
     MoA whose probability reaches the calibrated set threshold, ``|``-separated ("" for
@@ -119,6 +123,9 @@ def predict(
         ``obs`` column of the TAS.
     min_strength : float, optional
         ``"no call"`` below this signature strength (default: the calibration's; 0: off).
+    min_score : float, optional
+        ``"no call"`` where ``moa_pred_score`` is below it (default: the calibration's;
+        0: off); ``moa_pred_known`` keeps the top MoA.
     unknown_by : {"compound", "signature"}, default "compound"
         ``compound``: the signatures of one compound (``compound_key``) that get a call are
         called ``"unknown"`` together when their mean open-set score
@@ -176,7 +183,7 @@ def predict(
         calls = cal.open_set_calls(
             query, atlas, method, k, weighting, open_set=open_set is not False, min_tas=min_tas,
             tas=adata.obs[tas_key] if tas_key in adata.obs.columns else None, tas_key=tas_key,
-            strength=strength, min_strength=min_strength,
+            strength=strength, min_strength=min_strength, min_score=min_score,
             groups=(adata.obs[compound_key].to_numpy(dtype=object)  # NaN ids stay missing
                     if compounds_q is not None and unknown_by == "compound" else None))
         info.update(calls.info)
@@ -185,10 +192,14 @@ def predict(
     adata.obs[names["strength"]] = strength
     _write_sets(adata, scores, classes, calls.labels, cal, method, names)
     if compounds_q is not None:
-        table = _compound_level(adata, scores, classes, compounds_q, calls.labels, cal=cal,
-                                method=method, unknown_column=names["unknown"],
-                                score_column=names["score"])
-        _compound_sets(table, scores, classes, compounds_q, calls.labels, cal, method)
+        # weak signatures do not vote; uncertain ones do (the mean may be sure)
+        voting = calls.labels != NO_CALL
+        if calls.low_confidence is not None:
+            voting |= calls.low_confidence
+        table = _compound_level(adata, scores, classes, compounds_q, calls.labels, voting,
+                                cal=cal, method=method, unknown_column=names["unknown"],
+                                score_column=names["score"], min_score=info.get("min_score"))
+        _compound_sets(table, scores, classes, compounds_q, voting, cal, method)
         adata.uns[key_added]["compound_calls"] = table.reset_index(drop=True)
     return adata
 
@@ -426,11 +437,10 @@ def _sets(scores: np.ndarray, fitted: tuple | None) -> np.ndarray:
 
 
 def _compound_sets(table: pd.DataFrame, scores: np.ndarray, classes: list[str],
-                   compounds_q: np.ndarray, labels: np.ndarray, cal, method: str) -> None:
+                   compounds_q: np.ndarray, voting: np.ndarray, cal, method: str) -> None:
     """``moa_pred_set`` of the compound table: the compound-level per-MoA map on the mean
-    scores of its voting signatures, else the signature map; "" where the compound is
+    scores of its ``voting`` signatures, else the signature map; "" where the compound is
     'unknown' or 'no call'."""
-    voting = np.asarray(labels, dtype=object) != NO_CALL
     means = aggregate_scores(np.asarray(scores)[voting],
                              np.asarray(compounds_q).astype(str)[voting], how="mean")
     means = means.reindex(table.index.astype(str)).to_numpy()
@@ -445,18 +455,20 @@ def _compound_sets(table: pd.DataFrame, scores: np.ndarray, classes: list[str],
 
 
 def _compound_level(adata, scores: np.ndarray, classes: list[str], compounds_q: np.ndarray,
-                    labels: np.ndarray, *, cal, method: str,
+                    labels: np.ndarray, voting: np.ndarray, *, cal, method: str,
                     unknown_column: str = "moa_unknown_score",
-                    score_column: str = "moa_pred_score") -> pd.DataFrame:
-    """Compound calls (:func:`compound_calls` of the signatures not flagged 'no call').
+                    score_column: str = "moa_pred_score",
+                    min_score: float | None = None) -> pd.DataFrame:
+    """Compound calls (:func:`compound_calls` of the ``voting`` signatures: not weak).
 
     For a calibrated model ``moa_pred_score`` is the calibrated probability that the
     compound's call is right (its one voting signature's, or the calibration's compound
     map of its mean scores;
     ``mean_score`` keeps the raw mean), ``unknown_score`` the share of its voting
     signatures called 'unknown' (so it agrees with their calls: above 0.5 the compound
-    is 'unknown') and ``mean_unknown_distance`` their mean open-set score."""
-    voting = np.asarray(labels, dtype=object) != NO_CALL
+    is 'unknown') and ``mean_unknown_distance`` their mean open-set score. A called
+    compound whose calibrated probability is below ``min_score`` is 'no call'
+    (``moa_pred_known`` keeps its top MoA)."""
     confidence = None if cal is None else (lambda m: cal.compound_confidence(m, method))
     calls = compound_calls(scores, classes, compounds_q, voting=voting, confidence=confidence)
     if cal is not None:
@@ -477,6 +489,10 @@ def _compound_level(adata, scores: np.ndarray, classes: list[str], compounds_q: 
         # doses/cells makes the call steadier than any single signature's
         calls["moa_pred_known"] = calls["moa_pred"]
         calls.loc[calls["share_unknown"] > 0.5, "moa_pred"] = UNKNOWN
+        if min_score:
+            unsure = (~calls["moa_pred"].isin([UNKNOWN, NO_CALL])
+                      & (calls["moa_pred_score"] < min_score))
+            calls.loc[unsure, "moa_pred"] = NO_CALL
     return calls
 
 

@@ -94,7 +94,9 @@ class OpenSetCalls:
     labels that may occur (categories beyond the MoAs); ``info``: settings to record
     with the prediction (``uns["moa"]["params"]``); ``compound_unknown_score``: the mean
     open-set score of each query's compound (its signatures with a call; None when the
-    calls were made per signature).
+    calls were made per signature); ``low_confidence``: the queries called ``no call``
+    because their calibrated probability is below ``min_score`` (not weak: they still
+    vote for their compound; None: no such cut-off).
     """
 
     labels: np.ndarray
@@ -103,6 +105,7 @@ class OpenSetCalls:
     extra: list[str]
     info: dict
     compound_unknown_score: np.ndarray | None = None
+    low_confidence: np.ndarray | None = None
 
 
 @dataclass
@@ -122,7 +125,10 @@ class Calibration:
     ``hidden_prototype`` only for a model's calibration). ``min_tas``: signatures
     below it get ``no call`` (None: off). ``min_strength``: signatures whose
     z-score strength (:func:`moaspace._core.strength.signature_strength`) is below it get
-    ``no call`` (chosen on validation, :mod:`._strength`; None: off). ``validation``: what was measured on
+    ``no call`` (chosen on validation, :mod:`._strength`; None: off). ``min_score``: a
+    call (not ``unknown``) whose calibrated probability of being right is below it gets
+    ``no call`` (the same validation level, :func:`._strength.choose_min_score`; None:
+    off). ``validation``: what was measured on
     the validation rows (ECE, NLL, AUROC against pseudo-unknowns, curves).
     ``compound``: per predictor, the map of a compound's top mean score to the
     probability that its call is right (:mod:`._compound`; empty for calibrations
@@ -150,6 +156,7 @@ class Calibration:
     target_false_unknown: float = 0.05
     min_tas: float | None = None
     min_strength: float | None = None
+    min_score: float | None = None
     n_bins: int = DEFAULT_N_BINS
     validation: dict = field(default_factory=dict)
     compound: dict = field(default_factory=dict)
@@ -257,7 +264,8 @@ class Calibration:
     def open_set_calls(self, query: Query, atlas: Atlas, method: str, k: int, weighting: str,
                        *, open_set: bool = True, min_tas: float | None = None, tas=None,
                        tas_key: str = "tas", strength=None,
-                       min_strength: float | None = None, groups=None) -> OpenSetCalls:
+                       min_strength: float | None = None, min_score: float | None = None,
+                       groups=None) -> OpenSetCalls:
         """Calibrated score, unknown score and abstentions of one prediction.
 
         ``method``, ``k``, ``weighting``: how ``query.scores`` were made (a warning
@@ -268,7 +276,9 @@ class Calibration:
         values :func:`pandas.to_numeric` reads; None: the query has no
         ``obs[tas_key]``, so no ``no call`` flags, with a warning). ``strength``: the
         queries' signature strengths; ``min_strength`` (None: this calibration's; 0: off):
-        ``no call`` below it, whatever the TAS. ``groups``: the queries' compounds; with
+        ``no call`` below it, whatever the TAS. ``min_score`` (None: this calibration's; 0:
+        off): ``no call`` for a call (after the ``unknown`` calls) whose calibrated
+        probability is below it. ``groups``: the queries' compounds; with
         them (and :attr:`pooled` thresholds) a compound with several signatures that get a
         call is called ``unknown`` or not as a whole, from their mean open-set score
         (:func:`._pooled.pooled_unknown`; ``OpenSetCalls.compound_unknown_score``).
@@ -301,17 +311,23 @@ class Calibration:
                 info["pooled_signatures"] = int(pooled.sum())
             labels[flags] = UNKNOWN
             extra.append(UNKNOWN)
-        if weak.any() or "min_strength" in info or "min_tas" in info:
-            labels[weak] = NO_CALL
+        labels[weak] = NO_CALL
+        low = None
+        min_score = self.min_score if min_score is None else min_score
+        if min_score is not None and min_score > 0:
+            low = ~weak & (labels != UNKNOWN) & (np.asarray(pred_score) < min_score)
+            labels[low] = NO_CALL
+            info["min_score"] = float(min_score)
+        if weak.any() or {"min_strength", "min_tas", "min_score"} & set(info):
             extra.append(NO_CALL)
         n_unknown = int((labels == UNKNOWN).sum())
-        n_nocall = int((labels == NO_CALL).sum())
-        if n_unknown or n_nocall:
-            logger.info("%d of %d signatures called 'unknown', %d 'no call' (weak)",
-                        n_unknown, len(labels), n_nocall)
+        if n_unknown or (labels == NO_CALL).any():
+            logger.info("%d of %d signatures called 'unknown', %d 'no call' (weak), %d 'no "
+                        "call' (calibrated probability below %s)", n_unknown, len(labels),
+                        int(weak.sum()), 0 if low is None else int(low.sum()), min_score)
         return OpenSetCalls(labels=labels, pred_score=np.asarray(pred_score, np.float32),
                             unknown_score=unknown.astype(np.float32), extra=extra, info=info,
-                            compound_unknown_score=compound_unknown)
+                            compound_unknown_score=compound_unknown, low_confidence=low)
 
     def _may_vote(self, strength) -> np.ndarray | bool:
         """Signatures as strong as those the compound thresholds were fitted on (a lower

@@ -61,7 +61,11 @@ from moaspace.model.calibration._openset import (
     openset_scores,
 )
 from moaspace.model.calibration._pooled import fit_pooled_thresholds
-from moaspace.model.calibration._strength import choose_min_strength, strength_coverage_curve
+from moaspace.model.calibration._strength import (
+    choose_min_score,
+    choose_min_strength,
+    strength_coverage_curve,
+)
 
 logger = logging.getLogger("moaspace.model.calibration")
 
@@ -214,8 +218,9 @@ def fit_calibration(
 def _fit_sets_and_strength(cal: Calibration, val: dict, predictors: dict,
                            rows: _ValidationRows, maps: _FittedMaps) -> None:
     """The per-MoA maps and set thresholds (:mod:`._classwise`) and the ``no call``
-    strength cut-off (:mod:`._strength`, for the prototype-layer predictor when there is
-    one), with what they measured in ``val``."""
+    cut-offs on strength and calibrated probability (:mod:`._strength`, from the
+    prototype-layer predictor's validation calls when there is one), with what they
+    measured in ``val``."""
     cal.classwise = fit_classwise_maps(predictors, truth_matrix(rows.codes, len(rows.classes)),
                                        rows.groups, MIN_COMPOUNDS)
     val["classwise"] = {name: {k: v for k, v in fit.items() if k != "isotonic"}
@@ -224,9 +229,10 @@ def _fit_sets_and_strength(cal: Calibration, val: dict, predictors: dict,
         if "compound" in summary:
             summary["compound"] = {k: v for k, v in summary["compound"].items()
                                    if k != "isotonic"}
+    right = maps.right.get("hidden_prototype", maps.right["knn"])
+    chance = np.bincount(rows.codes).max() / len(rows.codes)
+    cal.min_score = choose_min_score(right, chance)
     if rows.strength is not None:
-        right = maps.right.get("hidden_prototype", maps.right["knn"])
-        chance = np.bincount(rows.codes).max() / len(rows.codes)
         cal.min_strength = choose_min_strength(rows.strength, right, chance)
         val["strength_coverage"] = _records(strength_coverage_curve(rows.strength, right))
 
