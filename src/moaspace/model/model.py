@@ -513,7 +513,8 @@ class MoaModel:
         leave-own-MoA-out pseudo-unknowns) and its threshold for ``target_false_unknown``, and
         stores ``min_tas`` (no call below it; None: off; the TAS column is
         ``obs[tas_key]``, used for the accuracy-vs-TAS curve) and chooses
-        ``min_strength``, the ``no call`` cut-off on the z-scores' own strength
+        ``min_strength`` and ``min_score``, the ``no call`` cut-offs on the z-scores'
+        own strength and on the calibrated probability of the call
         (:mod:`moaspace.model.calibration._strength`). ``save()`` writes it
         to ``calibration.json``. See :mod:`moaspace.model.calibration`.
         """

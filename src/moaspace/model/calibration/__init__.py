@@ -122,6 +122,7 @@ from moaspace.model.calibration._openset import (
     leave_moa_out_scores,
     openset_scores,
 )
+from moaspace.model.calibration._strength import choose_min_score, choose_min_strength
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -145,6 +146,8 @@ __all__ = [
     "auto_candidates",
     "binary_nll",
     "brier_score",
+    "choose_min_score",
+    "choose_min_strength",
     "choose_min_tas",
     "choose_openset_score",
     "choose_threshold",
