@@ -332,7 +332,8 @@ def run_seed(adata, seed: int, args) -> dict:
     # nor of a held-out MoA: scored as 'known' it would count as a false unknown
     s = np.where((s == "test") & ~has_label(data.obs["moa"]), "unlabelled", s)
     t0 = time.perf_counter()
-    model = MoaModel(data, calibration_folds=args.calibration_folds)
+    folds = args.calibration_folds
+    model = MoaModel(data, calibration_folds=folds if folds == "auto" else int(folds))
     model.train(max_epochs=args.max_epochs, seed=seed, progress_bar=False)
     seconds = time.perf_counter() - t0
     assert model.calibration is not None, "training did not calibrate the model"
@@ -714,9 +715,9 @@ def main() -> None:
     parser.add_argument("--seeds", default=",".join(map(str, range(24))))
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--moa-fraction", type=float, default=0.2)
-    parser.add_argument("--calibration-folds", type=int, default=0,
-                        help="ModelConfig.calibration_folds of moaspace (0: the default, "
-                             "validation rows only)")
+    parser.add_argument("--calibration-folds", default="auto",
+                        help="ModelConfig.calibration_folds of moaspace (auto: the default; "
+                             "0: validation rows only; K >= 2: K fold models)")
     parser.add_argument("--sim-seed", type=int, default=None,
                         help="seed of the default simulation (default 0)")
     parser.add_argument("--data", type=Path, default=None,
@@ -778,8 +779,8 @@ def main() -> None:
         (args.out / f"{name}.json").write_text(json.dumps({**provenance(), **result}, indent=1,
                                                           default=float))
         text = tables(runs, target, pooled, measure)
-        folds = (f" --calibration-folds {args.calibration_folds}" if args.calibration_folds
-                 else "")
+        folds = (f" --calibration-folds {args.calibration_folds}"
+                 if args.calibration_folds != "auto" else "")
         header = (f"# Open-set and calibration benchmark\n\n`python benchmarks/bench_openset.py "
                   f"{flag} --seeds {done} --max-epochs {args.max_epochs}{folds}`: {source}, "
                   f"{adata.n_obs} signatures, {result['moas']} MoAs; `moa` split with "

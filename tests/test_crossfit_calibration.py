@@ -49,11 +49,28 @@ def test_fold_rows_are_put_on_the_final_models_scale_through_the_validation_rows
     assert top.min() >= _top(val_cos).min() and top.max() <= _top(val_cos).max()
 
 
-def test_calibration_folds_must_be_off_or_at_least_two():
-    assert ModelConfig().calibration_folds == 0
-    for bad in (1, -2):
+def test_calibration_folds_must_be_auto_off_or_at_least_two():
+    assert ModelConfig().calibration_folds == "auto"
+    assert ModelConfig(calibration_folds="3").calibration_folds == 3
+    for bad in (1, -2, "x", True, None):
         with pytest.raises(MoaspaceError, match="calibration_folds"):
             ModelConfig(calibration_folds=bad)
+
+
+def test_auto_folds_where_validation_is_small_and_training_is_not():
+    from moaspace.model._crossfit import AUTO_FOLDS, resolve_folds
+
+    assert resolve_folds("auto", 62, 353) == AUTO_FOLDS == 5  # the real consensus set
+    assert resolve_folds("auto", 48, 277) == 5  # its held-out-MoA split
+    assert resolve_folds("auto", 794, 208) == 0  # the default simulator: many val rows
+    assert resolve_folds("auto", 62, 150) == 0  # few training compounds: not measured
+    assert resolve_folds(0, 10, 1000) == 0 and resolve_folds(3, 1000, 10) == 3
+
+
+def test_auto_resolves_to_no_folds_on_the_small_test_world(openset_run):
+    plain = openset_run[1]
+    assert plain.config.calibration_folds == "auto"
+    assert plain.calibration.validation["calibration_folds"] == {"setting": "auto", "folds": 0}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +103,8 @@ def test_training_with_folds_adds_the_left_out_compounds_to_the_calibration(cros
     assert cal.isotonic["hidden_prototype"] != before.isotonic["hidden_prototype"]
     assert cal.thresholds == before.thresholds and cal.pooled == before.pooled
     assert cal.min_strength == before.min_strength and cal.score == before.score
+    assert cal.min_score == before.min_score
+    assert cal.validation["calibration_folds"] == {"setting": 2, "folds": 2}
     # the same network and atlas as without folds (the folds only add calibration rows)
     np.testing.assert_array_equal(model.embed(adata[:20]), plain.embed(adata[:20]))
 
@@ -112,3 +131,8 @@ def test_cli_train_passes_calibration_folds(openset_run, tmp_path):
                               "--max-epochs", "1"])
     assert res.exit_code != 0 and "calibration_folds" in res.output
     assert not (tmp_path / "bad" / "config.json").exists()
+    res = runner.invoke(app, ["train", str(tmp_path / "data.h5ad"), "--out",
+                              str(tmp_path / "bad2"), "--calibration-folds", "some",
+                              "--max-epochs", "1"])
+    assert res.exit_code != 0 and "--calibration-folds" in res.output
+    assert not (tmp_path / "bad2" / "config.json").exists()

@@ -164,16 +164,19 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
         extra: dict = {}
     else:
         own = (model_kwargs or {}) if method == "moaspace" else {}
-        kwargs = {**NEURAL[method], **own}
+        # no fold models: the benchmark reads raw scores and sets, not the confidence map
+        # they refine (calibration_folds)
+        kwargs = {"calibration_folds": 0, **NEURAL[method], **own}
         # multi-MoA and unlabelled training rows go in: the model's use_multi_moa and
         # use_unlabelled decide what they train (a single-MoA batch computes as before)
         model = MoaModel(data, **kwargs)
         model.train(max_epochs=max_epochs, batch_size=NEURAL_BATCH.get(method, 256),
                     seed=seed, progress_bar=False)
         # the raw per-class scores of `moaspace predict` (no open-set calls: every
-        # test MoA is known), with the model's own predictor
+        # test MoA is known), with the model's own predictor; an unsure call keeps its set
+        # (min_score=0), as every baseline's does (weak signatures: see #28's notes)
         pred = predict(model, data[test_rows], k=NEURAL_K.get(method, k),
-                       compound_key=None, open_set=False)
+                       compound_key=None, open_set=False, min_score=0)
         scores, classes = pred.obsm["moa_scores"], list(pred.uns["moa"]["classes"])
         if "moa_pred_set" in pred.obs:
             pred_sets = pred.obs["moa_pred_set"].tolist()

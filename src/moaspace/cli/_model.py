@@ -54,12 +54,13 @@ def train(
                             min=0.0, max=1.0)
     ] = 0.5,
     calibration_folds: Annotated[
-        int, typer.Option(help="0: fit the confidence map on the validation compounds alone. "
-                               "K >= 2: also train K fold models without a fold of the "
-                               "training compounds and fit it on the compounds they never saw "
-                               "too (about K + 1 times the training time; "
-                               "docs/confidence.md).", min=0)
-    ] = 0,
+        str, typer.Option(help="auto: 5 where the validation split is small (under 200 "
+                               "signatures, 200+ training compounds), else 0. 0: fit the "
+                               "confidence map on the validation compounds alone. K >= 2: "
+                               "also train K fold models without a fold of the training "
+                               "compounds and fit it on the compounds they never saw too "
+                               "(about K + 1 times the training time; docs/confidence.md).")
+    ] = "auto",
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",
     strategy: Annotated[str, typer.Option(help="auto | ddp | ddp_spawn ...")] = "auto",
@@ -93,7 +94,8 @@ def train(
         raise typer.BadParameter("--input-whitening must be auto, on or off")
     model = MoaModel(adata, loss=loss, predictor=predictor, average_best=average_best,
                      input_whitening=input_whitening, linear_view_weight=linear_view_weight,
-                     calibration_folds=calibration_folds, **extra)
+                     calibration_folds=(calibration_folds if calibration_folds == "auto"
+                                        else _folds_number(calibration_folds)), **extra)
     model.train(max_epochs=max_epochs, batch_size=batch_size, seed=seed, resume=resume,
                 model_dir=out, patience=patience, accelerator=accelerator,
                 devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
@@ -256,6 +258,15 @@ def predict(
     write_predictions(result, out, top_k_csv=top_path, compounds_csv=calls_path)
     calls = prediction_table(result, "compound_calls")
     print_summary("predict", _predict_rows(result, out, calls, calls_path))
+
+
+def _folds_number(text: str) -> int:
+    """--calibration-folds as a number (the config checks its range)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"--calibration-folds must be auto or a number, got "
+                                 f"{text!r}") from None
 
 
 def _predict_outputs(out: Path, model_dir: Path, query: Path, *, top_k: int,

@@ -12,7 +12,7 @@ import pandas as pd
 from moaspace._core.strength import signature_strength
 from moaspace._utils import preview
 from moaspace.errors import InputError
-from moaspace.model._crossfit import crossfit_rows
+from moaspace.model._crossfit import crossfit_rows, labelled_train_compounds, resolve_folds
 from moaspace.model.data import InMemoryRows
 from moaspace.model.predictor import crossfit_cosines
 
@@ -139,14 +139,19 @@ def calibrate_after_training(model, result, opts=None) -> None:
     strength = np.concatenate([
         signature_strength(data.x.rows(val[i:i + 256]).numpy(), model.config.clip)
         for i in range(0, len(val), 256)])  # small blocks: a backed run's memory
-    crossfit = None
-    if model.config.calibration_folds and opts is not None:
-        crossfit = crossfit_rows(model, result, opts, np.asarray(hidden_cos))
+    crossfit, setting = None, model.config.calibration_folds
+    folds = resolve_folds(setting, len(val), labelled_train_compounds(model, result))
+    if folds and opts is not None:
+        logger.info("calibration_folds=%r: %d fold models for the confidence map", setting,
+                    folds)
+        crossfit = crossfit_rows(model, result, opts, np.asarray(hidden_cos), folds)
     model._fit_calibration(model._embed_source(data.x, val)[0],
                           obs[model.keys["moa"]].astype(str).to_numpy(), model._tas(obs),
                           groups=groups, hidden_cos=hidden_cos, strength=strength,
                           crossfit=crossfit)
     model.calibration.validation["scored_by"] = scored_by
+    model.calibration.validation["calibration_folds"] = {
+        "setting": setting, "folds": folds if crossfit is not None else 0}
     if model.config.refit_prototypes:
         # the MoA centres from every labelled signature the network may see, as the
         # classical baselines are fitted on train + val (the network is not retrained)

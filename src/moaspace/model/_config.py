@@ -172,8 +172,11 @@ class ModelConfig:
         same compound in another cell line or at another dose should land nearby.
         Default True.
     calibration_folds
-        0 (default): the calibration (confidence map of the prototype-layer predictor,
-        'unknown' thresholds) is fitted on the validation compounds alone. ``K >= 2``:
+        ``"auto"`` (default): 5 where the validation split has fewer than 200 signatures
+        and training at least 200 labelled compounds (the real consensus set), else 0
+        (:mod:`moaspace.model._crossfit`). 0: the calibration (confidence map of the
+        prototype-layer predictor, 'unknown' thresholds) is fitted on the validation
+        compounds alone. ``K >= 2``:
         ``train()`` also trains K fold models, each without one fold of the training
         compounds, and adds the compounds they never saw to the rows of the
         prototype-layer predictor's confidence map (:mod:`moaspace.model._crossfit`;
@@ -221,7 +224,7 @@ class ModelConfig:
     refit_prototypes: bool = True
     use_multi_moa: bool = False
     use_unlabelled: bool = True
-    calibration_folds: int = 0
+    calibration_folds: int | str = "auto"
     val_max_reference: int = 30_000
     val_max_queries: int = 20_000
     extra: dict = field(default_factory=dict)
@@ -252,12 +255,22 @@ class ModelConfig:
             value = getattr(self, name)
             if not 0 <= value < math.pi / 2:
                 raise MoaspaceError(f"{name} is in radians and must be in [0, pi/2), got {value}")
-        if int(self.calibration_folds) < 0 or int(self.calibration_folds) == 1:
-            raise MoaspaceError(f"calibration_folds must be 0 (off) or >= 2, "
-                                f"got {self.calibration_folds}")
-        object.__setattr__(self, "calibration_folds", int(self.calibration_folds))
+        self._check_calibration_folds()
         if self.embedding_dim < 2 or any(h < 1 for h in self.hidden_dims):
             raise MoaspaceError("embedding_dim must be >= 2 and hidden_dims positive")
+
+    def _check_calibration_folds(self) -> None:
+        folds = self.calibration_folds
+        if folds == "auto":
+            return
+        try:
+            folds = int(folds)
+        except (TypeError, ValueError):
+            folds = -1
+        if folds < 0 or folds == 1 or isinstance(self.calibration_folds, bool):
+            raise MoaspaceError(f"calibration_folds must be 'auto', 0 (off) or >= 2, "
+                                f"got {self.calibration_folds!r}")
+        object.__setattr__(self, "calibration_folds", folds)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> ModelConfig:

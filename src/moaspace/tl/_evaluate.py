@@ -131,8 +131,10 @@ def evaluate(
     if not rows.any():
         raise InputError(f"no rows with {split_key} == {split!r}")
     with_compounds = compound_key in adata.obs.columns
+    # min_score=0: the prediction sets scored below are those of every call, not emptied
+    # where predict would withhold an unsure one (the metrics read scores and sets)
     held = predict(model, adata[rows], k=k, predictor=predictor,
-                   compound_key=compound_key if with_compounds else None)
+                   compound_key=compound_key if with_compounds else None, min_score=0)
     single = has_label(held.obs[moa_key])
     if not single.any():
         raise InputError(f"no rows with {split_key} == {split!r} have a single MoA in "
