@@ -237,10 +237,7 @@ def predict(
     if open_set and model.calibration is None:
         raise MoaspaceError(f"{model_dir} has no calibration.json (saved by an older moaspace?): "
                             "--open-set needs one; retrain, or use --no-open-set")
-    if min_tas is not None and not 0 <= min_tas <= 1:
-        raise typer.BadParameter("--min-tas must be in [0, 1]")
-    if min_score is not None and not 0 <= min_score <= 1:
-        raise typer.BadParameter("--min-score must be in [0, 1]")
+    _check_unit_interval(min_tas=min_tas, min_score=min_score)
     from moaspace.io.query import read_query
 
     adata = read_query(query, gene_ids=model.genes)
@@ -258,6 +255,13 @@ def predict(
     write_predictions(result, out, top_k_csv=top_path, compounds_csv=calls_path)
     calls = prediction_table(result, "compound_calls")
     print_summary("predict", _predict_rows(result, out, calls, calls_path))
+
+
+def _check_unit_interval(**options: float | None) -> None:
+    """Each given --option must lie in [0, 1]."""
+    for name, value in options.items():
+        if value is not None and not 0 <= value <= 1:
+            raise typer.BadParameter(f"--{name.replace('_', '-')} must be in [0, 1]")
 
 
 def _folds_number(text: str) -> int:
