@@ -86,7 +86,8 @@ def predict(
     class's; ``min_score`` (default: the calibration's, chosen on validation; 0: off) sets
     it to ``"no call"`` where the calibrated probability that the top MoA is right is
     below it (such a signature still votes for its compound, which is then called on
-    its own calibrated probability against the same cut-off). ``obsm["moa_scores"]`` stays the raw per-class scores (same argmax);
+    its own calibrated probability against the same cut-off). ``obsm["moa_scores"]``
+    stays the raw per-class scores (same argmax);
     ``obsm["moa_proba"]`` holds calibrated per-MoA probabilities (is this MoA one of the
     compound's?) and ``obs["moa_pred_set"]`` the prediction set: the top call and every
     MoA whose probability reaches the calibrated set threshold, ``|``-separated ("" for
