@@ -190,8 +190,13 @@ def prototype_scores(
     query: np.ndarray, centres: np.ndarray, temperature: float = 0.1
 ) -> np.ndarray:
     """Softmax over cosine similarities to the class centres."""
-    logits = l2_normalize(query) @ centres.T / temperature
-    return special.softmax(logits, axis=1).astype(np.float32)
+    return cosine_softmax(l2_normalize(query) @ centres.T, temperature).astype(np.float32)
+
+
+def cosine_softmax(cos: np.ndarray, temperature: float = 0.1) -> np.ndarray:
+    """Row-wise softmax of cosines to class centres over ``temperature`` (the scores of
+    :func:`prototype_scores`, from cosines already computed); dtype follows ``cos``."""
+    return special.softmax(np.asarray(cos) / temperature, axis=1)
 
 
 def top_k_table(

@@ -355,8 +355,7 @@ def calibrate(
 
     if not 0 < target_false_unknown < 1:
         raise typer.BadParameter("--target-false-unknown must be in (0, 1)")
-    if min_tas is not None and not 0 <= min_tas <= 1:
-        raise typer.BadParameter("--min-tas must be in [0, 1]")
+    _check_unit_interval(min_tas=min_tas)
     model = MoaModel.load(model_dir)
     adata = load_h5ad(data)
     cal = model.calibrate(adata, split=None if split == "all" else split,

@@ -39,8 +39,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import torch
-from scipy import special
 
+from moaspace._core.neighbors import cosine_softmax
 from moaspace.model.calibration._maps import PROTOTYPE_TEMPERATURE
 from moaspace.model.predictor import fit_predictor
 from moaspace.model.train import (
@@ -90,7 +90,7 @@ def fold_of_compounds(moa_of: pd.Series, k: int, seed: int) -> dict[str, int]:
 
 
 def _top(cos: np.ndarray) -> np.ndarray:
-    return special.softmax(cos / PROTOTYPE_TEMPERATURE, axis=1).max(axis=1)
+    return cosine_softmax(cos, PROTOTYPE_TEMPERATURE).max(axis=1)
 
 
 def on_final_scale(cos: np.ndarray, fold_val_cos: np.ndarray,

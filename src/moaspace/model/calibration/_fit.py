@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
 
 from moaspace._core.neighbors import (
+    cosine_softmax,
     encode_labels,
     knn_scores,
     knn_search,
@@ -194,7 +194,7 @@ def fit_calibration(
                           maps.right["hidden_prototype"], crossfit, n_bins)
     cal.compound, val["compound"] = fit_compound_maps(predictors, rows.codes, rows.groups,
                                                       n_bins)
-    _fit_sets_and_strength(cal, val, predictors, rows, maps)
+    _fit_sets_and_no_call(cal, val, predictors, rows, maps)
     _knn_summary(cal, val, votes, rows.codes, maps, n_bins)
     cal.thresholds, known_scores = _fit_open_set(
         val, rows, sims, centres, votes, k=k, weighting=weighting, energy_scale=energy_scale,
@@ -215,7 +215,7 @@ def fit_calibration(
     return cal
 
 
-def _fit_sets_and_strength(cal: Calibration, val: dict, predictors: dict,
+def _fit_sets_and_no_call(cal: Calibration, val: dict, predictors: dict,
                            rows: _ValidationRows, maps: _FittedMaps) -> None:
     """The per-MoA maps and set thresholds (:mod:`._classwise`) and the ``no call``
     cut-offs on strength and calibrated probability (:mod:`._strength`, from the
@@ -359,9 +359,9 @@ def _predictors(rows: _ValidationRows, votes: np.ndarray,
     predictors = {"knn": (votes, cos),
                   "prototype": (prototype_scores(rows.z, centres, PROTOTYPE_TEMPERATURE), cos)}
     if rows.hidden_cos is not None:
-        # the softmax of prototype_scores, from cosines already computed (cross-fitted)
+        # prototype_scores' softmax, from cosines already computed (cross-fitted)
         predictors["hidden_prototype"] = (
-            special.softmax(rows.hidden_cos / PROTOTYPE_TEMPERATURE, axis=1).astype(np.float32),
+            cosine_softmax(rows.hidden_cos, PROTOTYPE_TEMPERATURE).astype(np.float32),
             rows.hidden_cos)
     return predictors
 
