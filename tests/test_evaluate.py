@@ -395,3 +395,38 @@ def test_benchmark_multi_moa_metrics_leave_single_label_numbers_alone(monkeypatc
     assert "| method | top-1 in set | recall@3 | set F1 |" in md
     assert "Multi-MoA, paired per seed" in md and "| logreg_ovr | " in md
     assert "top-1 in set" not in results_markdown(alone)
+
+
+def test_benchmark_sets_of_weak_signatures_are_not_emptied(monkeypatch):
+    """A signature `predict` withholds as weak (`no call`, an empty set) keeps its set in
+    the benchmark, as every baseline's row does: its multi-MoA set F1 scores the answer, not
+    an abstention the baselines cannot make."""
+    from moaspace._core.labels import NO_CALL
+    from moaspace.benchmark import _run
+
+    data = split(make_synthetic(n_moas=4, compounds_per_moa=6, n_genes=48, seed=5),
+                 "compound", seed=0, copy=True)
+    test = (data.obs["split"] == "test").to_numpy()
+    weak = np.flatnonzero(test)[::2]
+    data.X[weak] = 0.02 * np.asarray(data.X[weak])  # far below any validation signature
+    seen = {}
+
+    def recording_predict(model, adata, **kwargs):
+        # a strength cut-off above the weakened rows (this tiny model's validation may
+        # fit none): the default predict withholds them
+        strength = predict(model, adata, compound_key=None, open_set=False).obs["moa_strength"]
+        model.calibration.min_strength = float(np.quantile(strength, 0.5))
+        seen["model"], seen["rows"] = model, adata
+        return predict(model, adata, **kwargs)
+
+    monkeypatch.setattr(_run, "predict", recording_predict)
+    got = _run._fit_predict("moaspace", data, 0, max_epochs=2, k=5, n_components=10,
+                            model_kwargs=TINY)
+    by_default = predict(seen["model"], seen["rows"], compound_key=None, open_set=False)
+    withheld = (by_default.obs["moa_pred"].astype(str) == NO_CALL).to_numpy()
+    assert withheld.sum() >= len(weak) // 2  # the default would empty these sets
+    assert (by_default.obs["moa_pred_set"].astype(str).to_numpy()[withheld] == "").all()
+    classes = np.asarray(got["classes"])
+    top = classes[got["scores"].argmax(axis=1)]
+    for s, t in zip(got["pred_sets"], top, strict=True):
+        assert t in str(s).split("|")

@@ -173,10 +173,11 @@ def _fit_predict(method: str, data, seed: int, *, max_epochs: int, k: int,
         model.train(max_epochs=max_epochs, batch_size=NEURAL_BATCH.get(method, 256),
                     seed=seed, progress_bar=False)
         # the raw per-class scores of `moaspace predict` (no open-set calls: every
-        # test MoA is known), with the model's own predictor; an unsure call keeps its set
-        # (min_score=0), as every baseline's does (weak signatures: see #28's notes)
+        # test MoA is known), with the model's own predictor; an unsure or weak call keeps
+        # its set (min_score=0, min_strength=0), as every baseline's does: an abstention
+        # would score an empty set, which no baseline ever answers
         pred = predict(model, data[test_rows], k=NEURAL_K.get(method, k),
-                       compound_key=None, open_set=False, min_score=0)
+                       compound_key=None, open_set=False, min_score=0, min_strength=0)
         scores, classes = pred.obsm["moa_scores"], list(pred.uns["moa"]["classes"])
         if "moa_pred_set" in pred.obs:
             pred_sets = pred.obs["moa_pred_set"].tolist()
