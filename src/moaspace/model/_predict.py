@@ -194,9 +194,7 @@ def predict(
     _write_sets(adata, scores, classes, calls.labels, cal, method, names)
     if compounds_q is not None:
         # weak signatures do not vote; uncertain ones do (the mean may be sure)
-        voting = calls.labels != NO_CALL
-        if calls.low_confidence is not None:
-            voting |= calls.low_confidence
+        voting = (calls.labels != NO_CALL) if calls.weak is None else ~calls.weak
         table = _compound_level(adata, scores, classes, compounds_q, calls.labels, voting,
                                 cal=cal, method=method, unknown_column=names["unknown"],
                                 score_column=names["score"], min_score=info.get("min_score"))

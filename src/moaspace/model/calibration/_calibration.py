@@ -94,9 +94,10 @@ class OpenSetCalls:
     labels that may occur (categories beyond the MoAs); ``info``: settings to record
     with the prediction (``uns["moa"]["params"]``); ``compound_unknown_score``: the mean
     open-set score of each query's compound (its signatures with a call; None when the
-    calls were made per signature); ``low_confidence``: the queries called ``no call``
-    because their calibrated probability is below ``min_score`` (not weak: they still
-    vote for their compound; None: no such cut-off).
+    calls were made per signature); ``weak``: the queries called ``no call`` for their
+    strength or TAS (they do not vote for their compound); ``low_confidence``: those
+    called ``no call`` because their calibrated probability is below ``min_score`` (not
+    weak: they still vote; None: no such cut-off).
     """
 
     labels: np.ndarray
@@ -106,6 +107,7 @@ class OpenSetCalls:
     info: dict
     compound_unknown_score: np.ndarray | None = None
     low_confidence: np.ndarray | None = None
+    weak: np.ndarray | None = None
 
 
 @dataclass
@@ -327,7 +329,8 @@ class Calibration:
                         int(weak.sum()), 0 if low is None else int(low.sum()), min_score)
         return OpenSetCalls(labels=labels, pred_score=np.asarray(pred_score, np.float32),
                             unknown_score=unknown.astype(np.float32), extra=extra, info=info,
-                            compound_unknown_score=compound_unknown, low_confidence=low)
+                            compound_unknown_score=compound_unknown, low_confidence=low,
+                            weak=weak)
 
     def _may_vote(self, strength) -> np.ndarray | bool:
         """Signatures as strong as those the compound thresholds were fitted on (a lower
