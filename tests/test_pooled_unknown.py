@@ -14,6 +14,7 @@ from moaspace.model import MoaModel
 from moaspace.model._predict import predict, prediction_table
 from moaspace.model.calibration import Calibration, unknown_auroc
 from moaspace.model.calibration._pooled import (
+    call_unknown_scores,
     fit_pooled_thresholds,
     pooled_threshold,
     pooled_unknown,
@@ -90,6 +91,41 @@ def test_thresholds_extrapolate_to_compounds_larger_than_any_in_validation():
     assert 0.02 < rates[16] < 0.12 and rates[64] < 0.12
 
 
+def test_call_scores_agree_with_the_calls_and_rank_by_distance_beyond_the_threshold():
+    rng = np.random.default_rng(3)
+    scores, groups = _compounds(rng, 80, 16, 0.0, "val")
+    fit = fit_pooled_thresholds(scores, groups, 0.05, seed=0)
+    t = float(np.quantile(scores, 0.95))  # the per-signature threshold
+    query, query_groups = [], []
+    for n, shift in ((2, 0.0), (4, 1.0), (16, 0.5), (16, 2.0), (1, 0.0)):
+        s, g = _compounds(rng, 30, n, shift, f"n{n}s{shift}_")
+        query.append(s)
+        query_groups.append(g)
+    query, query_groups = np.concatenate(query), np.concatenate(query_groups)
+    eligible = rng.random(len(query)) > 0.1  # some weak signatures: they keep their own
+    got = call_unknown_scores(query, query_groups, eligible, fit, t)
+    mean, unknown, pooled = pooled_unknown(query, query_groups, eligible, fit)
+    np.testing.assert_array_equal(got[pooled] > t, unknown[pooled])
+    np.testing.assert_array_equal(got[~pooled], query[~pooled])
+    assert unknown.any() and (pooled & ~unknown).any() and (~pooled).any()
+    # the mapping keeps the order of a compound's mean for one size, and a mean as far
+    # above its size's threshold as another's (in units of threshold - mu) scores the same
+    mu = fit["mean"]
+    n = pd.Series(eligible).groupby(query_groups).transform("sum").to_numpy()
+    tn = pooled_threshold(fit, n)
+    z = (mean - mu) / (tn - mu)
+    np.testing.assert_allclose(got[pooled], mu + z[pooled] * (t - mu))
+    assert np.all(tn[pooled] > mu) and t > mu
+    # a novel compound's 16 signatures put it farther out than one known compound's 2
+    assert np.median(got[query_groups == "n16s2.0_0"]) > np.max(
+        got[pooled & np.char.startswith(query_groups.astype(str), "n2s0.0_")])
+    # no random-effects mean: the call scores still agree with the calls (shifted)
+    bare = {k: v for k, v in fit.items() if k != "mean"}
+    shifted = call_unknown_scores(query, query_groups, eligible, bare, t)
+    np.testing.assert_array_equal(shifted[pooled] > t, unknown[pooled])
+    np.testing.assert_allclose(shifted[pooled], (mean - tn + t)[pooled])
+
+
 def test_pooled_unknown_leaves_out_ineligible_and_lone_signatures():
     fit = {"sizes": [2], "thresholds": [1.0]}
     scores = np.array([0.5, 1.8, 9.0, 2.0, 0.1])
@@ -121,20 +157,32 @@ def test_predict_calls_unknown_per_compound(openset_run):
     voting = pred.obs["moa_strength"].to_numpy() >= (cal.min_strength or 0.0)
     assert (voting & ~called).any()
     compounds = test.obs["pert_id"].astype(str).to_numpy()
-    score = pred.obs["moa_unknown_score"].to_numpy(np.float64)
+    own = pred.obs["moa_unknown_score_signature"].to_numpy(np.float64)
     mean = pred.obs["moa_unknown_score_compound"].to_numpy(np.float64)
-    expected = pd.Series(np.where(voting, score, np.nan)).groupby(compounds).transform("mean")
+    expected = pd.Series(np.where(voting, own, np.nan)).groupby(compounds).transform("mean")
     np.testing.assert_allclose(mean, expected.to_numpy(), rtol=1e-5)
     # the signatures of a compound that get a call share its unknown call
     share = pd.Series(labels[called] == "unknown").groupby(compounds[called]).mean()
     assert set(share.unique()) <= {0.0, 1.0}
     table = prediction_table(pred)
     assert set(table["unknown_score"].dropna().unique()) <= {0.0, 1.0}
-    # per signature: the old calls
+    np.testing.assert_allclose(table["mean_unknown_distance"].dropna().to_numpy(),
+                               pd.Series(mean[voting]).groupby(compounds[voting]).first()
+                               .reindex(table["compound"]).dropna().to_numpy(), rtol=1e-5)
+    # moa_unknown_score is the score of the call: above the threshold exactly where a
+    # voting signature is called unknown (its compound's score where the compound decides)
+    score = pred.obs["moa_unknown_score"].to_numpy(np.float64)
+    unknown = labels == "unknown"
+    assert unknown.any() and (~unknown & voting).any()
+    np.testing.assert_array_equal(score[voting] > cal.threshold, unknown[voting])
+    # per signature: the old calls, and the signatures' own scores
     single = predict(model, test, compound_key="pert_id", unknown_by="signature")
     plain = predict(model, test, compound_key=None)
     pd.testing.assert_series_equal(single.obs["moa_pred"], plain.obs["moa_pred"])
-    assert "moa_unknown_score_compound" not in single.obs
+    np.testing.assert_allclose(own, plain.obs["moa_unknown_score"].to_numpy(np.float64))
+    assert not np.allclose(score, own)
+    for kept in ("moa_unknown_score_compound", "moa_unknown_score_signature"):
+        assert kept not in single.obs and kept not in plain.obs
     with pytest.raises(InputError, match="unknown_by"):
         predict(model, test, unknown_by="cell")
 

@@ -215,7 +215,9 @@ def predict(
     OUT.compounds.csv; a stale one from an earlier run is removed). OUT.h5ad gives
     OUT.top_k.csv; any other name keeps its whole name (run.2024 -> run.2024.top_k.csv).
     With a calibrated model (calibration.json) moa_pred_score is a calibrated
-    probability, obs['moa_unknown_score'] the distance to every known MoA, and
+    probability, obs['moa_unknown_score'] the distance to every known MoA (of the call:
+    where the compound decides, its mean on the same scale; the signature's own in
+    obs['moa_unknown_score_signature']), and
     moa_pred is 'unknown' where the query is far from all of them (--open-set; by
     default decided per compound, from the mean over its signatures: --unknown-by)
     or 'no call' for weak signatures (--min-strength, --min-tas) and for calls whose

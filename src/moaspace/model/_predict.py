@@ -75,7 +75,10 @@ def predict(
     compounds at the end of training; :mod:`moaspace.model.calibration`)
     ``moa_pred_score`` is the calibrated probability that the top MoA is
     right (otherwise the raw score, with a warning), ``obs["moa_unknown_score"]``
-    the open-set score (higher = farther from every known MoA) and
+    the open-set score of the call (higher = farther from every known MoA; where a
+    compound decides, its score on the per-signature threshold's scale, so that it is
+    above the threshold exactly where the call is ``"unknown"``; the signature's own
+    score is then ``obs["moa_unknown_score_signature"]``) and
     ``obs["moa_pred_known"]`` the top known MoA. ``open_set`` (default: on
     when the model is calibrated) sets ``moa_pred`` to ``"unknown"`` above the
     calibrated threshold; ``min_tas`` (default: the calibration's, usually
@@ -196,7 +199,10 @@ def predict(
         # weak signatures do not vote; uncertain ones do (the mean may be sure)
         voting = (calls.labels != NO_CALL) if calls.weak is None else ~calls.weak
         table = _compound_level(adata, scores, classes, compounds_q, calls.labels, voting,
-                                cal=cal, method=method, unknown_column=names["unknown"],
+                                cal=cal, method=method, unknown_column=(
+                                    names["unknown_signature"]
+                                    if calls.signature_unknown_score is not None
+                                    else names["unknown"]),
                                 score_column=names["score"], min_score=info.get("min_score"))
         _compound_sets(table, scores, classes, compounds_q, voting, cal, method)
         adata.uns[key_added]["compound_calls"] = table.reset_index(drop=True)
@@ -267,6 +273,7 @@ def output_names(key_added: str = "moa") -> dict[str, str]:
             "pred": f"{key_added}_pred", "score": f"{key_added}_pred_score",
             "known": f"{key_added}_pred_known", "unknown": f"{key_added}_unknown_score",
             "unknown_compound": f"{key_added}_unknown_score_compound",
+            "unknown_signature": f"{key_added}_unknown_score_signature",
             "proba": f"{key_added}_proba", "set": f"{key_added}_pred_set",
             "strength": f"{key_added}_strength",
             "nearest": ("nearest_compounds" if key_added == "moa"
@@ -399,6 +406,8 @@ def _write_calls(adata, atlas, query: Query, classes: list[str], calls: OpenSetC
         adata.obs[names["unknown"]] = calls.unknown_score
     if calls.compound_unknown_score is not None:
         adata.obs[names["unknown_compound"]] = calls.compound_unknown_score.astype(np.float32)
+    if calls.signature_unknown_score is not None:
+        adata.obs[names["unknown_signature"]] = calls.signature_unknown_score
     adata.obsm[names["embedding"]] = query.z
     adata.obsm[names["scores"]] = scores
     adata.obs[names["pred"]] = pd.Categorical(calls.labels,

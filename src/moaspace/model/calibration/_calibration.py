@@ -25,7 +25,7 @@ from moaspace.model.calibration._maps import (
 )
 from moaspace.model.calibration._metrics import DEFAULT_N_BINS
 from moaspace.model.calibration._openset import OPENSET_SCORES, openset_scores
-from moaspace.model.calibration._pooled import pooled_unknown
+from moaspace.model.calibration._pooled import call_unknown_scores, pooled_unknown
 
 logger = logging.getLogger("moaspace.model.calibration")
 
@@ -89,8 +89,13 @@ class OpenSetCalls:
 
     ``labels``: the top known MoA, or ``unknown`` / ``no call``; ``pred_score``: the
     calibrated probability that the top MoA is right; ``unknown_score``: the open-set
-    score (higher = farther from every known MoA; None only for the closed-set calls of
-    an uncalibrated model, see :func:`moaspace.tl.predict`); ``extra``: the abstention
+    score of the call (higher = farther from every known MoA; above the calibration's
+    threshold exactly where a signature that gets a call is ``unknown``: where its
+    compound decides, the compound's score on that scale,
+    :func:`._pooled.call_unknown_scores`; None only for the closed-set calls of an
+    uncalibrated model, see :func:`moaspace.tl.predict`); ``signature_unknown_score``:
+    each signature's own open-set score where compounds decided (None where every call
+    was made per signature: then it is ``unknown_score``); ``extra``: the abstention
     labels that may occur (categories beyond the MoAs); ``info``: settings to record
     with the prediction (``uns["moa"]["params"]``); ``compound_unknown_score``: the mean
     open-set score of each query's compound (its signatures with a call; None when the
@@ -108,6 +113,7 @@ class OpenSetCalls:
     compound_unknown_score: np.ndarray | None = None
     low_confidence: np.ndarray | None = None
     weak: np.ndarray | None = None
+    signature_unknown_score: np.ndarray | None = None
 
 
 @dataclass
@@ -301,16 +307,20 @@ class Calibration:
                 "target_false_unknown": self.target_false_unknown,
                 "calibration_method": self.method_for(method)}
         weak = self._weak(len(labels), info, min_tas, tas, tas_key, strength, min_strength)
-        compound_unknown = None
+        compound_unknown = own_unknown = None
         if open_set:
             flags = self.is_unknown(unknown)
             info["unknown_by"] = "signature"
             if groups is not None and self.pooled.get("sizes"):
+                voters = ~weak & self._may_vote(strength)
                 compound_unknown, by_compound, pooled = pooled_unknown(
-                    unknown, groups, ~weak & self._may_vote(strength), self.pooled)
+                    unknown, groups, voters, self.pooled)
                 flags = np.where(pooled, by_compound, flags)
                 info["unknown_by"] = "compound"
                 info["pooled_signatures"] = int(pooled.sum())
+                own_unknown = unknown
+                unknown = call_unknown_scores(own_unknown, groups, voters, self.pooled,
+                                              self.threshold)
             labels[flags] = UNKNOWN
             extra.append(UNKNOWN)
         labels[weak] = NO_CALL
@@ -330,7 +340,8 @@ class Calibration:
         return OpenSetCalls(labels=labels, pred_score=np.asarray(pred_score, np.float32),
                             unknown_score=unknown.astype(np.float32), extra=extra, info=info,
                             compound_unknown_score=compound_unknown, low_confidence=low,
-                            weak=weak)
+                            weak=weak, signature_unknown_score=(
+                                None if own_unknown is None else own_unknown.astype(np.float32)))
 
     def _may_vote(self, strength) -> np.ndarray | bool:
         """Signatures as strong as those the compound thresholds were fitted on (a lower

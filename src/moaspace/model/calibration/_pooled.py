@@ -164,6 +164,15 @@ def pooled_unknown(scores, groups, eligible, fit: dict) -> tuple[np.ndarray, np.
         signature of a compound with at least the smallest fitted number of eligible
         signatures); where ``pooled`` is False the signature's own threshold decides.
     """
+    mean, threshold, pooled = _pooled_means(scores, groups, eligible, fit)
+    unknown = pooled & (np.nan_to_num(mean, nan=-np.inf) > np.nan_to_num(threshold, nan=np.inf))
+    return mean, unknown, pooled
+
+
+def _pooled_means(scores, groups, eligible, fit: dict) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray]:
+    """Per signature: its compound's mean score over the eligible signatures, the threshold
+    for that many, and whether the compound's call applies (see :func:`pooled_unknown`)."""
     scores = np.asarray(scores, dtype=np.float64)
     groups = pd.Series(np.asarray(groups, dtype=object))
     eligible = np.asarray(eligible, dtype=bool) & ~groups.isna().to_numpy()
@@ -172,6 +181,46 @@ def pooled_unknown(scores, groups, eligible, fit: dict) -> tuple[np.ndarray, np.
     mean = voting.groupby(groups).transform("mean").to_numpy(np.float64)
     n = voting.notna().groupby(groups).transform("sum").to_numpy(np.int64)
     threshold = pooled_threshold(fit, n)
-    pooled = np.isfinite(threshold) & np.isfinite(mean) & eligible
-    unknown = pooled & (np.nan_to_num(mean, nan=-np.inf) > np.nan_to_num(threshold, nan=np.inf))
-    return mean, unknown, pooled
+    return mean, threshold, np.isfinite(threshold) & np.isfinite(mean) & eligible
+
+
+def call_unknown_scores(scores, groups, eligible, fit: dict,
+                        signature_threshold: float) -> np.ndarray:
+    """The open-set score of each signature's call, on the per-signature threshold's scale.
+
+    Where a signature's compound decides its call (:func:`pooled_unknown`), the compound's
+    mean ``m`` is compared with the threshold ``t_n`` for its ``n`` signatures, not with the
+    per-signature threshold ``t``. So that the score read beside a call agrees with it
+    (``score > t`` exactly where the compound is called unknown), the mean is put on the
+    signature scale by its distance from the known compounds' mean ``mu`` (of the random-
+    effects fit) in units of the threshold's: ``mu + (m - mu) (t - mu) / (t_n - mu)``. A
+    compound's mean spreads less the more signatures it pools, and this unit shrinks with
+    it, so compounds of different sizes rank by how far beyond their own threshold they
+    are. (Where ``t_n`` is not above ``mu``, which a fitted threshold never was, the shift
+    ``m - t_n + t`` keeps the agreement.) Other signatures keep their own score.
+
+    Parameters
+    ----------
+    scores, groups, eligible, fit
+        As for :func:`pooled_unknown`.
+    signature_threshold : float
+        The per-signature threshold ``t`` (``Calibration.threshold``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, one per signature.
+    """
+    own = np.asarray(scores, dtype=np.float64)
+    mean, threshold, pooled = _pooled_means(own, groups, eligible, fit)
+    t, mu = float(signature_threshold), fit.get("mean")
+    out = own.copy()
+    m, tn = mean[pooled], threshold[pooled]
+    shifted = m - tn + t
+    if mu is None or not np.isfinite(mu) or t <= mu:
+        out[pooled] = shifted
+        return out
+    wide = tn > mu
+    out[pooled] = np.where(wide, mu + (m - mu) * (t - mu) / np.where(wide, tn - mu, 1.0),
+                           shifted)
+    return out
