@@ -92,7 +92,9 @@ def evaluate(
         :func:`classification_metrics`), ``split``, ``predictor``;
         ``moas_not_in_training`` (only when some held-out MoAs were not trained on);
         ``open_set`` (calibrated models: ``score``, ``threshold``, ``calibration`` and
-        the open-set metrics, NaN as None); ``compound_level`` (the same metrics on
+        the open-set metrics of ``obs["moa_unknown_score"]`` as ``predict`` writes it:
+        with compounds, the score of the per-compound calls; NaN as None);
+        ``compound_level`` (the same metrics on
         per-compound calls); ``hierarchy`` (``k``, ``knn_share``: share of each
         signature's k nearest held-out neighbours with the same ``moa``/``compound``,
         ``silhouette_moa``, ``silhouette_compound``); ``retrieval``
