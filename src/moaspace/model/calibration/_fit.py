@@ -21,7 +21,6 @@ from moaspace._core.neighbors import (
     knn_scores,
     knn_search,
     l2_normalize,
-    prototype_scores,
     prototypes,
 )
 from moaspace.errors import InputError
@@ -356,8 +355,10 @@ def _predictors(rows: _ValidationRows, votes: np.ndarray,
     """Each predictor's scores, and the rows' cosines to the prototypes of the layer it
     reads (the margin feature of the logistic map)."""
     cos = l2_normalize(rows.z) @ np.asarray(centres, np.float32).T
+    # prototype_scores(rows.z, centres), from these cosines (the centres are float32)
     predictors = {"knn": (votes, cos),
-                  "prototype": (prototype_scores(rows.z, centres, PROTOTYPE_TEMPERATURE), cos)}
+                  "prototype": (cosine_softmax(cos, PROTOTYPE_TEMPERATURE).astype(np.float32),
+                                cos)}
     if rows.hidden_cos is not None:
         # prototype_scores' softmax, from cosines already computed (cross-fitted)
         predictors["hidden_prototype"] = (
