@@ -140,6 +140,13 @@ def test_open_set_metrics_on_hand_made_predictions():
     assert m["macro_f1_known_closed"] == pytest.approx(7 / 12)
     m = open_set_metrics(y_true, y_pred, score, ["A", "B"], threshold=0.35)
     assert m["false_unknown_rate"] == 0.25 and m["unknown_detected"] == 0.5
+    # the calls given (e.g. predict's, the 0.4 row weak: 'no call'): the rates follow
+    # them, the AUROC still reads the score
+    given = open_set_metrics(y_true, y_pred, score, ["A", "B"], threshold=0.35,
+                             flagged=[False, False, False, False, True, False])
+    assert given["false_unknown_rate"] == 0.0 and given["unknown_detected"] == 0.5
+    assert given["auroc"] == m["auroc"]
+    assert given["macro_f1_known_open"] == pytest.approx(2 / 3)
 
 
 def test_tas_coverage_curve():

@@ -204,6 +204,26 @@ def test_pooling_separates_held_out_moas_better_than_one_signature(openset_run):
     assert flagged[~novel].mean() < 0.15
 
 
+def test_evaluate_reports_the_unknown_calls_predict_makes(openset_run):
+    """evaluate's open-set rates are those of predict's calls (per compound, weak
+    signatures 'no call'), its AUROC that of the score predict writes."""
+    from moaspace.tl._evaluate import evaluate
+
+    _, model, adata, test = openset_run
+    held = set(adata.uns["moaspace"]["split"]["test_only_moas"])
+    o = evaluate(model, adata, split="test")["open_set"]
+    pred = predict(model, test, compound_key="pert_id", min_score=0)
+    calls = pred.obs["moa_pred"].astype(str).to_numpy()
+    novel = test.obs["moa"].astype(str).isin(held).to_numpy()
+    assert o["false_unknown_rate"] == pytest.approx((calls[~novel] == "unknown").mean())
+    assert o["unknown_detected"] == pytest.approx((calls[novel] == "unknown").mean())
+    score = pred.obs["moa_unknown_score"].to_numpy(np.float64)
+    assert o["auroc"] == pytest.approx(unknown_auroc(score[~novel], score[novel]))
+    # a weak signature above the threshold is 'no call', not counted as flagged
+    weak = calls == "no call"
+    assert (weak & (score > model.calibration.threshold)).any()
+
+
 def test_pooled_thresholds_survive_save_and_load(openset_run, tmp_path):
     root, model, _, _ = openset_run
     loaded = MoaModel.load(root / "model")

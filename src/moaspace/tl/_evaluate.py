@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moaspace._core.labels import UNKNOWN
 from moaspace._core.neighbors import aggregate_scores
 from moaspace._core.sets import (
     has_label,
@@ -92,8 +93,10 @@ def evaluate(
         :func:`classification_metrics`), ``split``, ``predictor``;
         ``moas_not_in_training`` (only when some held-out MoAs were not trained on);
         ``open_set`` (calibrated models: ``score``, ``threshold``, ``calibration`` and
-        the open-set metrics of ``obs["moa_unknown_score"]`` as ``predict`` writes it:
-        with compounds, the score of the per-compound calls; NaN as None);
+        the open-set metrics: the rates of ``predict``'s ``unknown`` calls, a weak
+        signature's ``no call`` not counted as one, and the AUROC of
+        ``obs["moa_unknown_score"]`` as ``predict`` writes it: with compounds, the score of
+        the per-compound calls; NaN as None);
         ``compound_level`` (the same metrics on
         per-compound calls); ``hierarchy`` (``k``, ``knn_share``: share of each
         signature's k nearest held-out neighbours with the same ``moa``/``compound``,
@@ -177,8 +180,11 @@ def _single_label_metrics(model, held, *, split: str, moa_key: str, compound_key
         from moaspace.model.calibration import open_set_metrics
 
         best = np.asarray(classes, dtype=object)[scores.argmax(axis=1)]
+        # the rates of predict's unknown calls (a weak signature is 'no call', not a
+        # false unknown); the AUROC of the score as predict writes it
+        called = held.obs["moa_pred"].astype(str).to_numpy() == UNKNOWN
         m = open_set_metrics(y, best, held.obs["moa_unknown_score"].to_numpy(), classes,
-                             cal.threshold, raw_conf=scores.max(axis=1),
+                             cal.threshold, flagged=called, raw_conf=scores.max(axis=1),
                              proba_conf=held.obs["moa_pred_score"].to_numpy())
         # NaN (e.g. AUROC without unknown-MoA rows) -> null: strict JSON
         out["open_set"] = {"score": cal.score, "threshold": cal.threshold,

@@ -193,13 +193,15 @@ def choose_min_tas(tas, correct, target_accuracy: float) -> float | None:
 
 def open_set_metrics(
     y_true, y_pred, unknown_score, known_classes, threshold: float,
-    *, proba_conf=None, raw_conf=None, n_bins: int = DEFAULT_N_BINS,
+    *, proba_conf=None, raw_conf=None, n_bins: int = DEFAULT_N_BINS, flagged=None,
 ) -> dict:
     """Test metrics of an open-set predictor.
 
     ``y_true``: true MoAs (those outside ``known_classes`` are the unknowns);
     ``y_pred``: the top known MoA of each row; ``unknown_score`` and
-    ``threshold`` make the unknown calls. Returns AUROC known-vs-unknown,
+    ``threshold`` make the unknown calls, unless ``flagged`` (bool per row) gives
+    them (``predict``'s, where a weak signature is ``no call`` whatever its score);
+    the AUROC reads ``unknown_score`` either way. Returns AUROC known-vs-unknown,
     false-unknown rate on known rows, detection rate of unknown rows,
     macro-F1 over the known MoAs with and without the unknown calls (unknown
     rows count as errors when called as a known MoA), and ECE, Brier score and
@@ -214,7 +216,8 @@ def open_set_metrics(
     unknown_score = np.asarray(unknown_score, dtype=np.float64)
     known_classes = [str(c) for c in known_classes]
     is_known = np.isin(y_true, known_classes)
-    flagged = unknown_score > threshold
+    flagged = (unknown_score > threshold if flagged is None
+               else np.asarray(flagged, dtype=bool))
     open_pred = np.where(flagged, UNKNOWN, y_pred)
     truth = np.where(is_known, y_true, UNKNOWN)
     labels = sorted(set(y_true[is_known]))
