@@ -100,9 +100,8 @@ class OpenSetCalls:
     with the prediction (``uns["moa"]["params"]``); ``compound_unknown_score``: the mean
     open-set score of each query's compound (its signatures with a call; None when the
     calls were made per signature); ``weak``: the queries called ``no call`` for their
-    strength or TAS (they do not vote for their compound); ``low_confidence``: those
-    called ``no call`` because their calibrated probability is below ``min_score`` (not
-    weak: they still vote; None: no such cut-off).
+    strength or TAS (they do not vote for their compound; the other ``no call`` rows are
+    calls below ``min_score``, which still vote).
     """
 
     labels: np.ndarray
@@ -111,7 +110,6 @@ class OpenSetCalls:
     extra: list[str]
     info: dict
     compound_unknown_score: np.ndarray | None = None
-    low_confidence: np.ndarray | None = None
     weak: np.ndarray | None = None
     signature_unknown_score: np.ndarray | None = None
 
@@ -339,8 +337,8 @@ class Calibration:
                         int(weak.sum()), 0 if low is None else int(low.sum()), min_score)
         return OpenSetCalls(labels=labels, pred_score=np.asarray(pred_score, np.float32),
                             unknown_score=unknown.astype(np.float32), extra=extra, info=info,
-                            compound_unknown_score=compound_unknown, low_confidence=low,
-                            weak=weak, signature_unknown_score=(
+                            compound_unknown_score=compound_unknown, weak=weak,
+                            signature_unknown_score=(
                                 None if own_unknown is None else own_unknown.astype(np.float32)))
 
     def _may_vote(self, strength) -> np.ndarray | bool:
