@@ -45,7 +45,9 @@ unlabelled rows take no part in the single-label fits and metrics: the single-la
 methods fit, and every method is scored on, the rows with one ``moa`` (so their numbers
 are those of the data without the other rows). The neural models get every training row:
 ``ModelConfig.use_multi_moa`` (off by default) / ``use_unlabelled`` (on; both off for
-``reference``, as published) decide whether those rows train the MoA and compound losses. Multi-MoA test signatures are scored
+``reference``, as published) decide whether those rows train the MoA and compound losses
+(``moaspace_multi_moa_classes``: also ``multi_moa_classes``, the MoAs only multi-MoA
+compounds list become classes). Multi-MoA test signatures are scored
 apart (``multi_*`` keys, :mod:`moaspace._core.sets`): the top-1 call (argmax of the
 scores) in the true set, recall@3 of the ranking by the scores (for ``moaspace`` the
 same order as ``moa_proba``, whose isotonic steps would tie MoAs) and set F1 of the predicted set (``logreg_ovr``'s own;
@@ -84,6 +86,7 @@ NEURAL = {
     # moaspace without the multi-MoA and unlabelled compounds (#28): what they bring
     "moaspace_single_moa": {"use_multi_moa": False, "use_unlabelled": False},
     "moaspace_multi_moa": {"use_multi_moa": True},
+    "moaspace_multi_moa_classes": {"use_multi_moa": True, "multi_moa_classes": True},
     "mlp_softmax": {"loss": "softmax"},
     "arcface_moa_only": {"loss": "arcface_moa"},
     "reference": {**UNWHITENED,

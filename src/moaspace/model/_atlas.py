@@ -38,8 +38,20 @@ def atlas_anndata(obs: pd.DataFrame, keys: dict, emb: np.ndarray) -> ad.AnnData:
 
 
 def atlas_classes(atlas: ad.AnnData) -> list[str]:
-    """The atlas's MoAs, sorted (the column order of every score matrix)."""
-    return sorted(set(atlas.obs["moa"].astype(str)))
+    """The model's MoAs, sorted (the column order of every score matrix): those of the atlas
+    signatures, or the list stored with the atlas (``uns["moaspace"]["classes"]``) when the
+    model has classes no atlas signature carries (``ModelConfig.multi_moa_classes``: MoAs
+    only multi-MoA compounds list)."""
+    labelled = sorted(set(atlas.obs["moa"].astype(str)))
+    stored = atlas.uns.get("moaspace", {}).get("classes")
+    if stored is None:
+        return labelled
+    stored = sorted(str(c) for c in np.asarray(stored).ravel())
+    stray = sorted(set(labelled) - set(stored))
+    if stray:
+        raise MoaspaceError(f"the atlas has signatures of MoAs {preview(stray)} that are not "
+                            "among its stored classes: the atlas was changed after training")
+    return stored
 
 
 def stored_prototypes(atlas: ad.AnnData | None) -> np.ndarray | None:

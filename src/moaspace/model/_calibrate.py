@@ -99,15 +99,35 @@ def calibration_cosines(model, adata: ad.AnnData, sub: ad.AnnData) -> np.ndarray
     pos = pd.Series(np.arange(adata.n_obs), index=have)
     train_rows = pos.reindex(atlas_names).to_numpy()
     val_rows = pos.reindex(sorted(seen)).to_numpy()
-    rows = np.concatenate([train_rows, val_rows])
+    multi = _training_multi_rows(model, adata)
+    rows = np.concatenate([train_rows, val_rows] + ([] if multi is None else [multi[0]]))
     x = np.zeros((adata.n_obs, len(model.genes)), dtype=np.float32)  # rows needed only
     x[rows] = model.align_genes(adata[rows])
     code = {m: i for i, m in enumerate(model.moas)}
     codes = adata.obs[model.keys["moa"]].astype(str).map(code).fillna(-1).astype(int).to_numpy()
     groups = adata.obs[compound_key].astype(str).to_numpy()[val_rows]
     cos, _ = crossfit_cosines(model.net, InMemoryRows(x), codes, train_rows, val_rows, groups,
-                              len(model.moas), prototypes.view_weights)
+                              len(model.moas), prototypes.view_weights, multi=multi)
     return pd.DataFrame(cos, index=pd.Index(sorted(seen))).reindex(names).to_numpy(np.float32)
+
+
+def _training_multi_rows(model, adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray] | None:
+    """With ``multi_moa_classes``: the multi-MoA training rows of ``adata`` (the whole
+    training AnnData) and their bool MoA sets, which the prototypes also averaged."""
+    if not model.config.multi_moa_classes:
+        return None
+    from moaspace.model.train._data import moa_set_codes, single_moa_rows
+
+    obs, keys = adata.obs, model.keys
+    train = (obs[keys["split"]].astype(str) == "train").to_numpy() \
+        if keys["split"] in obs.columns else np.zeros(len(obs), dtype=bool)
+    codes = moa_set_codes(obs, keys["moa_set"], list(model.moas))
+    rows = np.flatnonzero(train & ~single_moa_rows(obs, keys["moa"])
+                          & np.array([bool(c) for c in codes]))
+    sets = np.zeros((len(rows), len(model.moas)), dtype=bool)
+    for i, r in enumerate(rows):
+        sets[i, codes[r]] = True
+    return rows, sets
 
 
 def calibrate_after_training(model, result, opts=None) -> None:
@@ -131,7 +151,7 @@ def calibrate_after_training(model, result, opts=None) -> None:
     if model.config.refit_prototypes:
         hidden_cos, folds = crossfit_cosines(
             net, data.x, data.moa.numpy(), data.train_idx, val, groups, len(model.moas),
-            train_prototypes.view_weights)
+            train_prototypes.view_weights, multi=data.prototype_multi())
         scored_by = f"cross-fitted: {len(folds)} folds of validation compounds"
     else:
         hidden_cos = train_prototypes.cosines(train_prototypes.features(net, data.x, val))

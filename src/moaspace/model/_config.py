@@ -166,6 +166,13 @@ class ModelConfig:
         519) it raised multi-MoA top-1-in-set by +0.022 (3 of 3 seeds) but moved
         single-label macro-F1 by -0.005 +/- 0.010 (0.277 against 0.282), and the default
         follows the single-label calls (``benchmarks/results/real_multi_moa``).
+    multi_moa_classes
+        With ``use_multi_moa``: the MoAs that only multi-MoA training compounds list become
+        classes too, and every class's prototype-layer prototype is the mean of the
+        training rows whose MoA set lists it (a multi-MoA compound counts in each of its
+        classes). Default False. On the real consensus set (5-fold CV, 3 seeds) a probe of
+        this (``benchmarks/bench_multi_moa_classes.py --probe``) put multi-MoA top-1 in set
+        and recall@3 above the multi-label baseline's.
     use_unlabelled
         Train the compound loss on compounds without a MoA (and on multi-MoA compounds
         none of whose MoAs is a class) that have at least two training signatures: the
@@ -223,6 +230,7 @@ class ModelConfig:
     linear_view_weight: float = 0.5
     refit_prototypes: bool = True
     use_multi_moa: bool = False
+    multi_moa_classes: bool = False
     use_unlabelled: bool = True
     calibration_folds: int | str = "auto"
     val_max_reference: int = 30_000
@@ -256,6 +264,9 @@ class ModelConfig:
             if not 0 <= value < math.pi / 2:
                 raise MoaspaceError(f"{name} is in radians and must be in [0, pi/2), got {value}")
         self._check_calibration_folds()
+        if self.multi_moa_classes and not self.use_multi_moa:
+            raise MoaspaceError("multi_moa_classes needs use_multi_moa=True (the classes are "
+                                "learnt from the multi-MoA compounds)")
         if self.embedding_dim < 2 or any(h < 1 for h in self.hidden_dims):
             raise MoaspaceError("embedding_dim must be >= 2 and hidden_dims positive")
 

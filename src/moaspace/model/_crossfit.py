@@ -187,5 +187,6 @@ def _fold_model(model, result: TrainResult, opts, held: np.ndarray):
     if prototypes.kind != "hidden_prototype":
         prototypes = fit_predictor("hidden_prototype", trained.net, trained.data.x,
                                    trained.data.moa.numpy(), trained.data.train_idx,
-                                   len(model.moas), beta=result.config.linear_view_weight)
+                                   len(model.moas), beta=result.config.linear_view_weight,
+                                   multi=trained.data.prototype_multi())
     return trained.net, prototypes

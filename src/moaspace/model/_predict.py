@@ -19,6 +19,7 @@ from moaspace._core.neighbors import (
     top_k_table,
 )
 from moaspace.errors import InputError, MoaspaceError
+from moaspace.model._atlas import atlas_classes
 from moaspace.model._genes import stream_layers
 from moaspace.model.calibration import Atlas, OpenSetCalls, Query
 from moaspace.model.calibration._classwise import set_labels, sets_at
@@ -158,7 +159,7 @@ def predict(
     compounds_q = _query_compounds(adata, atlas_ad, compound_key)
     ref_z = np.asarray(atlas_ad.X, dtype=np.float32)
     ref_moa = atlas_ad.obs["moa"].astype(str).to_numpy()
-    classes = sorted(set(ref_moa))
+    classes = atlas_classes(atlas_ad)
     cal = getattr(model, "calibration", None)
     method = _resolve_method(model, predictor)
     z, hidden, prototype_layer, strength = _embed(model, adata, method, cal)

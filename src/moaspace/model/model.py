@@ -61,6 +61,7 @@ from moaspace.model.train import (
     data_fingerprint,
     log_training,
     loss_compounds,
+    multi_moa_classes,
     quiet_lightning,
     run_options,
     run_training,
@@ -141,6 +142,9 @@ class MoaModel:
         train = self._split == "train"
         single = train & single_moa_rows(obs, moa_key)
         self.moas = sorted(obs.loc[single, moa_key].astype(str).unique().tolist())
+        if self.config.multi_moa_classes:
+            self.moas = sorted(set(self.moas) | multi_moa_classes(obs, train & ~single,
+                                                                  self.keys["moa_set"]))
         self.compounds = loss_compounds(obs, train, self.keys, self.moas, self.config)
         if len(self.moas) < 2:
             raise InputError(
@@ -254,6 +258,9 @@ class MoaModel:
         data = result.data
         emb = self._embed_source(data.x, data.train_idx)[0]
         self._atlas = self._atlas_anndata(data.train_idx, emb)
+        if self.config.multi_moa_classes:
+            # classes that only multi-MoA compounds (not in the atlas) carry
+            self._atlas.uns["moaspace"]["classes"] = list(self.moas)
         prototypes = result.predictor
         if prototypes.kind != "hidden_prototype":
             prototypes = self._fit_hidden_prototypes(data, data.train_idx)
@@ -263,7 +270,7 @@ class MoaModel:
                                view_weights=None) -> MoaPredictor:
         return fit_predictor("hidden_prototype", self._require_net(), data.x, data.moa.numpy(),
                              rows, len(self.moas), beta=self.config.linear_view_weight,
-                             view_weights=view_weights)
+                             view_weights=view_weights, multi=data.prototype_multi())
 
     def _set_prototypes(self, prototypes: MoaPredictor, rows: dict) -> None:
         """Store prototype-layer prototypes in the atlas, their view weights in the encoder

@@ -235,15 +235,24 @@ def _views(net: MoaNet, source: RowSource, idx: np.ndarray, block: int = 8192):
 
 
 def view_sums(net: MoaNet, source: RowSource, codes: np.ndarray, rows: np.ndarray,
-              n_classes: int, keep: list | None = None) -> ViewSums:
+              n_classes: int, keep: list | None = None,
+              multi: tuple[np.ndarray, np.ndarray] | None = None) -> ViewSums:
     """Per-MoA sums of the unit views of rows ``rows`` (``codes``: MoA code of every row
-    of ``source``); ``keep``: a list that receives each block's ``(hidden, whitened)``."""
+    of ``source``); ``keep``: a list that receives each block's ``(hidden, whitened)``;
+    ``multi``: ``(rows, sets)``, multi-MoA rows of ``source`` and their bool ``(n,
+    n_classes)`` MoA sets, each row added to every class of its set
+    (``ModelConfig.multi_moa_classes``)."""
     enc = net.encoder
     sums = ViewSums(n_classes, enc.hidden_dim, enc.n_genes if enc.whiten is not None else None)
     for pos, hidden, whitened in _views(net, source, rows):
         sums.add(hidden, whitened, codes[rows[pos]])
         if keep is not None:
             keep.append((hidden, whitened))
+    if multi is not None and len(multi[0]):
+        multi_rows, sets = np.asarray(multi[0]), np.asarray(multi[1], dtype=bool)
+        for pos, hidden, whitened in _views(net, source, multi_rows):
+            member, code = np.nonzero(sets[pos])
+            sums.add(hidden[member], None if whitened is None else whitened[member], code)
     return sums
 
 
@@ -267,7 +276,8 @@ def _fit_view_weights(net: MoaNet, source: RowSource, rows: np.ndarray, sums: Vi
 def fit_predictor(kind: str, net: MoaNet, source: RowSource, codes: np.ndarray,
                   rows: np.ndarray, n_classes: int, *, beta: float = 0.5, k: int = 10,
                   weighting: str = "distance",
-                  view_weights: tuple[float, float] | None = None) -> MoaPredictor:
+                  view_weights: tuple[float, float] | None = None,
+                  multi: tuple[np.ndarray, np.ndarray] | None = None) -> MoaPredictor:
     """Fit a predictor of ``kind`` on rows ``rows`` of ``source``.
 
     Parameters
@@ -290,6 +300,9 @@ def fit_predictor(kind: str, net: MoaNet, source: RowSource, codes: np.ndarray,
         The kNN vote's settings.
     view_weights : tuple of float, optional
         Keep these view weights instead of fitting them (a refit on more rows).
+    multi : tuple of numpy.ndarray, optional
+        ``hidden_prototype`` only: multi-MoA rows and their MoA sets, averaged into every
+        class of their set (:func:`view_sums`; ``TrainData.prototype_multi``).
 
     Returns
     -------
@@ -301,7 +314,7 @@ def fit_predictor(kind: str, net: MoaNet, source: RowSource, codes: np.ndarray,
     if kind == "hidden_prototype":
         # the weights' sample is every row up to VIEW_WEIGHT_SAMPLE: one pass serves both
         keep = [] if view_weights is None and len(rows) <= VIEW_WEIGHT_SAMPLE else None
-        sums = view_sums(net, source, codes, rows, n_classes, keep=keep)
+        sums = view_sums(net, source, codes, rows, n_classes, keep=keep, multi=multi)
         if sums.whitened is not None and view_weights is None:
             view_weights = _fit_view_weights(net, source, rows, sums, beta, parts=keep)
         return prototype_predictor(base, sums, view_weights)
@@ -328,14 +341,16 @@ def embedding_prototypes(emb: np.ndarray, codes: np.ndarray, n_classes: int) -> 
 def crossfit_cosines(net: MoaNet, source: RowSource, codes: np.ndarray, train_rows: np.ndarray,
                      val_rows: np.ndarray, groups: np.ndarray, n_classes: int,
                      view_weights: tuple[float, float] | None, *, n_folds: int = 5,
-                     seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+                     seed: int = 0, multi: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Prototype-layer cosines of the validation rows, each scored by prototypes fitted on
     the training rows and the *other* validation folds (``hidden_prototype``).
 
     The prototypes a refit model ships are fitted on train + val; calibrating them on the
     validation rows they were fitted on would calibrate in-sample scores. Each fold of
     validation compounds (``groups``) is instead scored by prototypes that never saw it,
-    fitted on nearly the same rows as the shipped ones.
+    fitted on nearly the same rows as the shipped ones. ``multi``: as for
+    :func:`fit_predictor` (training rows).
 
     Returns
     -------
@@ -350,7 +365,7 @@ def crossfit_cosines(net: MoaNet, source: RowSource, codes: np.ndarray, train_ro
     fold_of_group = {names[g]: i % n_folds for i, g in enumerate(order)}
     fold = np.array([fold_of_group[g] for g in groups], dtype=np.int64)
     folds = [np.flatnonzero(fold == f) for f in range(min(n_folds, len(names)))]
-    train_sums = view_sums(net, source, codes, train_rows, n_classes)
+    train_sums = view_sums(net, source, codes, train_rows, n_classes, multi=multi)
     fold_sums = [view_sums(net, source, codes, val_rows[f], n_classes) for f in folds]
     base = MoaPredictor(kind="hidden_prototype", n_classes=int(n_classes))
     base = replace(base, view_weights=view_weights if train_sums.whitened is not None else None)

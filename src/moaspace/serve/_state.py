@@ -90,6 +90,7 @@ class ServiceState:
 
     def __init__(self, model_dir, explain_dir=None):
         from moaspace.model import MoaModel
+        from moaspace.model._atlas import atlas_classes
 
         self.model_dir = Path(model_dir)
         self.model = MoaModel.load(self.model_dir)
@@ -103,7 +104,7 @@ class ServiceState:
         self.ref_compound = obs["pert_id"].astype(str).to_numpy()
         self.ref_name = (obs["cmap_name"].astype(str).to_numpy() if "cmap_name" in obs.columns
                          else self.ref_compound)
-        self.classes = sorted(set(self.ref_moa))
+        self.classes = atlas_classes(ref)
         self._fit_map()
         self._compound_table()
         folder = Path(explain_dir) if explain_dir is not None else find_explain_dir(

@@ -88,10 +88,20 @@ class TrainData:
     loss_idx: np.ndarray | None = None
     multi_row: torch.Tensor | None = None
     moa_sets: torch.Tensor | None = None
+    multi_prototypes: bool = False
 
     def __post_init__(self):
         if self.loss_idx is None:
             self.loss_idx = self.train_idx
+
+    def prototype_multi(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(rows, sets)``: the multi-MoA training rows and their bool MoA sets, which the
+        prototype-layer prototypes also average (``ModelConfig.multi_moa_classes``); None
+        otherwise."""
+        if not self.multi_prototypes or self.moa_sets is None:
+            return None
+        rows = np.flatnonzero(self.multi_row.numpy() >= 0)
+        return rows, self.moa_sets[self.multi_row[rows]].numpy()
 
     def batch_moa_sets(self, idx: torch.Tensor) -> torch.Tensor | None:
         """Bool ``(len(idx), n_moas)`` MoA sets of rows ``idx`` (all False for rows that
@@ -177,6 +187,14 @@ class _IndexDataset(torch.utils.data.Dataset):
 def single_moa_rows(obs: pd.DataFrame, moa_key: str) -> np.ndarray:
     """Bool per row: the row has one MoA (``obs[moa_key]`` present and not empty)."""
     return has_label(obs[moa_key])
+
+
+def multi_moa_classes(obs: pd.DataFrame, rows: np.ndarray, moa_set_key: str) -> set[str]:
+    """The MoAs that the ``|``-separated ``obs[moa_set_key]`` of rows ``rows`` (bool) list
+    (``ModelConfig.multi_moa_classes``: they become classes)."""
+    if moa_set_key not in obs.columns or not np.any(rows):
+        return set()
+    return set().union(*parse_moa_sets(obs[moa_set_key][np.asarray(rows, dtype=bool)]))
 
 
 def moa_set_codes(obs: pd.DataFrame, moa_set_key: str, moas: list[str]) -> list[list[int]]:
@@ -273,7 +291,7 @@ def training_data(adata: ad.AnnData, split: np.ndarray, keys: dict, moas: list[s
         x=source, moa=torch.from_numpy(moa.astype(np.int64)),
         compound=torch.from_numpy(cpd.astype(np.int64)), train_idx=train_idx,
         val_idx=val_idx, val_ref_idx=ref_idx, loss_idx=loss_idx, multi_row=multi_row,
-        moa_sets=moa_sets,
+        moa_sets=moa_sets, multi_prototypes=bool(config.multi_moa_classes),
     )
 
 

@@ -185,7 +185,8 @@ class MoaTrainingPlan(BestEpochs, L.LightningModule):
         d = self.data
         rows = d.val_ref_idx if rows is None else rows
         return fit_predictor(self.predictor, self.net, d.x, d.moa.numpy(), rows,
-                             self.n_classes, beta=self.linear_view_weight, k=self.knn_k)
+                             self.n_classes, beta=self.linear_view_weight, k=self.knn_k,
+                             multi=d.prototype_multi())
 
     def validation_f1(self, predictor: MoaPredictor | None = None) -> float:
         """Validation macro-F1 of the predictor ``predict`` uses, fitted on the training
