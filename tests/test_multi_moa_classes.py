@@ -117,3 +117,24 @@ def test_an_atlas_with_a_moa_outside_its_stored_classes_is_refused():
     atlas.obs.iloc[0, atlas.obs.columns.get_loc("moa")] = "stray MoA"
     with pytest.raises(MoaspaceError, match="stray MoA"):
         atlas_classes(atlas)
+
+
+def test_cli_train_multi_moa_classes(tmp_path):
+    from typer.testing import CliRunner
+
+    from moaspace.cli import app
+    from moaspace.pp._prepare import write_h5ad
+
+    adata, _, _ = _data()
+    write_h5ad(adata, tmp_path / "data.h5ad")
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", str(tmp_path / "data.h5ad"), "--out", str(tmp_path / "m"),
+                              "--multi-moa", "classes", "--max-epochs", "1",
+                              "--input-whitening", "off", "--calibration-folds", "0"])
+    assert res.exit_code == 0, res.output
+    loaded = ms.MoaModel.load(tmp_path / "m")
+    assert NEW in loaded.moas and loaded.config.multi_moa_classes
+    res = runner.invoke(app, ["train", str(tmp_path / "data.h5ad"), "--out", str(tmp_path / "bad"),
+                              "--multi-moa", "both", "--max-epochs", "1"])
+    assert res.exit_code != 0 and "--multi-moa" in res.output
+    assert not (tmp_path / "bad" / "config.json").exists()

@@ -17,6 +17,20 @@ from moaspace.cli._common import (
 )
 from moaspace.errors import MoaspaceError
 
+#: ``train --multi-moa``: the ModelConfig fields of each choice
+MULTI_MOA = {"off": {}, "loss": {"use_multi_moa": True},
+             "classes": {"use_multi_moa": True, "multi_moa_classes": True}}
+
+
+def _hyperparams(compound_weight: float | None, input_whitening: str, multi_moa: str) -> dict:
+    """The ``ModelConfig`` fields of ``train``'s options that need a check or a mapping."""
+    if input_whitening not in ("auto", "on", "off"):
+        raise typer.BadParameter("--input-whitening must be auto, on or off")
+    if multi_moa not in MULTI_MOA:
+        raise typer.BadParameter(f"--multi-moa must be one of {', '.join(MULTI_MOA)}")
+    extra = {} if compound_weight is None else {"compound_weight": compound_weight}
+    return {**extra, **MULTI_MOA[multi_moa]}
+
 
 @handle_errors
 def train(
@@ -61,6 +75,12 @@ def train(
                                "compounds and fit it on the compounds they never saw too "
                                "(about K + 1 times the training time; docs/confidence.md).")
     ] = "auto",
+    multi_moa: Annotated[
+        str, typer.Option(help="Compounds with several MoAs (obs['moa_set']): off (default: "
+                               "left out of the MoA loss); loss (every listed MoA that is a "
+                               "class is a positive); classes (also make the MoAs only they "
+                               "list into classes; docs/confidence.md).")
+    ] = "off",
     accelerator: Annotated[str, typer.Option(help="auto | cpu | gpu.")] = "auto",
     devices: Annotated[str, typer.Option(help="Devices per node (e.g. 2), or auto.")] = "auto",
     strategy: Annotated[str, typer.Option(help="auto | ddp | ddp_spawn ...")] = "auto",
@@ -89,9 +109,7 @@ def train(
     _check_train_target(out, data, overwrite=overwrite, resume=resume)
     _check_devices(devices, accelerator)
     adata = _training_data(data, genes, backed)
-    extra = {} if compound_weight is None else {"compound_weight": compound_weight}
-    if input_whitening not in ("auto", "on", "off"):
-        raise typer.BadParameter("--input-whitening must be auto, on or off")
+    extra = _hyperparams(compound_weight, input_whitening, multi_moa)
     model = MoaModel(adata, loss=loss, predictor=predictor, average_best=average_best,
                      input_whitening=input_whitening, linear_view_weight=linear_view_weight,
                      calibration_folds=(calibration_folds if calibration_folds == "auto"
