@@ -104,7 +104,7 @@ METHODS = ("moaspace", "raw_knn", "pca_knn", "pca_lda", "logreg", "lda", "linear
            "logreg_ovr",
            "mlp_softmax", "arcface_moa_only", "moaspace_unwhitened", "reference")
 #: run only when named (``--methods``): ablations of one change
-OPTIONAL_METHODS = ("moaspace_single_moa", "moaspace_multi_moa")
+OPTIONAL_METHODS = ("moaspace_single_moa", "moaspace_multi_moa", "moaspace_multi_moa_classes")
 
 
 def _dense(x) -> np.ndarray:
