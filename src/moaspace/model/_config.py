@@ -170,9 +170,10 @@ class ModelConfig:
         With ``use_multi_moa``: the MoAs that only multi-MoA training compounds list become
         classes too, and every class's prototype-layer prototype is the mean of the
         training rows whose MoA set lists it (a multi-MoA compound counts in each of its
-        classes). Default False. On the real consensus set (5-fold CV, 3 seeds) a probe of
-        this (``benchmarks/bench_multi_moa_classes.py --probe``) put multi-MoA top-1 in set
-        and recall@3 above the multi-label baseline's.
+        classes; ``train --multi-moa classes``). Default False: on the real consensus set
+        (5-fold CV, 3 seeds) it put multi-MoA top-1 in set and recall@3 above the multi-label
+        baseline's (0.175 / 0.164 against 0.153 / 0.151, 3 of 3 seeds) but cost single-label
+        macro-F1 (0.272 against 0.282; ``benchmarks/results/real_multi_moa``).
     use_unlabelled
         Train the compound loss on compounds without a MoA (and on multi-MoA compounds
         none of whose MoAs is a class) that have at least two training signatures: the
