@@ -138,3 +138,24 @@ def test_cli_train_multi_moa_classes(tmp_path):
                               "--multi-moa", "both", "--max-epochs", "1"])
     assert res.exit_code != 0 and "--multi-moa" in res.output
     assert not (tmp_path / "bad" / "config.json").exists()
+
+
+def test_the_query_service_browses_atlas_moas_and_answers_with_every_class(tmp_path):
+    from moaspace.serve._results import answer
+    from moaspace.serve._state import ServiceState
+
+    adata, multi, _ = _data()
+    model = _model(adata, multi_moa_classes=True)
+    model.train(max_epochs=1, progress_bar=False, accelerator="cpu", seed=0)
+    model.save(tmp_path / "m")
+    state = ServiceState(tmp_path / "m")
+    # the map and MoA pages list the MoAs with atlas members; the new one has none
+    assert NEW not in state.classes and len(state.classes) == len(model.moas) - 1
+    assert {row["moa"] for row in state.moa_summary()} == set(state.classes)
+    with pytest.raises(KeyError):
+        state.moa_detail(NEW)
+    query = adata[adata.obs["pert_id"].isin(multi).to_numpy()].copy()
+    result = state.predict(query, "pert_id")
+    payload = answer(result, state, "pert_id")
+    tops = {t["moa"] for row in payload["signatures"] for t in row["top"]}
+    assert NEW in tops

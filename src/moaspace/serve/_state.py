@@ -90,7 +90,6 @@ class ServiceState:
 
     def __init__(self, model_dir, explain_dir=None):
         from moaspace.model import MoaModel
-        from moaspace.model._atlas import atlas_classes
 
         self.model_dir = Path(model_dir)
         self.model = MoaModel.load(self.model_dir)
@@ -104,7 +103,9 @@ class ServiceState:
         self.ref_compound = obs["pert_id"].astype(str).to_numpy()
         self.ref_name = (obs["cmap_name"].astype(str).to_numpy() if "cmap_name" in obs.columns
                          else self.ref_compound)
-        self.classes = atlas_classes(ref)
+        # the MoAs with atlas compounds to browse (a multi_moa_classes model can also call
+        # MoAs only multi-MoA training compounds list: they have no atlas members)
+        self.classes = sorted(set(self.ref_moa))
         self._fit_map()
         self._compound_table()
         folder = Path(explain_dir) if explain_dir is not None else find_explain_dir(
