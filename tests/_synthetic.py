@@ -80,6 +80,16 @@ def make_synthetic(
     return ad.AnnData(X=x, obs=obs, var=var)
 
 
+def split_validation_compounds(adata, n_val: int = 6, seed: int = 0) -> set:
+    """Set ``obs["split"]``: ``n_val`` compounds drawn at random (``seed``) are ``val``, the
+    rest ``train``; returns the validation compounds."""
+    obs = adata.obs
+    cpds = np.array(sorted(obs["pert_id"].unique()))
+    val = set(np.random.default_rng(seed).choice(cpds, n_val, replace=False))
+    obs["split"] = np.where(obs["pert_id"].isin(val), "val", "train")
+    return val
+
+
 def write_blocked_h5ad(path, n_obs: int, n_vars: int, *, n_moas: int = 10,
                        n_compounds: int = 100, centroid_scale: float = 1.0, seed: int = 0,
                        block: int = 1000) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import moaspace as ms
-from _synthetic import make_synthetic
+from _synthetic import make_synthetic, split_validation_compounds
 from moaspace.errors import MoaspaceError
 from moaspace.model._atlas import atlas_classes
 from moaspace.model._config import ModelConfig
@@ -22,10 +22,7 @@ def _data(seed: int = 0):
     agonist"`` (no single-MoA compound carries the second MoA)."""
     adata = make_synthetic(seed=seed)
     obs = adata.obs
-    cpds = np.array(sorted(obs["pert_id"].unique()))
-    rng = np.random.default_rng(seed)
-    val = set(rng.choice(cpds, 6, replace=False))
-    obs["split"] = np.where(obs["pert_id"].isin(val), "val", "train")
+    split_validation_compounds(adata, 6, seed)
     moa = obs["moa"].astype(object).copy()
     moa_set = moa.copy()
     first = sorted(moa.unique())[0]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import moaspace as ms
-from _synthetic import make_synthetic
+from _synthetic import make_synthetic, split_validation_compounds
 from moaspace.model._config import ModelConfig
 from moaspace.model.arcface import ArcFace
 from moaspace.model.calibration._classwise import (
@@ -49,10 +49,8 @@ def test_multi_positive_loss_pulls_towards_every_listed_moa():
 def _data_with_extras(seed: int = 0):
     adata = make_synthetic(seed=seed)
     obs = adata.obs
+    val = split_validation_compounds(adata, 6, seed)
     cpds = np.array(sorted(obs["pert_id"].unique()))
-    rng = np.random.default_rng(seed)
-    val = set(rng.choice(cpds, 6, replace=False))
-    obs["split"] = np.where(obs["pert_id"].isin(val), "val", "train")
     moa = obs["moa"].astype(object).copy()
     moa_set = moa.copy()
     train_cpds = [c for c in cpds if c not in val]
