@@ -113,6 +113,22 @@ def test_predict_scores_what_the_candidate_choice_scored(adata):
     assert not np.allclose(refit.hidden_prototypes, model.hidden_prototypes)
 
 
+def test_hidden_layer_only_prototypes_train_with_both_input_candidates(adata, tmp_path):
+    """linear_view_weight=0 with input_whitening="auto": the raw-input candidate holds no
+    whitening map (it crashed setting one), the whitened one does; the kept model predicts
+    the same after save/load."""
+    model = MoaModel(adata, **TINY, linear_view_weight=0.0)
+    model.train(max_epochs=2, seed=0, **TRAIN)
+    assert set(model.train_info["input_candidates"]) == {"off", "on"}
+    kept = model.train_info["input_whitening"]
+    assert (model.net.encoder.whiten is None) == (kept == "off")
+    query = adata[(adata.obs["split"] == "val").to_numpy()].copy()
+    before = predict(model, query).obsm["moa_scores"]
+    model.save(tmp_path / "m")
+    after = predict(MoaModel.load(tmp_path / "m"), query).obsm["moa_scores"]
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
 class _EveryEpochState(L.Callback):
     """The net's weights after each epoch (after the module's own epoch-end hook)."""
 

@@ -151,7 +151,9 @@ def train_candidates(inputs: TrainInputs, config: ModelConfig, data: TrainData, 
         candidate_config = replace(config, input_whitening=name)
         net = build_net(len(inputs.genes), len(inputs.moas), len(inputs.compounds),
                         candidate_config, moa_counts)
-        if whitening is not None:
+        if whitening is not None and net.encoder.whiten is not None:
+            # a raw-input candidate without the linear view (linear_view_weight 0) holds no
+            # whitening map
             net.encoder.whiten.set(whitening)
         plan, world_size = fit_candidate(net, data, opts, config=config, candidate=name,
                                          n_candidates=len(names))
