@@ -113,21 +113,17 @@ def calibration_cosines(model, adata: ad.AnnData, sub: ad.AnnData) -> np.ndarray
 
 def _training_multi_rows(model, adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray] | None:
     """With ``multi_moa_classes``: the multi-MoA training rows of ``adata`` (the whole
-    training AnnData) and their bool MoA sets, which the prototypes also averaged."""
+    training AnnData; the rows :func:`~moaspace.model.train.loss_rows` gave the losses)
+    and their bool MoA sets, which the prototypes also averaged."""
     if not model.config.multi_moa_classes:
         return None
-    from moaspace.model.train._data import moa_set_codes, single_moa_rows
+    from moaspace.model.train._data import loss_rows, multi_moa_sets
 
     obs, keys = adata.obs, model.keys
     train = (obs[keys["split"]].astype(str) == "train").to_numpy() \
         if keys["split"] in obs.columns else np.zeros(len(obs), dtype=bool)
-    codes = moa_set_codes(obs, keys["moa_set"], list(model.moas))
-    rows = np.flatnonzero(train & ~single_moa_rows(obs, keys["moa"])
-                          & np.array([bool(c) for c in codes]))
-    sets = np.zeros((len(rows), len(model.moas)), dtype=bool)
-    for i, r in enumerate(rows):
-        sets[i, codes[r]] = True
-    return rows, sets
+    multi, _ = loss_rows(obs, train, keys, list(model.moas), model.config)
+    return multi_moa_sets(obs, multi, keys, list(model.moas))
 
 
 def calibrate_after_training(model, result, opts=None) -> None:

@@ -207,6 +207,18 @@ def moa_set_codes(obs: pd.DataFrame, moa_set_key: str, moas: list[str]) -> list[
             for moa_set in parse_moa_sets(obs[moa_set_key])]
 
 
+def multi_moa_sets(obs: pd.DataFrame, multi: np.ndarray, keys: dict,
+                   moas: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, sets)``: the positions of the rows ``multi`` (bool) and their bool
+    ``(n, len(moas))`` MoA sets over ``moas``."""
+    codes = moa_set_codes(obs, keys.get("moa_set", "moa_set"), moas)
+    rows = np.flatnonzero(multi)
+    sets = np.zeros((len(rows), len(moas)), dtype=bool)
+    for i, r in enumerate(rows):
+        sets[i, codes[r]] = True
+    return rows, sets
+
+
 def loss_rows(obs: pd.DataFrame, train: np.ndarray, keys: dict, moas: list[str],
               config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """``(multi, unlabelled)`` bool per row: training rows without one MoA that a loss uses.
@@ -263,13 +275,10 @@ def training_data(adata: ad.AnnData, split: np.ndarray, keys: dict, moas: list[s
     loss_idx = np.union1d(train_idx, np.flatnonzero(multi | unlabelled))
     multi_row = moa_sets = None
     if multi.any():
-        sets = moa_set_codes(obs, keys.get("moa_set", "moa_set"), moas)
-        rows = np.flatnonzero(multi)
+        rows, sets = multi_moa_sets(obs, multi, keys, moas)
         multi_row = torch.full((len(obs),), -1, dtype=torch.long)
         multi_row[torch.from_numpy(rows)] = torch.arange(len(rows))
-        moa_sets = torch.zeros((len(rows), len(moas)), dtype=torch.bool)
-        for i, r in enumerate(rows):
-            moa_sets[i, sets[r]] = True
+        moa_sets = torch.from_numpy(sets)
     if len(loss_idx) > len(train_idx):
         logger.info("training also on %d multi-MoA and %d unlabelled signatures (%d compound "
                     "classes)", int(multi.sum()), int(unlabelled.sum()), len(compounds))
